@@ -1,0 +1,36 @@
+//! Address and memory vocabulary for peer-to-peer DMA.
+//!
+//! Four address spaces meet in a P2P transfer and must never be confused:
+//!
+//! * [`PhysAddr`]: a CPU physical address (what `/proc/iomem` and a BAR's
+//!   `resource` line show);
+//! * [`BusAddr`]: a PCI bus address, what a peer device puts on the wire.
+//!   It comes from a physical address only through its provider's
+//!   [`BusOffset`] (`bus = phys + offset`, as the kernel's
+//!   `pci_p2pdma_bus_addr_map`);
+//! * [`DmaAddr`]: the address a device was told to use (a bus address, an
+//!   IOVA, or a physical address when no IOMMU translates);
+//! * [`Iova`]: an address in an IOMMU domain.
+//!
+//! Each is its own type: adding a `PhysAddr` to a `BusAddr` does not compile.
+//! Arithmetic is checked: an overflow is an error, never a wrap.
+//!
+//! Beside addresses: [`Bdf`] names a PCI function, [`MemKind`] says what kind
+//! of memory a range is, [`PhysVec`] carries a physical range with its kind
+//! (what the kernel once needed a `struct page` for), and [`Direction`] is
+//! the DMA direction.
+
+mod addr;
+mod bdf;
+mod kind;
+mod range;
+mod size;
+
+pub use addr::{Address, BusAddr, BusOffset, DmaAddr, Iova, PhysAddr};
+pub use bdf::{Bdf, BdfError};
+pub use kind::{Direction, MemKind, PhysVec, PhysVecError};
+pub use range::{AddrRange, RangeError};
+pub use size::{format_size, parse_size, SizeError};
+
+/// The page size the kernel's P2P pools allocate in (`PAGE_SHIFT` = 12 on x86-64).
+pub const PAGE_SIZE: u64 = 4096;
