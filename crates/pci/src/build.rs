@@ -1,0 +1,482 @@
+//! One builder from a raw capture to the model, shared by every source.
+
+use crate::config::{self, ConfigSpace, Visibility};
+use crate::error::{Error, Result};
+use crate::model::*;
+use crate::raw::{RawMachine, SNAPSHOT_FORMAT, SNAPSHOT_VERSION};
+use peerdma_mem::{AddrRange, Bdf, BusAddr, PhysAddr};
+use std::collections::HashMap;
+
+const IORESOURCE_IO: u64 = 0x100;
+const IORESOURCE_MEM: u64 = 0x200;
+const IORESOURCE_PREFETCH: u64 = 0x2000;
+const IORESOURCE_MEM_64: u64 = 0x0010_0000;
+
+/// Parse `pciDDDD:BB` (a host bridge directory name).
+pub(crate) fn parse_host_bridge_name(s: &str) -> Option<(u32, u8)> {
+    let rest = s.strip_prefix("pci")?;
+    let (d, b) = rest.split_once(':')?;
+    if d.len() < 4 || b.len() != 2 {
+        return None;
+    }
+    Some((u32::from_str_radix(d, 16).ok()?, u8::from_str_radix(b, 16).ok()?))
+}
+
+fn parse_hex_attr(s: &str) -> Option<u64> {
+    let t = s.trim();
+    u64::from_str_radix(t.strip_prefix("0x").unwrap_or(t), 16).ok()
+}
+
+/// Where a device sits, from its path.
+enum Parent {
+    Bridge(Bdf),
+    Root { key: String, name: String, domain: u32, bus: u8 },
+}
+
+fn parent_of(path: &str) -> Option<Parent> {
+    let comps: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
+    let (_, above) = comps.split_last()?;
+    let parent = above.last()?;
+    if let Ok(b) = parent.parse::<Bdf>() {
+        return Some(Parent::Bridge(b));
+    }
+    let (domain, bus) = parse_host_bridge_name(parent)?;
+    Some(Parent::Root {
+        key: above.join("/"),
+        name: parent.to_string(),
+        domain,
+        bus,
+    })
+}
+
+fn parse_link(attrs: &std::collections::BTreeMap<String, String>, speed: &str, width: &str) -> Option<LinkState> {
+    let s = LinkSpeed::parse(attrs.get(speed)?)?;
+    let w: u8 = attrs.get(width)?.trim().parse().ok()?;
+    (w > 0).then_some(LinkState { speed: s, width: w })
+}
+
+fn link_from_config(cs: &ConfigSpace, exp: usize) -> Link {
+    let state = |speed: u8, width: u8| {
+        let speed = LinkSpeed::from_code(speed)?;
+        (width > 0).then_some(LinkState { speed, width })
+    };
+    let cap = cs.u32(exp + config::EXP_LNKCAP).unwrap_or(0);
+    let sta = cs.u16(exp + config::EXP_LNKSTA).unwrap_or(0);
+    Link {
+        current: state((sta & 0xf) as u8, ((sta >> 4) & 0x3f) as u8),
+        max: state((cap & 0xf) as u8, ((cap >> 4) & 0x3f) as u8),
+    }
+}
+
+fn parse_resource(origin: &str, bdf: Bdf, text: &str, max_bars: usize, cs: &ConfigSpace) -> Result<Vec<Bar>> {
+    let mut bars = Vec::new();
+    for (i, line) in text.lines().enumerate().take(max_bars) {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let [start, end, flags] = fields.as_slice() else {
+            return Err(Error::device(
+                origin,
+                bdf,
+                format!("resource line {} is '{line}', expected three hex numbers", i + 1),
+            ));
+        };
+        let (Some(start), Some(end), Some(flags)) = (parse_hex_attr(start), parse_hex_attr(end), parse_hex_attr(flags))
+        else {
+            return Err(Error::device(
+                origin,
+                bdf,
+                format!("resource line {} is '{line}', expected three hex numbers", i + 1),
+            ));
+        };
+        if flags & (IORESOURCE_IO | IORESOURCE_MEM) == 0 || end < start || (start == 0 && end == 0) {
+            continue;
+        }
+        let io = flags & IORESOURCE_IO != 0;
+        let phys = AddrRange::new(PhysAddr::new(start), end - start + 1)
+            .map_err(|e| Error::device(origin, bdf, format!("resource line {}: {e}", i + 1)))?;
+        let bus = if io {
+            None
+        } else {
+            cs.bar_bus_address(i).filter(|&a| a != 0).map(BusAddr::new)
+        };
+        bars.push(Bar {
+            index: i as u8,
+            phys,
+            bus,
+            io,
+            prefetchable: flags & IORESOURCE_PREFETCH != 0,
+            is64: flags & IORESOURCE_MEM_64 != 0,
+        });
+    }
+    Ok(bars)
+}
+
+fn cpu_from_raw(raw: &crate::raw::RawCpu) -> Cpu {
+    let vendor = match raw.vendor_id.as_str() {
+        "GenuineIntel" => CpuVendor::Intel,
+        "AuthenticAMD" => CpuVendor::Amd,
+        "HygonGenuine" => CpuVendor::Hygon,
+        _ => CpuVendor::Other,
+    };
+    Cpu {
+        vendor,
+        vendor_id: raw.vendor_id.clone(),
+        family: raw.family,
+        model: raw.model,
+        model_name: raw.model_name.clone(),
+    }
+}
+
+struct Pending {
+    bdf: Bdf,
+    parent: Parent,
+    pcie_cap: Option<usize>,
+    is_pcie: bool,
+}
+
+impl Topology {
+    /// Build the model from a capture. `origin` names the capture in errors
+    /// (a file path or preset name).
+    pub fn from_raw(raw: RawMachine, origin: &str) -> Result<Topology> {
+        if raw.format != SNAPSHOT_FORMAT {
+            return Err(Error::parse(
+                origin,
+                None,
+                format!("format is '{}', expected '{SNAPSHOT_FORMAT}'", raw.format),
+            ));
+        }
+        if raw.version != SNAPSHOT_VERSION {
+            return Err(Error::parse(
+                origin,
+                None,
+                format!(
+                    "snapshot version {} is not readable by this peerdma (it reads version {SNAPSHOT_VERSION})",
+                    raw.version
+                ),
+            ));
+        }
+
+        // Order functions by BDF: FnId order is BDF order.
+        let mut order: Vec<(Bdf, usize)> = Vec::with_capacity(raw.devices.len());
+        for (i, d) in raw.devices.iter().enumerate() {
+            let bdf: Bdf = d
+                .name()
+                .parse()
+                .map_err(|e| Error::parse(origin, None, format!("device path '{}': {e}", d.path)))?;
+            order.push((bdf, i));
+        }
+        order.sort();
+        for w in order.windows(2) {
+            if w[0].0 == w[1].0 {
+                return Err(Error::device(origin, w[0].0, "listed twice"));
+            }
+        }
+        let by_bdf: HashMap<Bdf, FnId> = order
+            .iter()
+            .enumerate()
+            .map(|(i, (b, _))| (*b, FnId(i as u32)))
+            .collect();
+
+        let mut functions = Vec::with_capacity(order.len());
+        let mut pending = Vec::with_capacity(order.len());
+        let mut host_bridges: Vec<HostBridge> = Vec::new();
+        let mut hb_by_key: HashMap<String, HostBridgeId> = HashMap::new();
+        let mut header_only = 0usize;
+        let mut no_ext = 0usize;
+
+        for (idx, &(bdf, ri)) in order.iter().enumerate() {
+            let d = &raw.devices[ri];
+            let cs = ConfigSpace::new(d.config.clone());
+            if cs.len() < 64 {
+                return Err(Error::device(
+                    origin,
+                    bdf,
+                    format!(
+                        "config space is {} bytes, at least the 64-byte header is needed (truncated capture?)",
+                        cs.len()
+                    ),
+                ));
+            }
+            let parent = parent_of(&d.path).ok_or_else(|| {
+                Error::device(
+                    origin,
+                    bdf,
+                    format!("path '{}' has neither a PCI bridge nor a host bridge (pciDDDD:BB) above the device", d.path),
+                )
+            })?;
+            if let Parent::Bridge(p) = &parent {
+                if !by_bdf.contains_key(p) {
+                    return Err(Error::device(
+                        origin,
+                        bdf,
+                        format!("sits below {p}, which is not in the capture"),
+                    ));
+                }
+            }
+            let is_pcie_by_attrs = d.attrs.contains_key("current_link_speed") || d.attrs.contains_key("max_link_speed");
+            let (pcie_cap, visibility) = match cs.find_cap(config::CAP_ID_EXP) {
+                Ok(Some(pos)) => (Some(pos), cs.visibility(true)),
+                Ok(None) => (None, cs.visibility(is_pcie_by_attrs)),
+                Err(_) => (None, Visibility::HeaderOnly),
+            };
+            let visibility = if cs.len() < 256 { Visibility::HeaderOnly } else { visibility };
+            match visibility {
+                Visibility::HeaderOnly => header_only += 1,
+                Visibility::NoExtended => no_ext += 1,
+                Visibility::Full => {}
+            }
+            let is_pcie = pcie_cap.is_some() || is_pcie_by_attrs;
+            let layout = cs.header_layout().unwrap_or(0);
+            let port_type = match (pcie_cap, visibility) {
+                (Some(pos), _) => PortType::from_pcie_code(((cs.u16(pos + config::EXP_FLAGS).unwrap_or(0) >> 4) & 0xf) as u8),
+                (None, Visibility::HeaderOnly) => PortType::Unknown,
+                (None, _) if layout == 1 => PortType::ConventionalBridge,
+                (None, _) => PortType::Conventional,
+            };
+            let acs = match (visibility, is_pcie) {
+                (Visibility::Full, true) => match cs.find_ext_cap(config::EXT_CAP_ID_ACS) {
+                    Ok(Some(pos)) => Acs::Present {
+                        offset: pos as u16,
+                        cap: cs.u16(pos + config::ACS_CAP).unwrap_or(0),
+                        ctrl: cs.u16(pos + config::ACS_CTRL).unwrap_or(0),
+                    },
+                    Ok(None) => Acs::Absent,
+                    Err(e) => return Err(Error::device(origin, bdf, format!("ACS capability: {e}"))),
+                },
+                (Visibility::Full, false) => Acs::Absent,
+                _ => Acs::Unknown,
+            };
+            let max_bars = match layout {
+                0 => 6,
+                1 => 2,
+                _ => 0,
+            };
+            let bars = match &d.resource {
+                Some(text) => parse_resource(origin, bdf, text, max_bars, &cs)?,
+                None => Vec::new(),
+            };
+            let link = if is_pcie && port_type != PortType::RcEndpoint && port_type != PortType::RcEventCollector {
+                let from_attrs = Link {
+                    current: parse_link(&d.attrs, "current_link_speed", "current_link_width"),
+                    max: parse_link(&d.attrs, "max_link_speed", "max_link_width"),
+                };
+                let from_cfg = pcie_cap.map(|p| link_from_config(&cs, p)).unwrap_or_default();
+                let l = Link {
+                    current: from_attrs.current.or(from_cfg.current),
+                    max: from_attrs.max.or(from_cfg.max),
+                };
+                (l.current.is_some() || l.max.is_some()).then_some(l)
+            } else {
+                None
+            };
+            let numa_node = d
+                .attrs
+                .get("numa_node")
+                .and_then(|s| s.trim().parse::<i64>().ok())
+                .and_then(|n| u32::try_from(n).ok());
+            let physfn = match d.physfn {
+                Some(pf) => Some(*by_bdf.get(&pf).ok_or_else(|| {
+                    Error::device(origin, bdf, format!("its physical function {pf} is not in the capture"))
+                })?),
+                None => None,
+            };
+            let host_bridge = match &parent {
+                Parent::Root { key, name, domain, bus } => {
+                    let next = HostBridgeId(host_bridges.len() as u32);
+                    let id = *hb_by_key.entry(key.clone()).or_insert(next);
+                    if id == next {
+                        host_bridges.push(HostBridge {
+                            id,
+                            name: name.clone(),
+                            path: key.clone(),
+                            domain: *domain,
+                            bus: *bus,
+                            root_functions: Vec::new(),
+                            numa_node: None,
+                        });
+                    }
+                    Some(id)
+                }
+                Parent::Bridge(_) => None,
+            };
+            functions.push(Function {
+                id: FnId(idx as u32),
+                bdf,
+                path: d.path.clone(),
+                vendor: cs.vendor().unwrap_or(0xffff),
+                device: cs.device().unwrap_or(0xffff),
+                subsystem: match (cs.header_layout(), cs.u16(config::SUBSYSTEM_VENDOR_ID), cs.u16(config::SUBSYSTEM_ID)) {
+                    (Some(0), Ok(v), Ok(s)) if v != 0 && v != 0xffff => Some((v, s)),
+                    _ => None,
+                },
+                class: cs.class().unwrap_or(0),
+                revision: cs.revision().unwrap_or(0),
+                multifunction: cs.multifunction().unwrap_or(false),
+                port_type,
+                port_type_inferred: false,
+                upstream: None,
+                children: Vec::new(),
+                physfn,
+                host_bridge: host_bridge.unwrap_or(HostBridgeId(u32::MAX)),
+                acs,
+                bridge_buses: cs.bridge_buses().map(|(_, s, u)| (s, u)),
+                bars,
+                link,
+                numa_node,
+                iommu_group: d.iommu_group,
+                driver: d.driver.clone(),
+                p2pmem: d.p2pmem.map(|p| P2pMem {
+                    size: p.size,
+                    available: p.available,
+                    published: p.published,
+                }),
+                label: d.label.clone(),
+                config: cs,
+            });
+            pending.push(Pending {
+                bdf,
+                parent,
+                pcie_cap,
+                is_pcie,
+            });
+        }
+
+        // Upstream bridges (pci_upstream_bridge: a virtual function uses its
+        // physical function's bus).
+        for i in 0..functions.len() {
+            let up = match &pending[i].parent {
+                Parent::Bridge(p) => Some(by_bdf[p]),
+                Parent::Root { .. } => None,
+            };
+            let up = match functions[i].physfn {
+                Some(pf) => match &pending[pf.index()].parent {
+                    Parent::Bridge(p) => Some(by_bdf[p]),
+                    Parent::Root { .. } => None,
+                },
+                None => up,
+            };
+            functions[i].upstream = up;
+        }
+        // Depth-first from the roots: resolves host bridges, catches cycles.
+        let mut state = vec![0u8; functions.len()]; // 0 new, 1 on stack, 2 done
+        for i in 0..functions.len() {
+            let mut chain = Vec::new();
+            let mut cur = i;
+            loop {
+                match state[cur] {
+                    2 => break,
+                    1 => {
+                        return Err(Error::device(
+                            origin,
+                            functions[cur].bdf,
+                            "its upstream bridges form a cycle",
+                        ))
+                    }
+                    _ => {}
+                }
+                state[cur] = 1;
+                chain.push(cur);
+                match functions[cur].upstream {
+                    Some(u) => cur = u.index(),
+                    None => break,
+                }
+            }
+            // Assign host bridges top-down along the chain.
+            for &c in chain.iter().rev() {
+                if let Some(u) = functions[c].upstream {
+                    functions[c].host_bridge = functions[u.index()].host_bridge;
+                } else if functions[c].host_bridge.0 == u32::MAX {
+                    // A root-bus virtual function: its physical function's host bridge.
+                    if let Some(pf) = functions[c].physfn {
+                        let hb = match &pending[pf.index()].parent {
+                            Parent::Root { key, .. } => hb_by_key.get(key).copied(),
+                            _ => None,
+                        };
+                        if let Some(hb) = hb {
+                            functions[c].host_bridge = hb;
+                        }
+                    }
+                }
+                state[c] = 2;
+            }
+        }
+        for i in 0..functions.len() {
+            if functions[i].host_bridge.0 == u32::MAX {
+                return Err(Error::device(origin, pending[i].bdf, "no host bridge above it"));
+            }
+            if let Some(u) = functions[i].upstream {
+                if !functions[u.index()].is_bridge() && functions[u.index()].port_type != PortType::Unknown {
+                    return Err(Error::device(
+                        origin,
+                        pending[i].bdf,
+                        format!("sits below {}, which is not a bridge", functions[u.index()].bdf),
+                    ));
+                }
+                functions[u.index()].children.push(FnId(i as u32));
+            } else {
+                let hb = functions[i].host_bridge;
+                host_bridges[hb.index()].root_functions.push(FnId(i as u32));
+            }
+        }
+        for hb in &mut host_bridges {
+            hb.root_functions.sort_by_key(|&f| functions[f.index()].bdf.devfn());
+            hb.numa_node = hb.root_functions.iter().find_map(|&f| functions[f.index()].numa_node);
+        }
+
+        // Infer the port types an unprivileged read cannot see, top-down.
+        let mut inferred = 0usize;
+        let mut by_depth: Vec<(usize, usize)> = (0..functions.len())
+            .map(|i| {
+                let mut d = 0;
+                let mut c = functions[i].upstream;
+                while let Some(u) = c {
+                    d += 1;
+                    c = functions[u.index()].upstream;
+                }
+                (d, i)
+            })
+            .collect();
+        by_depth.sort();
+        for &(_, i) in &by_depth {
+            if functions[i].port_type != PortType::Unknown || pending[i].pcie_cap.is_some() {
+                continue;
+            }
+            let layout = functions[i].config.header_layout().unwrap_or(0);
+            let up = functions[i].upstream.map(|u| functions[u.index()].port_type);
+            let t = match (layout, up, pending[i].is_pcie) {
+                (1, None, true) => PortType::RootPort,
+                (1, Some(PortType::RootPort | PortType::SwitchDownstream), true) => PortType::SwitchUpstream,
+                (1, Some(PortType::SwitchUpstream), true) => PortType::SwitchDownstream,
+                (1, _, false) => PortType::ConventionalBridge,
+                (0, None, true) => PortType::RcEndpoint,
+                (0, _, true) => PortType::Endpoint,
+                (0, _, false) => PortType::Conventional,
+                _ => PortType::Unknown,
+            };
+            functions[i].port_type = t;
+            functions[i].port_type_inferred = true;
+            inferred += 1;
+        }
+
+        let mut notes = Vec::new();
+        if header_only > 0 {
+            notes.push(format!(
+                "{header_only} of {} functions show only 64 bytes of config space (reading it whole needs root): their ACS state is unknown and port types are inferred ({inferred}); verdicts assume no ACS redirect there",
+                functions.len()
+            ));
+        }
+        if no_ext > 0 {
+            notes.push(format!(
+                "{no_ext} functions were captured without extended config space: their ACS state is unknown"
+            ));
+        }
+        Ok(Topology {
+            cpu: cpu_from_raw(&raw.cpu),
+            origin: raw.origin.clone(),
+            functions,
+            by_bdf,
+            host_bridges,
+            notes,
+            raw,
+        })
+    }
+}

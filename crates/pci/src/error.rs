@@ -1,0 +1,97 @@
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// Everything that can go wrong reading a machine. Each message is one line
+/// that names the file (and line, or device) and what is wrong.
+#[derive(Debug)]
+pub enum Error {
+    /// A file or directory could not be read or written.
+    Io {
+        path: PathBuf,
+        action: &'static str,
+        source: io::Error,
+    },
+    /// A file's contents are malformed.
+    Parse {
+        /// The file (or preset) the text came from.
+        origin: String,
+        /// 1-based line, where known.
+        line: Option<usize>,
+        msg: String,
+    },
+    /// One function of an otherwise readable capture is wrong.
+    Device {
+        origin: String,
+        device: String,
+        msg: String,
+    },
+    /// A function that the machine does not have was asked for.
+    NoSuchFunction {
+        origin: String,
+        asked: String,
+        hint: String,
+    },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub(crate) fn io(action: &'static str, path: &Path, source: io::Error) -> Error {
+        Error::Io {
+            path: path.to_path_buf(),
+            action,
+            source,
+        }
+    }
+    pub(crate) fn parse(origin: impl Into<String>, line: Option<usize>, msg: impl Into<String>) -> Error {
+        Error::Parse {
+            origin: origin.into(),
+            line,
+            msg: msg.into(),
+        }
+    }
+    pub(crate) fn device(origin: impl Into<String>, device: impl fmt::Display, msg: impl Into<String>) -> Error {
+        Error::Device {
+            origin: origin.into(),
+            device: device.to_string(),
+            msg: msg.into(),
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Io { path, action, source } => {
+                let why = match source.kind() {
+                    io::ErrorKind::NotFound => "no such file or directory".to_string(),
+                    io::ErrorKind::PermissionDenied => "permission denied".to_string(),
+                    _ => source.to_string(),
+                };
+                write!(f, "cannot {action} {}: {why}", path.display())
+            }
+            Error::Parse { origin, line, msg } => match line {
+                Some(l) => write!(f, "{origin}:{l}: {msg}"),
+                None => write!(f, "{origin}: {msg}"),
+            },
+            Error::Device { origin, device, msg } => write!(f, "{origin}: device {device}: {msg}"),
+            Error::NoSuchFunction { origin, asked, hint } => {
+                write!(f, "no PCI function {asked} in {origin}")?;
+                if !hint.is_empty() {
+                    write!(f, "; {hint}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}

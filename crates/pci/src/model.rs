@@ -1,0 +1,562 @@
+//! The model of a machine's PCI functions.
+
+use crate::config::{self, ConfigSpace};
+use crate::raw::{Origin, RawMachine};
+use peerdma_mem::{AddrRange, Bdf, BusAddr, BusOffset, PhysAddr};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::fmt;
+
+/// Index of a function in a [`Topology`].
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize)]
+#[serde(transparent)]
+pub struct FnId(pub u32);
+
+impl FnId {
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
+/// Index of a host bridge (a root bus) in a [`Topology`].
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize)]
+#[serde(transparent)]
+pub struct HostBridgeId(pub u32);
+
+impl HostBridgeId {
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
+/// The PCI Express device/port type (`pci_pcie_type`), or what a function
+/// without a PCI Express capability is.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PortType {
+    Endpoint,
+    LegacyEndpoint,
+    RootPort,
+    SwitchUpstream,
+    SwitchDownstream,
+    /// PCIe-to-PCI/PCI-X bridge.
+    PcieToPciBridge,
+    /// PCI/PCI-X-to-PCIe bridge.
+    PciToPcieBridge,
+    /// Root-complex integrated endpoint.
+    RcEndpoint,
+    /// Root-complex event collector.
+    RcEventCollector,
+    /// A conventional PCI function (no PCI Express capability).
+    Conventional,
+    /// A conventional PCI-to-PCI bridge.
+    ConventionalBridge,
+    /// Not known (capabilities unreadable and not inferable).
+    Unknown,
+}
+
+impl PortType {
+    /// From the 4-bit type field of the PCI Express Capabilities register.
+    pub fn from_pcie_code(code: u8) -> PortType {
+        match code {
+            0x0 => PortType::Endpoint,
+            0x1 => PortType::LegacyEndpoint,
+            0x4 => PortType::RootPort,
+            0x5 => PortType::SwitchUpstream,
+            0x6 => PortType::SwitchDownstream,
+            0x7 => PortType::PcieToPciBridge,
+            0x8 => PortType::PciToPcieBridge,
+            0x9 => PortType::RcEndpoint,
+            0xa => PortType::RcEventCollector,
+            _ => PortType::Unknown,
+        }
+    }
+
+    /// The 4-bit code, for PCI Express types.
+    pub fn pcie_code(self) -> Option<u8> {
+        Some(match self {
+            PortType::Endpoint => 0x0,
+            PortType::LegacyEndpoint => 0x1,
+            PortType::RootPort => 0x4,
+            PortType::SwitchUpstream => 0x5,
+            PortType::SwitchDownstream => 0x6,
+            PortType::PcieToPciBridge => 0x7,
+            PortType::PciToPcieBridge => 0x8,
+            PortType::RcEndpoint => 0x9,
+            PortType::RcEventCollector => 0xa,
+            _ => return None,
+        })
+    }
+
+    /// Whether the function forwards to a secondary bus.
+    pub fn is_bridge(self) -> bool {
+        matches!(
+            self,
+            PortType::RootPort
+                | PortType::SwitchUpstream
+                | PortType::SwitchDownstream
+                | PortType::PcieToPciBridge
+                | PortType::PciToPcieBridge
+                | PortType::ConventionalBridge
+        )
+    }
+
+    /// Whether a link below this function leads to a separate device (root
+    /// and downstream ports).
+    pub fn is_downstream_port(self) -> bool {
+        matches!(self, PortType::RootPort | PortType::SwitchDownstream)
+    }
+
+    /// A short name for people.
+    pub fn name(self) -> &'static str {
+        match self {
+            PortType::Endpoint => "endpoint",
+            PortType::LegacyEndpoint => "legacy endpoint",
+            PortType::RootPort => "root port",
+            PortType::SwitchUpstream => "switch upstream port",
+            PortType::SwitchDownstream => "switch downstream port",
+            PortType::PcieToPciBridge => "PCIe-to-PCI bridge",
+            PortType::PciToPcieBridge => "PCI-to-PCIe bridge",
+            PortType::RcEndpoint => "root complex integrated endpoint",
+            PortType::RcEventCollector => "root complex event collector",
+            PortType::Conventional => "conventional PCI function",
+            PortType::ConventionalBridge => "PCI-to-PCI bridge",
+            PortType::Unknown => "function of unknown type",
+        }
+    }
+}
+
+impl fmt::Display for PortType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A function's Access Control Services, as read from config space.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize)]
+#[serde(rename_all = "snake_case", tag = "state")]
+pub enum Acs {
+    /// The function has no ACS capability.
+    Absent,
+    /// The ACS extended capability at `offset`, with its capability and
+    /// control registers.
+    Present { offset: u16, cap: u16, ctrl: u16 },
+    /// The capture does not show extended capabilities (unprivileged read).
+    Unknown,
+}
+
+impl Acs {
+    /// The kernel's `pci_bridge_has_acs_redir`: ACS control has RR, CR or EC
+    /// set. `None` when unknown.
+    pub fn redirects(&self) -> Option<bool> {
+        match self {
+            Acs::Absent => Some(false),
+            Acs::Present { ctrl, .. } => Some(ctrl & config::ACS_REDIR_MASK != 0),
+            Acs::Unknown => None,
+        }
+    }
+
+    /// Control bits, when present.
+    pub fn ctrl(&self) -> Option<u16> {
+        match self {
+            Acs::Present { ctrl, .. } => Some(*ctrl),
+            _ => None,
+        }
+    }
+}
+
+/// A link generation.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize)]
+pub enum LinkSpeed {
+    #[serde(rename = "2.5GT/s")]
+    Gen1,
+    #[serde(rename = "5GT/s")]
+    Gen2,
+    #[serde(rename = "8GT/s")]
+    Gen3,
+    #[serde(rename = "16GT/s")]
+    Gen4,
+    #[serde(rename = "32GT/s")]
+    Gen5,
+    #[serde(rename = "64GT/s")]
+    Gen6,
+}
+
+impl LinkSpeed {
+    pub const ALL: [LinkSpeed; 6] = [
+        LinkSpeed::Gen1,
+        LinkSpeed::Gen2,
+        LinkSpeed::Gen3,
+        LinkSpeed::Gen4,
+        LinkSpeed::Gen5,
+        LinkSpeed::Gen6,
+    ];
+
+    /// From the Link Status / Link Capabilities speed code (1 = 2.5 GT/s).
+    pub fn from_code(code: u8) -> Option<LinkSpeed> {
+        LinkSpeed::ALL.get(usize::from(code).checked_sub(1)?).copied()
+    }
+    pub fn code(self) -> u8 {
+        self as u8 + 1
+    }
+    pub fn generation(self) -> u8 {
+        self.code()
+    }
+    /// Transfers per second per lane, in GT/s.
+    pub fn gts(self) -> f64 {
+        [2.5, 5.0, 8.0, 16.0, 32.0, 64.0][self as usize]
+    }
+    /// Payload-bearing bits per lane per second after line encoding
+    /// (8b/10b up to 5 GT/s, 128b/130b for 8-32 GT/s, 242B/256B FLITs at 64 GT/s).
+    pub fn lane_bits_per_sec(self) -> f64 {
+        let gts = self.gts() * 1e9;
+        match self {
+            LinkSpeed::Gen1 | LinkSpeed::Gen2 => gts * 8.0 / 10.0,
+            LinkSpeed::Gen3 | LinkSpeed::Gen4 | LinkSpeed::Gen5 => gts * 128.0 / 130.0,
+            LinkSpeed::Gen6 => gts * 242.0 / 256.0,
+        }
+    }
+    /// Parse sysfs's `8.0 GT/s PCIe`, or `8GT/s`, `8`, `gen3`.
+    pub fn parse(s: &str) -> Option<LinkSpeed> {
+        let t = s.trim().to_ascii_lowercase();
+        if let Some(g) = t.strip_prefix("gen") {
+            return g.parse::<u8>().ok().and_then(LinkSpeed::from_code);
+        }
+        let num: String = t.chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect();
+        let v: f64 = num.parse().ok()?;
+        LinkSpeed::ALL.into_iter().find(|s| (s.gts() - v).abs() < 0.01)
+    }
+}
+
+impl fmt::Display for LinkSpeed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}GT/s", self.gts())
+    }
+}
+
+/// Speed and width of a link.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize)]
+pub struct LinkState {
+    pub speed: LinkSpeed,
+    pub width: u8,
+}
+
+impl LinkState {
+    /// Raw data rate in bytes per second after line encoding (before
+    /// packet overhead).
+    pub fn bytes_per_sec(&self) -> f64 {
+        self.speed.lane_bits_per_sec() * f64::from(self.width) / 8.0
+    }
+}
+
+impl fmt::Display for LinkState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Gen{} x{}", self.speed.generation(), self.width)
+    }
+}
+
+/// A function's PCIe link: as negotiated now, and the most it can do.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default, Serialize)]
+pub struct Link {
+    pub current: Option<LinkState>,
+    pub max: Option<LinkState>,
+}
+
+impl Link {
+    /// Whether the link trained below what both ends... what this end can do.
+    pub fn degraded(&self) -> bool {
+        match (self.current, self.max) {
+            (Some(c), Some(m)) => c.speed < m.speed || c.width < m.width,
+            _ => false,
+        }
+    }
+}
+
+/// A memory or I/O BAR.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize)]
+pub struct Bar {
+    pub index: u8,
+    /// CPU physical range (from `resource`).
+    pub phys: AddrRange<PhysAddr>,
+    /// Bus address programmed in config space, when visible.
+    pub bus: Option<BusAddr>,
+    pub io: bool,
+    pub prefetchable: bool,
+    pub is64: bool,
+}
+
+impl Bar {
+    /// `bus - phys` for this BAR, identity when the bus address is not
+    /// visible (x86 host bridges do not translate).
+    pub fn bus_offset(&self) -> BusOffset {
+        self.bus
+            .and_then(|b| BusOffset::between(b, self.phys.start()))
+            .unwrap_or(BusOffset::IDENTITY)
+    }
+}
+
+/// The `p2pmem/` state of a provider.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize)]
+pub struct P2pMem {
+    pub size: u64,
+    pub available: u64,
+    pub published: bool,
+}
+
+/// CPU vendor as the kernel's x86 vendor detection sees it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CpuVendor {
+    Intel,
+    Amd,
+    Hygon,
+    Other,
+}
+
+/// The boot CPU.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize)]
+pub struct Cpu {
+    pub vendor: CpuVendor,
+    pub vendor_id: String,
+    pub family: u32,
+    pub model: u32,
+    pub model_name: String,
+}
+
+impl Cpu {
+    /// The kernel's `cpu_supports_p2pdma`: an AMD CPU of family 0x17 (Zen)
+    /// or newer forwards peer traffic between its root ports.
+    pub fn supports_p2pdma(&self) -> bool {
+        self.vendor == CpuVendor::Amd && self.family >= 0x17
+    }
+}
+
+/// One PCI function.
+#[derive(Clone, Debug, Serialize)]
+pub struct Function {
+    pub id: FnId,
+    pub bdf: Bdf,
+    /// Directory relative to `sys/devices`.
+    pub path: String,
+    pub vendor: u16,
+    pub device: u16,
+    pub subsystem: Option<(u16, u16)>,
+    pub class: u32,
+    pub revision: u8,
+    pub multifunction: bool,
+    pub port_type: PortType,
+    /// True when `port_type` was inferred from the tree rather than read.
+    pub port_type_inferred: bool,
+    /// `pci_upstream_bridge`: the bridge above this function (for a virtual
+    /// function, above its physical function); `None` on a root bus.
+    pub upstream: Option<FnId>,
+    /// Functions whose upstream bridge this is, in BDF order.
+    pub children: Vec<FnId>,
+    /// The physical function of an SR-IOV virtual function.
+    pub physfn: Option<FnId>,
+    pub host_bridge: HostBridgeId,
+    pub acs: Acs,
+    /// Secondary and subordinate bus of a bridge.
+    pub bridge_buses: Option<(u8, u8)>,
+    pub bars: Vec<Bar>,
+    pub link: Option<Link>,
+    pub numa_node: Option<u32>,
+    pub iommu_group: Option<u32>,
+    pub driver: Option<String>,
+    pub p2pmem: Option<P2pMem>,
+    /// A name from a description file or the firmware's `label`.
+    pub label: Option<String>,
+    #[serde(skip)]
+    pub config: ConfigSpace,
+}
+
+impl Function {
+    pub fn is_bridge(&self) -> bool {
+        self.port_type.is_bridge()
+    }
+    pub fn base_class(&self) -> u8 {
+        (self.class >> 16) as u8
+    }
+    /// Whether this is a function that moves data (not a bridge, host
+    /// bridge or other system glue).
+    pub fn is_dma_endpoint(&self) -> bool {
+        !self.is_bridge() && !matches!(self.base_class(), 0x06 | 0x08) && self.port_type != PortType::RcEventCollector
+    }
+    /// The largest memory BAR.
+    pub fn largest_memory_bar(&self) -> Option<&Bar> {
+        self.bars.iter().filter(|b| !b.io).max_by_key(|b| b.phys.len())
+    }
+}
+
+/// A host bridge: one root bus.
+#[derive(Clone, Debug, Serialize)]
+pub struct HostBridge {
+    pub id: HostBridgeId,
+    /// `pciDDDD:BB`, as sysfs names it.
+    pub name: String,
+    /// Directory relative to `sys/devices`.
+    pub path: String,
+    pub domain: u32,
+    pub bus: u8,
+    /// Functions on the root bus, in the order the kernel lists them
+    /// (ascending devfn, as enumeration adds them).
+    pub root_functions: Vec<FnId>,
+    pub numa_node: Option<u32>,
+}
+
+/// A machine's PCI topology.
+#[derive(Clone, Debug)]
+pub struct Topology {
+    pub(crate) functions: Vec<Function>,
+    pub(crate) by_bdf: HashMap<Bdf, FnId>,
+    pub(crate) host_bridges: Vec<HostBridge>,
+    pub(crate) cpu: Cpu,
+    pub(crate) origin: Origin,
+    pub(crate) notes: Vec<String>,
+    pub(crate) raw: RawMachine,
+}
+
+impl Topology {
+    pub fn functions(&self) -> &[Function] {
+        &self.functions
+    }
+    pub fn function(&self, id: FnId) -> &Function {
+        &self.functions[id.index()]
+    }
+    pub fn len(&self) -> usize {
+        self.functions.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.functions.is_empty()
+    }
+    pub fn ids(&self) -> impl ExactSizeIterator<Item = FnId> + '_ {
+        (0..self.functions.len() as u32).map(FnId)
+    }
+    pub fn host_bridges(&self) -> &[HostBridge] {
+        &self.host_bridges
+    }
+    pub fn host_bridge(&self, id: HostBridgeId) -> &HostBridge {
+        &self.host_bridges[id.index()]
+    }
+    pub fn cpu(&self) -> &Cpu {
+        &self.cpu
+    }
+    pub fn origin(&self) -> &Origin {
+        &self.origin
+    }
+    /// Caveats about the capture (unreadable registers, inferred types).
+    pub fn notes(&self) -> &[String] {
+        &self.notes
+    }
+    /// The capture this model was built from (what `snapshot` writes).
+    pub fn raw(&self) -> &RawMachine {
+        &self.raw
+    }
+    /// A short description of the source for messages.
+    pub fn origin_label(&self) -> String {
+        match self.origin.kind.as_str() {
+            "preset" => format!("preset '{}'", self.origin.detail),
+            "sysfs" if self.origin.detail == "/" => "this machine's sysfs".into(),
+            "sysfs" => format!("root {}", self.origin.detail),
+            _ => self.origin.detail.clone(),
+        }
+    }
+
+    pub fn find(&self, bdf: Bdf) -> Option<FnId> {
+        self.by_bdf.get(&bdf).copied()
+    }
+
+    /// Look a function up by BDF (`0000:01:00.0` or `01:00.0`) or by its
+    /// description-file name, with a clear error naming what exists.
+    pub fn lookup(&self, what: &str) -> crate::Result<FnId> {
+        if let Ok(bdf) = what.parse::<Bdf>() {
+            if let Some(id) = self.find(bdf) {
+                return Ok(id);
+            }
+        }
+        if let Some(f) = self
+            .functions
+            .iter()
+            .find(|f| f.label.as_deref().is_some_and(|l| l.eq_ignore_ascii_case(what)))
+        {
+            return Ok(f.id);
+        }
+        let hint = match what.parse::<Bdf>() {
+            Err(e) if !self.functions.iter().any(|f| f.label.is_some()) => e.to_string(),
+            _ => {
+                let near: Vec<String> = self
+                    .functions
+                    .iter()
+                    .filter(|f| {
+                        what.parse::<Bdf>()
+                            .map(|b| b.bus() == f.bdf.bus() && b.domain() == f.bdf.domain())
+                            .unwrap_or(false)
+                    })
+                    .take(6)
+                    .map(|f| f.bdf.to_string())
+                    .collect();
+                if near.is_empty() {
+                    format!("it has {} functions; `peerdma topo` lists them", self.functions.len())
+                } else {
+                    format!("on that bus there are {}", near.join(", "))
+                }
+            }
+        };
+        Err(crate::Error::NoSuchFunction {
+            origin: self.origin_label(),
+            asked: what.to_string(),
+            hint,
+        })
+    }
+
+    /// The bridges from `id` up to the root bus, nearest first (not
+    /// including `id`).
+    pub fn ancestors(&self, id: FnId) -> impl Iterator<Item = FnId> + '_ {
+        std::iter::successors(self.function(id).upstream, move |&u| self.function(u).upstream)
+    }
+
+    /// The device that stands for a host bridge in the kernel's whitelist
+    /// (`pci_host_bridge_dev`): the first function on the root bus if it is
+    /// devfn 00.0 or a root port.
+    pub fn host_bridge_device(&self, hb: HostBridgeId) -> Option<FnId> {
+        let first = *self.host_bridge(hb).root_functions.first()?;
+        let f = self.function(first);
+        (f.bdf.devfn() == 0 || f.port_type == PortType::RootPort).then_some(first)
+    }
+
+    /// Change a function's ACS control register (for what-if analysis).
+    /// Adds an ACS capability if the function had none.
+    pub fn set_acs_ctrl(&mut self, id: FnId, ctrl: u16) {
+        let f = &mut self.functions[id.index()];
+        f.acs = match f.acs {
+            Acs::Present { offset, cap, .. } => Acs::Present { offset, cap, ctrl },
+            _ => Acs::Present {
+                offset: 0,
+                cap: ctrl,
+                ctrl,
+            },
+        };
+    }
+
+    /// Move a leaf function (no children) below `new_parent`, as if it were
+    /// plugged into that port (for what-if analysis).
+    pub fn move_leaf(&mut self, id: FnId, new_parent: FnId) -> bool {
+        if !self.function(id).children.is_empty() || id == new_parent {
+            return false;
+        }
+        if let Some(old) = self.function(id).upstream {
+            self.functions[old.index()].children.retain(|&c| c != id);
+        } else {
+            let hb = self.function(id).host_bridge;
+            self.host_bridges[hb.index()].root_functions.retain(|&c| c != id);
+        }
+        let hb = self.function(new_parent).host_bridge;
+        let numa = self.function(new_parent).numa_node;
+        let f = &mut self.functions[id.index()];
+        f.upstream = Some(new_parent);
+        f.host_bridge = hb;
+        f.numa_node = numa;
+        self.functions[new_parent.index()].children.push(id);
+        true
+    }
+}

@@ -1,0 +1,117 @@
+//! Where a topology comes from.
+
+use crate::error::{Error, Result};
+use crate::raw::RawMachine;
+use crate::{desc, presets, sysfs, Topology};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+/// A machine to read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// This machine's sysfs and `/proc/cpuinfo`.
+    Live,
+    /// A directory holding `sys/` and `proc/cpuinfo` as on a live machine.
+    Root(PathBuf),
+    /// A snapshot written by `peerdma snapshot`.
+    Snapshot(PathBuf),
+    /// A hand-written description file (TOML).
+    Description(PathBuf),
+    /// A built-in preset.
+    Preset(String),
+}
+
+impl Default for Source {
+    fn default() -> Self {
+        Source::Preset(presets::DEFAULT.to_string())
+    }
+}
+
+impl Source {
+    /// Read the capture.
+    pub fn capture(&self) -> Result<RawMachine> {
+        match self {
+            Source::Live => sysfs::read_root(Path::new("/")),
+            Source::Root(dir) => sysfs::read_root(dir),
+            Source::Snapshot(path) => read_snapshot(path),
+            Source::Description(path) => {
+                let text = fs::read_to_string(path).map_err(|e| Error::io("read", path, e))?;
+                desc::parse_description(&text, &path.display().to_string())
+            }
+            Source::Preset(name) => presets::load(name),
+        }
+    }
+
+    /// A label for messages: the file, directory or preset.
+    pub fn label(&self) -> String {
+        match self {
+            Source::Live => "this machine's sysfs".into(),
+            Source::Root(d) => d.display().to_string(),
+            Source::Snapshot(p) | Source::Description(p) => p.display().to_string(),
+            Source::Preset(n) => format!("preset '{n}'"),
+        }
+    }
+
+    /// Read and build the model.
+    pub fn load(&self) -> Result<Topology> {
+        Topology::from_raw(self.capture()?, &self.label())
+    }
+}
+
+/// Read a snapshot file.
+pub fn read_snapshot(path: &Path) -> Result<RawMachine> {
+    let origin = path.display().to_string();
+    let text = fs::read(path).map_err(|e| Error::io("read", path, e))?;
+    if text.iter().all(|b| b.is_ascii_whitespace()) {
+        return Err(Error::parse(origin, None, "is empty, expected a snapshot written by `peerdma snapshot`"));
+    }
+    // A quick look at the format field first, for a better message than a
+    // field-by-field complaint when this is some other JSON file.
+    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&text) {
+        let fmt = v.get("format").and_then(|f| f.as_str());
+        if fmt != Some(crate::raw::SNAPSHOT_FORMAT) {
+            return Err(Error::parse(
+                origin,
+                None,
+                format!(
+                    "is JSON but not a peerdma snapshot (format is {}, expected \"{}\")",
+                    fmt.map(|f| format!("\"{f}\"")).unwrap_or_else(|| "missing".into()),
+                    crate::raw::SNAPSHOT_FORMAT
+                ),
+            ));
+        }
+        if let Some(ver) = v.get("version").and_then(|x| x.as_u64()) {
+            if ver != u64::from(crate::raw::SNAPSHOT_VERSION) {
+                return Err(Error::parse(
+                    origin,
+                    None,
+                    format!(
+                        "snapshot version {ver} is not readable by this peerdma (it reads version {})",
+                        crate::raw::SNAPSHOT_VERSION
+                    ),
+                ));
+            }
+        }
+    }
+    serde_json::from_slice(&text).map_err(|e| {
+        let line = (e.line() > 0).then_some(e.line());
+        let msg = e.to_string();
+        // serde_json appends " at line L column C"; the line is in the prefix.
+        let msg = match msg.rfind(" at line ") {
+            Some(i) => format!("{} (column {})", &msg[..i], e.column()),
+            None => msg,
+        };
+        Error::parse(origin, line, format!("not a valid snapshot: {msg}"))
+    })
+}
+
+/// Write a snapshot file.
+pub fn write_snapshot(raw: &RawMachine, path: &Path) -> Result<()> {
+    let mut text = serde_json::to_string_pretty(raw)
+        .map_err(|e| Error::parse(path.display().to_string(), None, e.to_string()))?;
+    text.push('\n');
+    // Write beside and rename, so a failed write never leaves half a file.
+    let tmp = path.with_extension("json.tmp");
+    fs::write(&tmp, text).map_err(|e| Error::io("write", &tmp, e))?;
+    fs::rename(&tmp, path).map_err(|e| Error::io("write", path, e))
+}

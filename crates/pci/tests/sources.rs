@@ -1,0 +1,156 @@
+//! Every source produces the same model; bad input gets one clear line.
+
+use peerdma_pci::raw::RawMachine;
+use peerdma_pci::{presets, Acs, read_snapshot, sysfs, write_snapshot, PortType, Source, Topology};
+use std::fs;
+use std::path::Path;
+
+/// Everything the model says, as comparable text.
+fn render(t: &Topology) -> String {
+    let mut s = serde_json::to_string_pretty(t.functions()).unwrap();
+    s.push_str(&serde_json::to_string_pretty(t.host_bridges()).unwrap());
+    s.push_str(&serde_json::to_string(t.cpu()).unwrap());
+    s
+}
+
+#[test]
+fn snapshot_and_root_tree_replay_every_preset_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    for p in presets::PRESETS {
+        let original = Source::Preset(p.name.into()).load().unwrap();
+        let snap = dir.path().join(format!("{}.json", p.name));
+        write_snapshot(original.raw(), &snap).unwrap();
+        let replayed = Source::Snapshot(snap.clone()).load().unwrap();
+        assert_eq!(render(&original), render(&replayed), "{}: snapshot", p.name);
+
+        let root = dir.path().join(p.name);
+        sysfs::write_root(original.raw(), &root).unwrap();
+        let from_tree = Source::Root(root.clone()).load().unwrap();
+        assert_eq!(render(&original), render(&from_tree), "{}: --root tree", p.name);
+        assert_eq!(from_tree.origin().cmdline, original.origin().cmdline);
+    }
+}
+
+#[test]
+fn live_sysfs_reads_this_machine() {
+    if !Path::new("/sys/bus/pci/devices").is_dir() {
+        eprintln!("no /sys/bus/pci on this machine");
+        return;
+    }
+    let t = Source::Live.load().unwrap();
+    let listed = fs::read_dir("/sys/bus/pci/devices").unwrap().count();
+    assert_eq!(t.len(), listed);
+    for f in t.functions() {
+        assert!(t.host_bridges().iter().any(|h| h.id == f.host_bridge));
+        assert_ne!(f.vendor, 0xffff, "{}", f.bdf);
+    }
+}
+
+/// An unprivileged reader of sysfs sees 64 bytes of config space: the model
+/// must still place every function and infer the port types correctly.
+#[test]
+fn header_only_captures_infer_port_types() {
+    for p in presets::PRESETS {
+        let full = Source::Preset(p.name.into()).load().unwrap();
+        let mut raw: RawMachine = full.raw().clone();
+        for d in &mut raw.devices {
+            d.config.truncate(64);
+        }
+        let cut = Topology::from_raw(raw, "cut").unwrap();
+        assert_eq!(cut.notes().len(), 1, "{:?}", cut.notes());
+        assert!(cut.notes()[0].contains("needs root"), "{:?}", cut.notes());
+        for (a, b) in full.functions().iter().zip(cut.functions()) {
+            assert_eq!(a.bdf, b.bdf);
+            assert_eq!(a.upstream, b.upstream);
+            assert_eq!(b.acs, Acs::Unknown, "64 bytes never show ACS");
+            let expect = match a.port_type {
+                // Not distinguishable from the header alone.
+                PortType::LegacyEndpoint => PortType::Endpoint,
+                t => t,
+            };
+            assert_eq!(b.port_type, expect, "{} {}", p.name, a.bdf);
+            assert!(b.port_type_inferred);
+            assert_eq!(a.link, b.link, "links come from sysfs attributes");
+            assert_eq!(a.bars.len(), b.bars.len());
+        }
+    }
+}
+
+fn load_err(src: Source) -> String {
+    match src.load() {
+        Ok(_) => panic!("{src:?} was accepted"),
+        Err(e) => {
+            let s = e.to_string();
+            assert!(!s.contains('\n'), "one line: {s}");
+            s
+        }
+    }
+}
+
+#[test]
+fn bad_snapshots_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("missing.json");
+    let e = load_err(Source::Snapshot(p.clone()));
+    assert!(e.contains("missing.json") && e.contains("no such file"), "{e}");
+
+    let good = Source::Preset("workstation".into()).capture().unwrap();
+    let text = serde_json::to_string_pretty(&good).unwrap();
+
+    let f = dir.path().join("malformed.json");
+    let broken = text.replacen("\"devices\": [", "\"devices\": [,", 1);
+    fs::write(&f, &broken).unwrap();
+    let e = load_err(Source::Snapshot(f.clone()));
+    let line = broken.lines().position(|l| l.contains("\"devices\": [,")).unwrap() + 1;
+    assert!(e.starts_with(&format!("{}:{line}:", f.display())), "{e}");
+
+    let f = dir.path().join("truncated.json");
+    let cut = &text[..text.len() / 2];
+    fs::write(&f, cut).unwrap();
+    let e = load_err(Source::Snapshot(f.clone()));
+    assert!(e.contains("truncated.json") && e.contains("EOF"), "{e}");
+
+    let mut short = good.clone();
+    short.devices[3].config.truncate(20);
+    let bdf = short.devices[3].name().to_string();
+    let f = dir.path().join("shortcfg.json");
+    write_snapshot(&short, &f).unwrap();
+    let e = load_err(Source::Snapshot(f.clone()));
+    assert!(e.contains("shortcfg.json") && e.contains(&bdf) && e.contains("20 bytes"), "{e}");
+
+    let f = dir.path().join("v2.json");
+    fs::write(&f, text.replacen("\"version\": 1", "\"version\": 2", 1)).unwrap();
+    let e = load_err(Source::Snapshot(f.clone()));
+    assert!(e.contains("version 2"), "{e}");
+
+    let f = dir.path().join("other.json");
+    fs::write(&f, "{\"pairs\": []}").unwrap();
+    let e = load_err(Source::Snapshot(f.clone()));
+    assert!(e.contains("not a peerdma snapshot"), "{e}");
+
+    let mut orphan = good.clone();
+    orphan.devices.retain(|d| !d.path.ends_with("0000:00:01.0"));
+    let f = dir.path().join("orphan.json");
+    write_snapshot(&orphan, &f).unwrap();
+    let e = load_err(Source::Snapshot(f));
+    assert!(e.contains("sits below 0000:00:01.0, which is not in the capture"), "{e}");
+
+    let _ = read_snapshot(&dir.path().join("nothing"));
+}
+
+#[test]
+fn bad_roots_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = load_err(Source::Root(dir.path().join("nope")));
+    assert!(e.contains("nope") && e.contains("no such file"), "{e}");
+    let e = load_err(Source::Root(dir.path().to_path_buf()));
+    assert!(e.contains("sys/bus/pci/devices"), "{e}");
+    let raw = Source::Preset("workstation".into()).capture().unwrap();
+    let root = dir.path().join("tree");
+    sysfs::write_root(&raw, &root).unwrap();
+    fs::remove_file(root.join("proc/cpuinfo")).unwrap();
+    let e = load_err(Source::Root(root.clone()));
+    assert!(e.contains("proc/cpuinfo"), "{e}");
+    let e = load_err(Source::Description(dir.path().join("x.toml")));
+    assert!(e.contains("x.toml"), "{e}");
+}
