@@ -19,7 +19,10 @@ pub(crate) fn parse_host_bridge_name(s: &str) -> Option<(u32, u8)> {
     if d.len() < 4 || b.len() != 2 {
         return None;
     }
-    Some((u32::from_str_radix(d, 16).ok()?, u8::from_str_radix(b, 16).ok()?))
+    Some((
+        u32::from_str_radix(d, 16).ok()?,
+        u8::from_str_radix(b, 16).ok()?,
+    ))
 }
 
 fn parse_hex_attr(s: &str) -> Option<u64> {
@@ -30,7 +33,12 @@ fn parse_hex_attr(s: &str) -> Option<u64> {
 /// Where a device sits, from its path.
 enum Parent {
     Bridge(Bdf),
-    Root { key: String, name: String, domain: u32, bus: u8 },
+    Root {
+        key: String,
+        name: String,
+        domain: u32,
+        bus: u8,
+    },
 }
 
 fn parent_of(path: &str) -> Option<Parent> {
@@ -49,7 +57,11 @@ fn parent_of(path: &str) -> Option<Parent> {
     })
 }
 
-fn parse_link(attrs: &std::collections::BTreeMap<String, String>, speed: &str, width: &str) -> Option<LinkState> {
+fn parse_link(
+    attrs: &std::collections::BTreeMap<String, String>,
+    speed: &str,
+    width: &str,
+) -> Option<LinkState> {
     let s = LinkSpeed::parse(attrs.get(speed)?)?;
     let w: u8 = attrs.get(width)?.trim().parse().ok()?;
     (w > 0).then_some(LinkState { speed: s, width: w })
@@ -68,7 +80,13 @@ fn link_from_config(cs: &ConfigSpace, exp: usize) -> Link {
     }
 }
 
-fn parse_resource(origin: &str, bdf: Bdf, text: &str, max_bars: usize, cs: &ConfigSpace) -> Result<Vec<Bar>> {
+fn parse_resource(
+    origin: &str,
+    bdf: Bdf,
+    text: &str,
+    max_bars: usize,
+    cs: &ConfigSpace,
+) -> Result<Vec<Bar>> {
     let mut bars = Vec::new();
     for (i, line) in text.lines().enumerate().take(max_bars) {
         let fields: Vec<&str> = line.split_whitespace().collect();
@@ -76,18 +94,28 @@ fn parse_resource(origin: &str, bdf: Bdf, text: &str, max_bars: usize, cs: &Conf
             return Err(Error::device(
                 origin,
                 bdf,
-                format!("resource line {} is '{line}', expected three hex numbers", i + 1),
+                format!(
+                    "resource line {} is '{line}', expected three hex numbers",
+                    i + 1
+                ),
             ));
         };
-        let (Some(start), Some(end), Some(flags)) = (parse_hex_attr(start), parse_hex_attr(end), parse_hex_attr(flags))
-        else {
+        let (Some(start), Some(end), Some(flags)) = (
+            parse_hex_attr(start),
+            parse_hex_attr(end),
+            parse_hex_attr(flags),
+        ) else {
             return Err(Error::device(
                 origin,
                 bdf,
-                format!("resource line {} is '{line}', expected three hex numbers", i + 1),
+                format!(
+                    "resource line {} is '{line}', expected three hex numbers",
+                    i + 1
+                ),
             ));
         };
-        if flags & (IORESOURCE_IO | IORESOURCE_MEM) == 0 || end < start || (start == 0 && end == 0) {
+        if flags & (IORESOURCE_IO | IORESOURCE_MEM) == 0 || end < start || (start == 0 && end == 0)
+        {
             continue;
         }
         let io = flags & IORESOURCE_IO != 0;
@@ -158,10 +186,9 @@ impl Topology {
         // Order functions by BDF: FnId order is BDF order.
         let mut order: Vec<(Bdf, usize)> = Vec::with_capacity(raw.devices.len());
         for (i, d) in raw.devices.iter().enumerate() {
-            let bdf: Bdf = d
-                .name()
-                .parse()
-                .map_err(|e| Error::parse(origin, None, format!("device path '{}': {e}", d.path)))?;
+            let bdf: Bdf = d.name().parse().map_err(|e| {
+                Error::parse(origin, None, format!("device path '{}': {e}", d.path))
+            })?;
             order.push((bdf, i));
         }
         order.sort();
@@ -212,13 +239,18 @@ impl Topology {
                     ));
                 }
             }
-            let is_pcie_by_attrs = d.attrs.contains_key("current_link_speed") || d.attrs.contains_key("max_link_speed");
+            let is_pcie_by_attrs = d.attrs.contains_key("current_link_speed")
+                || d.attrs.contains_key("max_link_speed");
             let (pcie_cap, visibility) = match cs.find_cap(config::CAP_ID_EXP) {
                 Ok(Some(pos)) => (Some(pos), cs.visibility(true)),
                 Ok(None) => (None, cs.visibility(is_pcie_by_attrs)),
                 Err(_) => (None, Visibility::HeaderOnly),
             };
-            let visibility = if cs.len() < 256 { Visibility::HeaderOnly } else { visibility };
+            let visibility = if cs.len() < 256 {
+                Visibility::HeaderOnly
+            } else {
+                visibility
+            };
             match visibility {
                 Visibility::HeaderOnly => header_only += 1,
                 Visibility::NoExtended => no_ext += 1,
@@ -227,7 +259,9 @@ impl Topology {
             let is_pcie = pcie_cap.is_some() || is_pcie_by_attrs;
             let layout = cs.header_layout().unwrap_or(0);
             let port_type = match (pcie_cap, visibility) {
-                (Some(pos), _) => PortType::from_pcie_code(((cs.u16(pos + config::EXP_FLAGS).unwrap_or(0) >> 4) & 0xf) as u8),
+                (Some(pos), _) => PortType::from_pcie_code(
+                    ((cs.u16(pos + config::EXP_FLAGS).unwrap_or(0) >> 4) & 0xf) as u8,
+                ),
                 (None, Visibility::HeaderOnly) => PortType::Unknown,
                 (None, _) if layout == 1 => PortType::ConventionalBridge,
                 (None, _) => PortType::Conventional,
@@ -240,7 +274,9 @@ impl Topology {
                         ctrl: cs.u16(pos + config::ACS_CTRL).unwrap_or(0),
                     },
                     Ok(None) => Acs::Absent,
-                    Err(e) => return Err(Error::device(origin, bdf, format!("ACS capability: {e}"))),
+                    Err(e) => {
+                        return Err(Error::device(origin, bdf, format!("ACS capability: {e}")))
+                    }
                 },
                 (Visibility::Full, false) => Acs::Absent,
                 _ => Acs::Unknown,
@@ -254,12 +290,17 @@ impl Topology {
                 Some(text) => parse_resource(origin, bdf, text, max_bars, &cs)?,
                 None => Vec::new(),
             };
-            let link = if is_pcie && port_type != PortType::RcEndpoint && port_type != PortType::RcEventCollector {
+            let link = if is_pcie
+                && port_type != PortType::RcEndpoint
+                && port_type != PortType::RcEventCollector
+            {
                 let from_attrs = Link {
                     current: parse_link(&d.attrs, "current_link_speed", "current_link_width"),
                     max: parse_link(&d.attrs, "max_link_speed", "max_link_width"),
                 };
-                let from_cfg = pcie_cap.map(|p| link_from_config(&cs, p)).unwrap_or_default();
+                let from_cfg = pcie_cap
+                    .map(|p| link_from_config(&cs, p))
+                    .unwrap_or_default();
                 let l = Link {
                     current: from_attrs.current.or(from_cfg.current),
                     max: from_attrs.max.or(from_cfg.max),
@@ -275,12 +316,21 @@ impl Topology {
                 .and_then(|n| u32::try_from(n).ok());
             let physfn = match d.physfn {
                 Some(pf) => Some(*by_bdf.get(&pf).ok_or_else(|| {
-                    Error::device(origin, bdf, format!("its physical function {pf} is not in the capture"))
+                    Error::device(
+                        origin,
+                        bdf,
+                        format!("its physical function {pf} is not in the capture"),
+                    )
                 })?),
                 None => None,
             };
             let host_bridge = match &parent {
-                Parent::Root { key, name, domain, bus } => {
+                Parent::Root {
+                    key,
+                    name,
+                    domain,
+                    bus,
+                } => {
                     let next = HostBridgeId(host_bridges.len() as u32);
                     let id = *hb_by_key.entry(key.clone()).or_insert(next);
                     if id == next {
@@ -304,7 +354,11 @@ impl Topology {
                 path: d.path.clone(),
                 vendor: cs.vendor().unwrap_or(0xffff),
                 device: cs.device().unwrap_or(0xffff),
-                subsystem: match (cs.header_layout(), cs.u16(config::SUBSYSTEM_VENDOR_ID), cs.u16(config::SUBSYSTEM_ID)) {
+                subsystem: match (
+                    cs.header_layout(),
+                    cs.u16(config::SUBSYSTEM_VENDOR_ID),
+                    cs.u16(config::SUBSYSTEM_ID),
+                ) {
                     (Some(0), Ok(v), Ok(s)) if v != 0 && v != 0xffff => Some((v, s)),
                     _ => None,
                 },
@@ -401,14 +455,23 @@ impl Topology {
         }
         for i in 0..functions.len() {
             if functions[i].host_bridge.0 == u32::MAX {
-                return Err(Error::device(origin, pending[i].bdf, "no host bridge above it"));
+                return Err(Error::device(
+                    origin,
+                    pending[i].bdf,
+                    "no host bridge above it",
+                ));
             }
             if let Some(u) = functions[i].upstream {
-                if !functions[u.index()].is_bridge() && functions[u.index()].port_type != PortType::Unknown {
+                if !functions[u.index()].is_bridge()
+                    && functions[u.index()].port_type != PortType::Unknown
+                {
                     return Err(Error::device(
                         origin,
                         pending[i].bdf,
-                        format!("sits below {}, which is not a bridge", functions[u.index()].bdf),
+                        format!(
+                            "sits below {}, which is not a bridge",
+                            functions[u.index()].bdf
+                        ),
                     ));
                 }
                 functions[u.index()].children.push(FnId(i as u32));
@@ -418,8 +481,12 @@ impl Topology {
             }
         }
         for hb in &mut host_bridges {
-            hb.root_functions.sort_by_key(|&f| functions[f.index()].bdf.devfn());
-            hb.numa_node = hb.root_functions.iter().find_map(|&f| functions[f.index()].numa_node);
+            hb.root_functions
+                .sort_by_key(|&f| functions[f.index()].bdf.devfn());
+            hb.numa_node = hb
+                .root_functions
+                .iter()
+                .find_map(|&f| functions[f.index()].numa_node);
         }
 
         // Infer the port types an unprivileged read cannot see, top-down.
@@ -441,10 +508,14 @@ impl Topology {
                 continue;
             }
             let layout = functions[i].config.header_layout().unwrap_or(0);
-            let up = functions[i].upstream.map(|u| functions[u.index()].port_type);
+            let up = functions[i]
+                .upstream
+                .map(|u| functions[u.index()].port_type);
             let t = match (layout, up, pending[i].is_pcie) {
                 (1, None, true) => PortType::RootPort,
-                (1, Some(PortType::RootPort | PortType::SwitchDownstream), true) => PortType::SwitchUpstream,
+                (1, Some(PortType::RootPort | PortType::SwitchDownstream), true) => {
+                    PortType::SwitchUpstream
+                }
                 (1, Some(PortType::SwitchUpstream), true) => PortType::SwitchDownstream,
                 (1, _, false) => PortType::ConventionalBridge,
                 (0, None, true) => PortType::RcEndpoint,

@@ -406,7 +406,10 @@ impl ConfigBuilder {
     pub fn pcie(mut self, port_type: u8, link: Option<(u8, u8, u8, u8)>) -> Self {
         let pos = self.add_cap(CAP_ID_EXP, EXP_CAP_SIZEOF);
         let slot = matches!(port_type, 4 | 6) as u16;
-        self.put16(pos + EXP_FLAGS, 0x2 | u16::from(port_type & 0xf) << 4 | slot << 8);
+        self.put16(
+            pos + EXP_FLAGS,
+            0x2 | u16::from(port_type & 0xf) << 4 | slot << 8,
+        );
         self.put32(pos + EXP_DEVCAP, 0x0000_8002); // MPS 512, role-based error reporting
         if let Some((cur_speed, cur_width, max_speed, max_width)) = link {
             self.put32(
@@ -480,7 +483,10 @@ mod tests {
         assert_eq!(head.visibility(true), Visibility::HeaderOnly);
         assert!(head.find_cap(CAP_ID_EXP).is_err());
         let e = head.u32(0x100).unwrap_err();
-        assert!(e.to_string().contains("beyond the 64 captured bytes"), "{e}");
+        assert!(
+            e.to_string().contains("beyond the 64 captured bytes"),
+            "{e}"
+        );
         let std = ConfigSpace::new(full.bytes()[..256].to_vec());
         assert_eq!(std.visibility(true), Visibility::NoExtended);
         assert!(std.find_cap(CAP_ID_EXP).unwrap().is_some());
@@ -494,7 +500,7 @@ mod tests {
         bytes[CAPABILITY_LIST] = 0x40;
         bytes[0x40] = 0x01; // PM
         bytes[0x41] = 0x40; // points at itself
-        // extended list that points at itself
+                            // extended list that points at itself
         bytes[0x100..0x104].copy_from_slice(&(0x0001u32 | 0x100 << 20).to_le_bytes());
         let cs = ConfigSpace::new(bytes);
         assert_eq!(cs.find_cap(CAP_ID_EXP), Ok(None));

@@ -234,17 +234,24 @@ impl Kind {
         self.is_pcie() && self != Kind::RcEndpoint
     }
     fn name(self) -> &'static str {
-        KIND_NAMES.iter().find(|(_, k)| *k == self).map(|(n, _)| *n).unwrap_or("?")
+        KIND_NAMES
+            .iter()
+            .find(|(_, k)| *k == self)
+            .map(|(n, _)| *n)
+            .unwrap_or("?")
     }
     /// Which parents this kind may sit below (None = a host bridge).
     fn allowed_parents(self) -> &'static [Option<Kind>] {
         match self {
             Kind::RootPort | Kind::RcEndpoint | Kind::Host => &[None],
-            Kind::SwitchUpstream | Kind::Endpoint | Kind::LegacyEndpoint | Kind::PcieToPciBridge => {
-                &[Some(Kind::RootPort), Some(Kind::SwitchDownstream)]
-            }
+            Kind::SwitchUpstream
+            | Kind::Endpoint
+            | Kind::LegacyEndpoint
+            | Kind::PcieToPciBridge => &[Some(Kind::RootPort), Some(Kind::SwitchDownstream)],
             Kind::SwitchDownstream => &[Some(Kind::SwitchUpstream)],
-            Kind::PciBridge | Kind::PciDevice => &[None, Some(Kind::PciBridge), Some(Kind::PcieToPciBridge)],
+            Kind::PciBridge | Kind::PciDevice => {
+                &[None, Some(Kind::PciBridge), Some(Kind::PcieToPciBridge)]
+            }
         }
     }
     fn default_class(self) -> u32 {
@@ -286,7 +293,29 @@ fn parse_link_spec(s: &str) -> Option<LinkState> {
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())].bytes().filter(|&b| b == b'\n').count() + 1
+    text[..offset.min(text.len())]
+        .bytes()
+        .filter(|&b| b == b'\n')
+        .count()
+        + 1
+}
+
+/// Line numbers for byte offsets, without rescanning the text each time.
+struct Lines(Vec<usize>);
+
+impl Lines {
+    fn new(text: &str) -> Lines {
+        Lines(
+            text.bytes()
+                .enumerate()
+                .filter(|&(_, b)| b == b'\n')
+                .map(|(i, _)| i)
+                .collect(),
+        )
+    }
+    fn line(&self, offset: usize) -> usize {
+        self.0.partition_point(|&nl| nl < offset) + 1
+    }
 }
 
 fn size_of(spec: &SizeSpec) -> std::result::Result<u64, String> {
@@ -300,7 +329,10 @@ fn acs_bits(names: &[String]) -> std::result::Result<u16, String> {
     let mut bits = 0;
     for n in names {
         let lower = n.to_ascii_lowercase();
-        match config::ACS_BIT_NAMES.iter().find(|(_, name)| *name == lower) {
+        match config::ACS_BIT_NAMES
+            .iter()
+            .find(|(_, name)| *name == lower)
+        {
             Some((b, _)) => bits |= b,
             None => {
                 return Err(format!(
@@ -351,13 +383,21 @@ pub(crate) fn parse_preset(text: &str, name: &str) -> Result<RawMachine> {
 
 fn build(text: &str, origin: &str, file: DescFile, kind: &str) -> Result<RawMachine> {
     let err = |line: Option<usize>, msg: String| Error::parse(origin, line, msg);
+    let lines = Lines::new(text);
+    let line_of = |_: &str, offset: usize| lines.line(offset);
     if let Some(v) = file.version {
         if v != 1 {
-            return Err(err(None, format!("version {v} is not understood (this peerdma reads version 1)")));
+            return Err(err(
+                None,
+                format!("version {v} is not understood (this peerdma reads version 1)"),
+            ));
         }
     }
     if file.host_bridges.is_empty() {
-        return Err(err(None, "no [[host_bridge]]: a machine needs at least one root bus".into()));
+        return Err(err(
+            None,
+            "no [[host_bridge]]: a machine needs at least one root bus".into(),
+        ));
     }
     let cpu = {
         let c = &file.cpu;
@@ -377,7 +417,10 @@ fn build(text: &str, origin: &str, file: DescFile, kind: &str) -> Result<RawMach
     };
     let default_link = match &file.default_link {
         Some(s) => Some(parse_link_spec(s).ok_or_else(|| {
-            err(None, format!("default_link '{s}' is not a link like gen4x16"))
+            err(
+                None,
+                format!("default_link '{s}' is not a link like gen4x16"),
+            )
         })?),
         None => None,
     }
@@ -391,13 +434,19 @@ fn build(text: &str, origin: &str, file: DescFile, kind: &str) -> Result<RawMach
     for (i, hb) in file.host_bridges.iter().enumerate() {
         let line = line_of(text, hb.span().start);
         if let Some((_, _, l)) = names.insert(&hb.get_ref().name, (true, i, line)) {
-            return Err(err(Some(line), format!("name '{}' is already used on line {l}", hb.get_ref().name)));
+            return Err(err(
+                Some(line),
+                format!("name '{}' is already used on line {l}", hb.get_ref().name),
+            ));
         }
     }
     for (i, d) in file.devices.iter().enumerate() {
         let line = line_of(text, d.span().start);
         if let Some((_, _, l)) = names.insert(&d.get_ref().name, (false, i, line)) {
-            return Err(err(Some(line), format!("name '{}' is already used on line {l}", d.get_ref().name)));
+            return Err(err(
+                Some(line),
+                format!("name '{}' is already used on line {l}", d.get_ref().name),
+            ));
         }
     }
 
@@ -416,7 +465,11 @@ fn build(text: &str, origin: &str, file: DescFile, kind: &str) -> Result<RawMach
                         "device '{}': unknown type '{}' (known: {})",
                         d.name,
                         d.kind,
-                        KIND_NAMES.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+                        KIND_NAMES
+                            .iter()
+                            .map(|(n, _)| *n)
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ),
                 )
             })?;
@@ -426,13 +479,28 @@ fn build(text: &str, origin: &str, file: DescFile, kind: &str) -> Result<RawMach
                 let pfd = names
                     .get(pf.as_str())
                     .filter(|(is_hb, _, _)| !is_hb)
-                    .ok_or_else(|| err(Some(line), format!("device '{}': physfn '{pf}' is not a device", d.name)))?;
+                    .ok_or_else(|| {
+                        err(
+                            Some(line),
+                            format!("device '{}': physfn '{pf}' is not a device", d.name),
+                        )
+                    })?;
                 match &file.devices[pfd.1].get_ref().parent {
                     Some(p) => p.clone(),
-                    None => return Err(err(Some(line), format!("device '{}': physfn '{pf}' has no parent", d.name))),
+                    None => {
+                        return Err(err(
+                            Some(line),
+                            format!("device '{}': physfn '{pf}' has no parent", d.name),
+                        ))
+                    }
                 }
             }
-            (None, None) => return Err(err(Some(line), format!("device '{}' has no parent", d.name))),
+            (None, None) => {
+                return Err(err(
+                    Some(line),
+                    format!("device '{}' has no parent", d.name),
+                ))
+            }
         };
         let parent = match names.get(parent_name.as_str()) {
             Some((true, hb, _)) => (None, *hb),
@@ -449,13 +517,22 @@ fn build(text: &str, origin: &str, file: DescFile, kind: &str) -> Result<RawMach
         };
         let link = match &d.link {
             Some(s) => Some(parse_link_spec(s).ok_or_else(|| {
-                err(Some(line), format!("device '{}': link '{s}' is not a link like gen4x16", d.name))
+                err(
+                    Some(line),
+                    format!("device '{}': link '{s}' is not a link like gen4x16", d.name),
+                )
             })?),
             None => None,
         };
         let max_link = match &d.max_link {
             Some(s) => Some(parse_link_spec(s).ok_or_else(|| {
-                err(Some(line), format!("device '{}': max_link '{s}' is not a link like gen4x16", d.name))
+                err(
+                    Some(line),
+                    format!(
+                        "device '{}': max_link '{s}' is not a link like gen4x16",
+                        d.name
+                    ),
+                )
             })?),
             None => None,
         };
@@ -482,11 +559,17 @@ fn build(text: &str, origin: &str, file: DescFile, kind: &str) -> Result<RawMach
         while let Some(p) = cur {
             if seen.contains(&p) {
                 let pos = seen.iter().position(|&s| s == p).unwrap_or(0);
-                let mut cyc: Vec<&str> = seen[pos..].iter().map(|&s| file.devices[s].get_ref().name.as_str()).collect();
+                let mut cyc: Vec<&str> = seen[pos..]
+                    .iter()
+                    .map(|&s| file.devices[s].get_ref().name.as_str())
+                    .collect();
                 cyc.push(&file.devices[p].get_ref().name);
                 return Err(err(
                     Some(nodes[p].line),
-                    format!("devices form a cycle through their parents: {}", cyc.join(" -> ")),
+                    format!(
+                        "devices form a cycle through their parents: {}",
+                        cyc.join(" -> ")
+                    ),
                 ));
             }
             seen.push(p);
@@ -505,7 +588,10 @@ fn build(text: &str, origin: &str, file: DescFile, kind: &str) -> Result<RawMach
                 .kind
                 .allowed_parents()
                 .iter()
-                .map(|k| k.map(|k| k.name().to_string()).unwrap_or_else(|| "a host bridge".into()))
+                .map(|k| {
+                    k.map(|k| k.name().to_string())
+                        .unwrap_or_else(|| "a host bridge".into())
+                })
                 .collect();
             let hint = if n.kind == Kind::Endpoint && pk.is_none() {
                 " (a device directly on a root bus is an rc_endpoint)"
@@ -526,10 +612,22 @@ fn build(text: &str, origin: &str, file: DescFile, kind: &str) -> Result<RawMach
         if let Some(pf) = &d.physfn {
             let pfi = names.get(pf.as_str()).map(|x| x.1).unwrap_or(usize::MAX);
             if pfi == n.idx || !matches!(nodes[pfi].kind, Kind::Endpoint | Kind::RcEndpoint) {
-                return Err(err(Some(n.line), format!("device '{}': physfn '{pf}' must be another endpoint", d.name)));
+                return Err(err(
+                    Some(n.line),
+                    format!(
+                        "device '{}': physfn '{pf}' must be another endpoint",
+                        d.name
+                    ),
+                ));
             }
             if nodes[pfi].parent != n.parent || (n.parent.is_none() && nodes[pfi].hb != n.hb) {
-                return Err(err(Some(n.line), format!("device '{}': a virtual function sits beside its physfn '{pf}'", d.name)));
+                return Err(err(
+                    Some(n.line),
+                    format!(
+                        "device '{}': a virtual function sits beside its physfn '{pf}'",
+                        d.name
+                    ),
+                ));
             }
         }
     }
@@ -563,14 +661,39 @@ fn build(text: &str, origin: &str, file: DescFile, kind: &str) -> Result<RawMach
         let nb = next_bus.entry(domain).or_insert(0);
         let bus = match hb.bus {
             Some(b) => b,
-            None => u8::try_from(*nb).map_err(|_| err(Some(line), format!("host bridge '{}': no bus numbers left in domain {domain:04x}", hb.name)))?,
+            None => u8::try_from(*nb).map_err(|_| {
+                err(
+                    Some(line),
+                    format!(
+                        "host bridge '{}': no bus numbers left in domain {domain:04x}",
+                        hb.name
+                    ),
+                )
+            })?,
         };
         if !used_buses.entry(domain).or_default().insert(bus) {
-            return Err(err(Some(line), format!("host bridge '{}': bus {bus:02x} of domain {domain:04x} is already in use", hb.name)));
+            return Err(err(
+                Some(line),
+                format!(
+                    "host bridge '{}': bus {bus:02x} of domain {domain:04x} is already in use",
+                    hb.name
+                ),
+            ));
         }
         hb_info.push((domain, bus));
         let mut cur = u16::from(bus);
-        assign_bus(&mut nodes, &children, &roots[h], bus, &mut cur, &file, text, origin, domain, &mut used_buses)?;
+        assign_bus(
+            &mut nodes,
+            &children,
+            &roots[h],
+            bus,
+            &mut cur,
+            &file,
+            text,
+            origin,
+            domain,
+            &mut used_buses,
+        )?;
         let nb = next_bus.entry(domain).or_insert(0);
         *nb = (*nb).max(cur + 1);
     }
@@ -606,7 +729,10 @@ fn build(text: &str, origin: &str, file: DescFile, kind: &str) -> Result<RawMach
     }
     for i in 0..nodes.len() {
         if matches!(nodes[i].kind, Kind::RootPort | Kind::SwitchDownstream) {
-            if let Some(&c) = children[i].iter().find(|&&c| file.devices[c].get_ref().physfn.is_none()) {
+            if let Some(&c) = children[i]
+                .iter()
+                .find(|&&c| file.devices[c].get_ref().physfn.is_none())
+            {
                 if file.devices[i].get_ref().link.is_none() {
                     nodes[i].link = nodes[c].link;
                 }
@@ -617,7 +743,9 @@ fn build(text: &str, origin: &str, file: DescFile, kind: &str) -> Result<RawMach
     // BARs: 64-bit from a window per host bridge, 32-bit and I/O below 4G.
     let mut next32: u64 = 0x8000_0000;
     let mut next_io: u64 = 0x1000;
-    let mut next64: Vec<u64> = (0..file.host_bridges.len()).map(|h| (h as u64 + 1) << 42).collect();
+    let mut next64: Vec<u64> = (0..file.host_bridges.len())
+        .map(|h| (h as u64 + 1) << 42)
+        .collect();
     let order = dfs_order(&roots, &children);
     for &i in &order {
         let d = file.devices[i].get_ref();
@@ -625,23 +753,48 @@ fn build(text: &str, origin: &str, file: DescFile, kind: &str) -> Result<RawMach
         let max_bars = if nodes[i].kind.is_bridge() { 2 } else { 6 };
         let mut taken = [false; 6];
         for b in &d.bars {
-            let size = size_of(&b.size).map_err(|e| err(Some(line), format!("device '{}' BAR {}: {e}", d.name, b.bar)))?;
+            let size = size_of(&b.size).map_err(|e| {
+                err(
+                    Some(line),
+                    format!("device '{}' BAR {}: {e}", d.name, b.bar),
+                )
+            })?;
             let bits = b.bits.unwrap_or(if b.io { 32 } else { 64 });
             let is64 = match bits {
                 32 => false,
                 64 if !b.io => true,
-                _ => return Err(err(Some(line), format!("device '{}' BAR {}: bits must be 32 or 64 (I/O BARs are 32)", d.name, b.bar))),
+                _ => {
+                    return Err(err(
+                        Some(line),
+                        format!(
+                            "device '{}' BAR {}: bits must be 32 or 64 (I/O BARs are 32)",
+                            d.name, b.bar
+                        ),
+                    ))
+                }
             };
             let slots = if is64 { 2 } else { 1 };
             let bi = usize::from(b.bar);
             if bi + slots > max_bars {
                 return Err(err(
                     Some(line),
-                    format!("device '{}' BAR {}: a {} has BARs 0-{} (a 64-bit BAR takes two)", d.name, b.bar, nodes[i].kind.name(), max_bars - 1),
+                    format!(
+                        "device '{}' BAR {}: a {} has BARs 0-{} (a 64-bit BAR takes two)",
+                        d.name,
+                        b.bar,
+                        nodes[i].kind.name(),
+                        max_bars - 1
+                    ),
                 ));
             }
             if taken[bi] || (is64 && taken[bi + 1]) {
-                return Err(err(Some(line), format!("device '{}' BAR {} overlaps another BAR's registers", d.name, b.bar)));
+                return Err(err(
+                    Some(line),
+                    format!(
+                        "device '{}' BAR {} overlaps another BAR's registers",
+                        d.name, b.bar
+                    ),
+                ));
             }
             taken[bi] = true;
             if is64 {
@@ -659,13 +812,35 @@ fn build(text: &str, origin: &str, file: DescFile, kind: &str) -> Result<RawMach
                 &mut next32
             };
             let addr = cursor.div_ceil(size) * size;
-            let limit = if b.io { 0x1_0000 } else if is64 { u64::MAX } else { 0xfec0_0000 };
+            let limit = if b.io {
+                0x1_0000
+            } else if is64 {
+                u64::MAX
+            } else {
+                0xfec0_0000
+            };
             if addr.checked_add(size).is_none_or(|e| e > limit) {
-                return Err(err(Some(line), format!("device '{}' BAR {}: no room left in the {} address space", d.name, b.bar, if b.io { "I/O" } else if is64 { "64-bit" } else { "32-bit" })));
+                return Err(err(
+                    Some(line),
+                    format!(
+                        "device '{}' BAR {}: no room left in the {} address space",
+                        d.name,
+                        b.bar,
+                        if b.io {
+                            "I/O"
+                        } else if is64 {
+                            "64-bit"
+                        } else {
+                            "32-bit"
+                        }
+                    ),
+                ));
             }
             *cursor = addr + size;
             let prefetch = b.prefetch.unwrap_or(is64);
-            nodes[i].bar_addrs.push((b.bar, addr, size, is64, prefetch, b.io));
+            nodes[i]
+                .bar_addrs
+                .push((b.bar, addr, size, is64, prefetch, b.io));
         }
     }
 
@@ -717,7 +892,11 @@ fn build(text: &str, origin: &str, file: DescFile, kind: &str) -> Result<RawMach
                 })?,
         };
         let layout = u8::from(n.kind.is_bridge());
-        let mf = per_slot.get(&(n.hb, n.bus, n.devfn >> 3)).copied().unwrap_or(0) > 1;
+        let mf = per_slot
+            .get(&(n.hb, n.bus, n.devfn >> 3))
+            .copied()
+            .unwrap_or(0)
+            > 1;
         let mut cb = ConfigBuilder::new(
             d.vendor.unwrap_or(dv),
             d.device.unwrap_or(dd),
@@ -727,30 +906,49 @@ fn build(text: &str, origin: &str, file: DescFile, kind: &str) -> Result<RawMach
             n.kind.is_pcie(),
         )
         .multifunction(mf)
-        .subsystem(d.subsystem_vendor.unwrap_or(0), d.subsystem_device.unwrap_or(0));
+        .subsystem(
+            d.subsystem_vendor.unwrap_or(0),
+            d.subsystem_device.unwrap_or(0),
+        );
         if layout == 1 {
             cb = cb.bridge_buses(n.bus, n.secondary, n.subordinate);
         }
         let bus_offset = hb.bus_offset.unwrap_or(0);
-        let mut resource_lines = vec!["0x0000000000000000 0x0000000000000000 0x0000000000000000".to_string(); 13];
+        let mut resource_lines =
+            vec!["0x0000000000000000 0x0000000000000000 0x0000000000000000".to_string(); 13];
         for &(bar, addr, size, is64, prefetch, io) in &n.bar_addrs {
             if io {
                 cb = cb.io_bar(usize::from(bar), addr as u32);
             } else {
                 cb = cb.memory_bar(usize::from(bar), addr, is64, prefetch);
             }
-            let phys = if io { addr } else { (i128::from(addr) - i128::from(bus_offset)) as u64 };
-            let flags: u64 = if io { 0x101 } else { 0x200 | if prefetch { 0x2000 } else { 0 } | if is64 { 0x0010_0000 } else { 0 } };
-            resource_lines[usize::from(bar)] = format!("0x{phys:016x} 0x{:016x} 0x{flags:016x}", phys + size - 1);
+            let phys = if io {
+                addr
+            } else {
+                (i128::from(addr) - i128::from(bus_offset)) as u64
+            };
+            let flags: u64 = if io {
+                0x101
+            } else {
+                0x200 | if prefetch { 0x2000 } else { 0 } | if is64 { 0x0010_0000 } else { 0 }
+            };
+            resource_lines[usize::from(bar)] =
+                format!("0x{phys:016x} 0x{:016x} 0x{flags:016x}", phys + size - 1);
         }
         if n.kind.is_pcie() {
             let link = if n.kind.has_link() {
                 let cur = n.link;
                 let max = n.max_link.or(cur);
                 // A downstream port with nothing plugged in has its link down.
-                let down = matches!(n.kind, Kind::RootPort | Kind::SwitchDownstream) && children[i].is_empty();
+                let down = matches!(n.kind, Kind::RootPort | Kind::SwitchDownstream)
+                    && children[i].is_empty();
                 match (cur, max) {
-                    (Some(c), Some(m)) => Some((if down { 0 } else { c.speed.code() }, if down { 0 } else { c.width }, m.speed.code(), m.width)),
+                    (Some(c), Some(m)) => Some((
+                        if down { 0 } else { c.speed.code() },
+                        if down { 0 } else { c.width },
+                        m.speed.code(),
+                        m.width,
+                    )),
                     _ => None,
                 }
             } else {
@@ -763,40 +961,93 @@ fn build(text: &str, origin: &str, file: DescFile, kind: &str) -> Result<RawMach
             None => default_acs.then_some(0u16),
             Some(AcsSpec::Flag(false)) => None,
             Some(AcsSpec::Flag(true)) => Some(0),
-            Some(AcsSpec::Bits(b)) => Some(acs_bits(b).map_err(|e| err(Some(line), format!("device '{}': {e}", d.name)))?),
+            Some(AcsSpec::Bits(b)) => Some(
+                acs_bits(b).map_err(|e| err(Some(line), format!("device '{}': {e}", d.name)))?,
+            ),
         };
         if let Some(ctrl) = acs {
             if !n.kind.is_pcie() {
-                return Err(err(Some(line), format!("device '{}': a {} has no extended config space for ACS", d.name, n.kind.name())));
+                return Err(err(
+                    Some(line),
+                    format!(
+                        "device '{}': a {} has no extended config space for ACS",
+                        d.name,
+                        n.kind.name()
+                    ),
+                ));
             }
             let cap = match &d.acs_cap {
-                Some(b) => acs_bits(b).map_err(|e| err(Some(line), format!("device '{}': {e}", d.name)))?,
-                None => config::ACS_SV | config::ACS_TB | config::ACS_RR | config::ACS_CR | config::ACS_UF | ctrl,
+                Some(b) => {
+                    acs_bits(b).map_err(|e| err(Some(line), format!("device '{}': {e}", d.name)))?
+                }
+                None => {
+                    config::ACS_SV
+                        | config::ACS_TB
+                        | config::ACS_RR
+                        | config::ACS_CR
+                        | config::ACS_UF
+                        | ctrl
+                }
             };
             cb = cb.acs(cap, ctrl);
         }
         let cs = cb.build();
         let mut attrs = BTreeMap::new();
-        attrs.insert("vendor".into(), format!("0x{:04x}", cs.vendor().unwrap_or(0)));
-        attrs.insert("device".into(), format!("0x{:04x}", cs.device().unwrap_or(0)));
+        attrs.insert(
+            "vendor".into(),
+            format!("0x{:04x}", cs.vendor().unwrap_or(0)),
+        );
+        attrs.insert(
+            "device".into(),
+            format!("0x{:04x}", cs.device().unwrap_or(0)),
+        );
         attrs.insert("class".into(), format!("0x{class:06x}"));
-        attrs.insert("revision".into(), format!("0x{:02x}", cs.revision().unwrap_or(0)));
+        attrs.insert(
+            "revision".into(),
+            format!("0x{:02x}", cs.revision().unwrap_or(0)),
+        );
         let numa = d.numa_node.or(hb.numa_node);
-        attrs.insert("numa_node".into(), numa.map(|x| x.to_string()).unwrap_or_else(|| "-1".into()));
+        attrs.insert(
+            "numa_node".into(),
+            numa.map(|x| x.to_string()).unwrap_or_else(|| "-1".into()),
+        );
         if n.kind.is_pcie() && !n.kind.has_link() {
             // sysfs shows the link attributes of every PCIe function; an
             // integrated endpoint has no link registers to report.
-            for (k, v) in [("current_link_speed", "Unknown"), ("current_link_width", "0"), ("max_link_speed", "Unknown"), ("max_link_width", "0")] {
+            for (k, v) in [
+                ("current_link_speed", "Unknown"),
+                ("current_link_width", "0"),
+                ("max_link_speed", "Unknown"),
+                ("max_link_width", "0"),
+            ] {
                 attrs.insert(k.into(), v.into());
             }
         }
         if n.kind.has_link() {
-            let down = matches!(n.kind, Kind::RootPort | Kind::SwitchDownstream) && children[i].is_empty();
+            let down =
+                matches!(n.kind, Kind::RootPort | Kind::SwitchDownstream) && children[i].is_empty();
             if let Some(c) = n.link {
                 let m = n.max_link.unwrap_or(c);
-                attrs.insert("current_link_speed".into(), if down { "Unknown".into() } else { format!("{} GT/s PCIe", fmt_gts(c.speed)) });
-                attrs.insert("current_link_width".into(), if down { "0".into() } else { c.width.to_string() });
-                attrs.insert("max_link_speed".into(), format!("{} GT/s PCIe", fmt_gts(m.speed)));
+                attrs.insert(
+                    "current_link_speed".into(),
+                    if down {
+                        "Unknown".into()
+                    } else {
+                        format!("{} GT/s PCIe", fmt_gts(c.speed))
+                    },
+                );
+                attrs.insert(
+                    "current_link_width".into(),
+                    if down {
+                        "0".into()
+                    } else {
+                        c.width.to_string()
+                    },
+                );
+                attrs.insert(
+                    "max_link_speed".into(),
+                    format!("{} GT/s PCIe", fmt_gts(m.speed)),
+                );
                 attrs.insert("max_link_width".into(), m.width.to_string());
             }
         }
@@ -807,7 +1058,13 @@ fn build(text: &str, origin: &str, file: DescFile, kind: &str) -> Result<RawMach
                     err(Some(line), format!("device '{}': p2pmem names BAR {}, which is not a memory BAR of this device", d.name, p.bar))
                 })?;
                 let bad = |e: String| err(Some(line), format!("device '{}' p2pmem: {e}", d.name));
-                let offset = p.offset.as_ref().map(size_of).transpose().map_err(bad)?.unwrap_or(0);
+                let offset = p
+                    .offset
+                    .as_ref()
+                    .map(size_of)
+                    .transpose()
+                    .map_err(bad)?
+                    .unwrap_or(0);
                 let size = match &p.size {
                     Some(s) => size_of(s).map_err(bad)?,
                     None => bar.2.saturating_sub(offset),
@@ -815,9 +1072,18 @@ fn build(text: &str, origin: &str, file: DescFile, kind: &str) -> Result<RawMach
                 if size == 0 || offset.checked_add(size).is_none_or(|e| e > bar.2) {
                     return Err(err(Some(line), format!("device '{}' p2pmem: offset {offset} + size {size} does not fit BAR {} ({} bytes)", d.name, p.bar, bar.2)));
                 }
-                let available = p.available.as_ref().map(size_of).transpose().map_err(bad)?.unwrap_or(size);
+                let available = p
+                    .available
+                    .as_ref()
+                    .map(size_of)
+                    .transpose()
+                    .map_err(bad)?
+                    .unwrap_or(size);
                 if available > size {
-                    return Err(err(Some(line), format!("device '{}' p2pmem: available exceeds size", d.name)));
+                    return Err(err(
+                        Some(line),
+                        format!("device '{}' p2pmem: available exceeds size", d.name),
+                    ));
                 }
                 Some(RawP2pMem {
                     size,
@@ -909,19 +1175,34 @@ fn assign_bus(
         }
         if let Some(slot) = d.slot {
             if slot > 31 {
-                return Err(err(nodes[m].line, format!("device '{}': slot {slot} is above 31", d.name)));
+                return Err(err(
+                    nodes[m].line,
+                    format!("device '{}': slot {slot} is above 31", d.name),
+                ));
             }
             let f = d.function.unwrap_or(0);
             if f > 7 {
-                return Err(err(nodes[m].line, format!("device '{}': function {f} is above 7", d.name)));
+                return Err(err(
+                    nodes[m].line,
+                    format!("device '{}': function {f} is above 7", d.name),
+                ));
             }
             let devfn = slot << 3 | f;
             if !taken.insert(devfn) {
-                return Err(err(nodes[m].line, format!("device '{}': slot {slot:02x}.{f} is already taken on bus {bus:02x}", d.name)));
+                return Err(err(
+                    nodes[m].line,
+                    format!(
+                        "device '{}': slot {slot:02x}.{f} is already taken on bus {bus:02x}",
+                        d.name
+                    ),
+                ));
             }
             nodes[m].devfn = devfn;
         } else if d.function.is_some() && !below_port {
-            return Err(err(nodes[m].line, format!("device '{}': give a slot with the function", d.name)));
+            return Err(err(
+                nodes[m].line,
+                format!("device '{}': give a slot with the function", d.name),
+            ));
         }
     }
     for &m in members {
@@ -934,19 +1215,42 @@ fn assign_bus(
             match d.function {
                 Some(f) if f <= 7 => {
                     if !taken.insert(f) {
-                        return Err(err(nodes[m].line, format!("device '{}': function {f} is already taken below its port", d.name)));
+                        return Err(err(
+                            nodes[m].line,
+                            format!(
+                                "device '{}': function {f} is already taken below its port",
+                                d.name
+                            ),
+                        ));
                     }
                     f
                 }
-                Some(f) => return Err(err(nodes[m].line, format!("device '{}': function {f} is above 7", d.name))),
+                Some(f) => {
+                    return Err(err(
+                        nodes[m].line,
+                        format!("device '{}': function {f} is above 7", d.name),
+                    ))
+                }
                 None => {
-                    let f = (0u8..=255).find(|f| !taken.contains(f)).ok_or_else(|| err(nodes[m].line, format!("device '{}': bus {bus:02x} is full", d.name)))?;
+                    let f = (0u8..=255).find(|f| !taken.contains(f)).ok_or_else(|| {
+                        err(
+                            nodes[m].line,
+                            format!("device '{}': bus {bus:02x} is full", d.name),
+                        )
+                    })?;
                     taken.insert(f);
                     f
                 }
             }
         } else {
-            let s = (0u8..32).find(|s| !taken.contains(&(s << 3))).ok_or_else(|| err(nodes[m].line, format!("device '{}': bus {bus:02x} has no free slot", d.name)))?;
+            let s = (0u8..32)
+                .find(|s| !taken.contains(&(s << 3)))
+                .ok_or_else(|| {
+                    err(
+                        nodes[m].line,
+                        format!("device '{}': bus {bus:02x} has no free slot", d.name),
+                    )
+                })?;
             taken.insert(s << 3);
             s << 3
         };
@@ -965,7 +1269,15 @@ fn assign_bus(
         let devfn = (u16::from(start) + 1..=255)
             .map(|v| v as u8)
             .find(|v| !taken.contains(v))
-            .ok_or_else(|| err(nodes[m].line, format!("device '{}': no routing ID left for the virtual function", d.name)))?;
+            .ok_or_else(|| {
+                err(
+                    nodes[m].line,
+                    format!(
+                        "device '{}': no routing ID left for the virtual function",
+                        d.name
+                    ),
+                )
+            })?;
         taken.insert(devfn);
         nodes[m].devfn = devfn;
     }
@@ -980,12 +1292,33 @@ fn assign_bus(
         }
         *cur += 1;
         let line = nodes[m].line;
-        let sec = u8::try_from(*cur).map_err(|_| err(line, format!("domain {domain:04x} ran out of bus numbers (more than 256 buses)")))?;
+        let sec = u8::try_from(*cur).map_err(|_| {
+            err(
+                line,
+                format!("domain {domain:04x} ran out of bus numbers (more than 256 buses)"),
+            )
+        })?;
         if !used.entry(domain).or_default().insert(sec) {
-            return Err(err(line, format!("bus {sec:02x} of domain {domain:04x} is already used by another host bridge")));
+            return Err(err(
+                line,
+                format!(
+                    "bus {sec:02x} of domain {domain:04x} is already used by another host bridge"
+                ),
+            ));
         }
         nodes[m].secondary = sec;
-        assign_bus(nodes, children, &children[m].clone(), sec, cur, file, text, origin, domain, used)?;
+        assign_bus(
+            nodes,
+            children,
+            &children[m].clone(),
+            sec,
+            cur,
+            file,
+            text,
+            origin,
+            domain,
+            used,
+        )?;
         nodes[m].subordinate = *cur as u8;
     }
     Ok(())
@@ -1054,7 +1387,11 @@ bars = [{ bar = 0, size = "16M", bits = 32 }]
     #[test]
     fn lays_out_buses_and_types() {
         let t = topo(SMALL);
-        let names: Vec<String> = t.functions().iter().map(|f| format!("{} {}", f.bdf, f.label.as_deref().unwrap())).collect();
+        let names: Vec<String> = t
+            .functions()
+            .iter()
+            .map(|f| format!("{} {}", f.bdf, f.label.as_deref().unwrap()))
+            .collect();
         assert_eq!(
             names,
             [
@@ -1073,7 +1410,11 @@ bars = [{ bar = 0, size = "16M", bits = 32 }]
         let dp0 = t.function(nvme.upstream.unwrap());
         assert_eq!(dp0.port_type, PortType::SwitchDownstream);
         assert_eq!(dp0.acs.redirects(), Some(true));
-        assert_eq!(dp0.link.unwrap().current.unwrap().to_string(), "Gen4 x8", "the port copies its child's link");
+        assert_eq!(
+            dp0.link.unwrap().current.unwrap().to_string(),
+            "Gen4 x8",
+            "the port copies its child's link"
+        );
         let up = t.function(dp0.upstream.unwrap());
         assert_eq!(up.port_type, PortType::SwitchUpstream);
         assert_eq!(up.acs, crate::Acs::Absent);
@@ -1085,7 +1426,10 @@ bars = [{ bar = 0, size = "16M", bits = 32 }]
         assert_eq!((p2p.size, p2p.published), (512 << 20, true));
         let bar2 = nvme.bars.iter().find(|b| b.index == 2).unwrap();
         assert_eq!(bar2.phys.len(), 1 << 30);
-        assert!(bar2.phys.start().raw() % (1 << 30) == 0, "naturally aligned");
+        assert!(
+            bar2.phys.start().raw() % (1 << 30) == 0,
+            "naturally aligned"
+        );
         assert_eq!(bar2.bus.map(|b| b.raw()), Some(bar2.phys.start().raw()));
         let gpu = t.function(t.lookup("gpu0").unwrap());
         assert!(gpu.bars[0].phys.start().raw() < 1 << 32);
@@ -1115,21 +1459,48 @@ bars = [{ bar = 0, size = "16M", bits = 32 }]
         let bad = SMALL.replace("parent = \"rp0\"", "parent = \"dp1\"");
         let e = parse_err(&bad);
         assert!(e.contains("cycle"), "{e}");
-        assert!(e.contains("up -> dp1 -> up") || e.contains("dp1 -> up -> dp1"), "{e}");
+        assert!(
+            e.contains("up -> dp1 -> up") || e.contains("dp1 -> up -> dp1"),
+            "{e}"
+        );
     }
 
     #[test]
     fn wrong_parent_kinds_and_bad_values() {
         for (from, to, want) in [
             ("parent = \"dp0\"", "parent = \"hb0\"", "rc_endpoint"),
-            ("type = \"switch_downstream\"\nparent = \"up\"\nacs", "type = \"switch_downstream\"\nparent = \"rp0\"\nacs", "needs switch_upstream"),
+            (
+                "type = \"switch_downstream\"\nparent = \"up\"\nacs",
+                "type = \"switch_downstream\"\nparent = \"rp0\"\nacs",
+                "needs switch_upstream",
+            ),
             ("link = \"gen4x8\"", "link = \"fast\"", "link 'fast'"),
-            ("acs = [\"rr\", \"cr\"]", "acs = [\"rr\", \"zz\"]", "unknown ACS bit 'zz'"),
+            (
+                "acs = [\"rr\", \"cr\"]",
+                "acs = [\"rr\", \"zz\"]",
+                "unknown ACS bit 'zz'",
+            ),
             ("size = \"1G\"", "size = \"3M\"", "power of two"),
-            ("class = \"nvme\"", "class = \"nvmee\"", "unknown class 'nvmee'"),
-            ("p2pmem = { bar = 2, size = \"512M\" }", "p2pmem = { bar = 4 }", "not a memory BAR"),
-            ("vendor = 0x1de5", "vendor = 0x1de5\nvendr = 1", "unknown field `vendr`"),
-            ("name = \"gpu0\"", "name = \"nvme0\"", "already used on line"),
+            (
+                "class = \"nvme\"",
+                "class = \"nvmee\"",
+                "unknown class 'nvmee'",
+            ),
+            (
+                "p2pmem = { bar = 2, size = \"512M\" }",
+                "p2pmem = { bar = 4 }",
+                "not a memory BAR",
+            ),
+            (
+                "vendor = 0x1de5",
+                "vendor = 0x1de5\nvendr = 1",
+                "unknown field `vendr`",
+            ),
+            (
+                "name = \"gpu0\"",
+                "name = \"nvme0\"",
+                "already used on line",
+            ),
             ("family = 6", "family = \"six\"", "invalid type"),
         ] {
             assert!(SMALL.contains(from), "{from}");

@@ -44,14 +44,22 @@ impl Error {
             source,
         }
     }
-    pub(crate) fn parse(origin: impl Into<String>, line: Option<usize>, msg: impl Into<String>) -> Error {
+    pub(crate) fn parse(
+        origin: impl Into<String>,
+        line: Option<usize>,
+        msg: impl Into<String>,
+    ) -> Error {
         Error::Parse {
             origin: origin.into(),
             line,
             msg: msg.into(),
         }
     }
-    pub(crate) fn device(origin: impl Into<String>, device: impl fmt::Display, msg: impl Into<String>) -> Error {
+    pub(crate) fn device(
+        origin: impl Into<String>,
+        device: impl fmt::Display,
+        msg: impl Into<String>,
+    ) -> Error {
         Error::Device {
             origin: origin.into(),
             device: device.to_string(),
@@ -63,7 +71,11 @@ impl Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::Io { path, action, source } => {
+            Error::Io {
+                path,
+                action,
+                source,
+            } => {
                 let why = match source.kind() {
                     io::ErrorKind::NotFound => "no such file or directory".to_string(),
                     io::ErrorKind::PermissionDenied => "permission denied".to_string(),
@@ -75,8 +87,16 @@ impl fmt::Display for Error {
                 Some(l) => write!(f, "{origin}:{l}: {msg}"),
                 None => write!(f, "{origin}: {msg}"),
             },
-            Error::Device { origin, device, msg } => write!(f, "{origin}: device {device}: {msg}"),
-            Error::NoSuchFunction { origin, asked, hint } => {
+            Error::Device {
+                origin,
+                device,
+                msg,
+            } => write!(f, "{origin}: device {device}: {msg}"),
+            Error::NoSuchFunction {
+                origin,
+                asked,
+                hint,
+            } => {
                 write!(f, "no PCI function {asked} in {origin}")?;
                 if !hint.is_empty() {
                     write!(f, "; {hint}")?;

@@ -10,6 +10,8 @@ mod build;
 pub mod config;
 pub mod desc;
 mod error;
+pub mod gen;
+pub mod ids;
 mod model;
 pub mod raw;
 pub mod sysfs;

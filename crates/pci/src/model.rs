@@ -194,7 +194,9 @@ impl LinkSpeed {
 
     /// From the Link Status / Link Capabilities speed code (1 = 2.5 GT/s).
     pub fn from_code(code: u8) -> Option<LinkSpeed> {
-        LinkSpeed::ALL.get(usize::from(code).checked_sub(1)?).copied()
+        LinkSpeed::ALL
+            .get(usize::from(code).checked_sub(1)?)
+            .copied()
     }
     pub fn code(self) -> u8 {
         self as u8 + 1
@@ -222,9 +224,14 @@ impl LinkSpeed {
         if let Some(g) = t.strip_prefix("gen") {
             return g.parse::<u8>().ok().and_then(LinkSpeed::from_code);
         }
-        let num: String = t.chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect();
+        let num: String = t
+            .chars()
+            .take_while(|c| c.is_ascii_digit() || *c == '.')
+            .collect();
         let v: f64 = num.parse().ok()?;
-        LinkSpeed::ALL.into_iter().find(|s| (s.gts() - v).abs() < 0.01)
+        LinkSpeed::ALL
+            .into_iter()
+            .find(|s| (s.gts() - v).abs() < 0.01)
     }
 }
 
@@ -380,11 +387,16 @@ impl Function {
     /// Whether this is a function that moves data (not a bridge, host
     /// bridge or other system glue).
     pub fn is_dma_endpoint(&self) -> bool {
-        !self.is_bridge() && !matches!(self.base_class(), 0x06 | 0x08) && self.port_type != PortType::RcEventCollector
+        !self.is_bridge()
+            && !matches!(self.base_class(), 0x06 | 0x08)
+            && self.port_type != PortType::RcEventCollector
     }
     /// The largest memory BAR.
     pub fn largest_memory_bar(&self) -> Option<&Bar> {
-        self.bars.iter().filter(|b| !b.io).max_by_key(|b| b.phys.len())
+        self.bars
+            .iter()
+            .filter(|b| !b.io)
+            .max_by_key(|b| b.phys.len())
     }
 }
 
@@ -474,11 +486,11 @@ impl Topology {
                 return Ok(id);
             }
         }
-        if let Some(f) = self
-            .functions
-            .iter()
-            .find(|f| f.label.as_deref().is_some_and(|l| l.eq_ignore_ascii_case(what)))
-        {
+        if let Some(f) = self.functions.iter().find(|f| {
+            f.label
+                .as_deref()
+                .is_some_and(|l| l.eq_ignore_ascii_case(what))
+        }) {
             return Ok(f.id);
         }
         let hint = match what.parse::<Bdf>() {
@@ -496,7 +508,10 @@ impl Topology {
                     .map(|f| f.bdf.to_string())
                     .collect();
                 if near.is_empty() {
-                    format!("it has {} functions; `peerdma topo` lists them", self.functions.len())
+                    format!(
+                        "it has {} functions; `peerdma topo` lists them",
+                        self.functions.len()
+                    )
                 } else {
                     format!("on that bus there are {}", near.join(", "))
                 }
@@ -512,7 +527,9 @@ impl Topology {
     /// The bridges from `id` up to the root bus, nearest first (not
     /// including `id`).
     pub fn ancestors(&self, id: FnId) -> impl Iterator<Item = FnId> + '_ {
-        std::iter::successors(self.function(id).upstream, move |&u| self.function(u).upstream)
+        std::iter::successors(self.function(id).upstream, move |&u| {
+            self.function(u).upstream
+        })
     }
 
     /// The device that stands for a host bridge in the kernel's whitelist
@@ -548,7 +565,9 @@ impl Topology {
             self.functions[old.index()].children.retain(|&c| c != id);
         } else {
             let hb = self.function(id).host_bridge;
-            self.host_bridges[hb.index()].root_functions.retain(|&c| c != id);
+            self.host_bridges[hb.index()]
+                .root_functions
+                .retain(|&c| c != id);
         }
         let hb = self.function(new_parent).host_bridge;
         let numa = self.function(new_parent).numa_node;

@@ -41,7 +41,11 @@ pub fn load(name: &str) -> Result<RawMachine> {
             None,
             format!(
                 "no such preset; built-in presets are: {}",
-                PRESETS.iter().map(|p| p.name).collect::<Vec<_>>().join(", ")
+                PRESETS
+                    .iter()
+                    .map(|p| p.name)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         )
     })?;
@@ -62,7 +66,13 @@ mod tests {
             assert!(t.notes().is_empty(), "{}: {:?}", p.name, t.notes());
             for f in t.functions() {
                 assert!(f.label.is_some());
-                assert_ne!(f.port_type, crate::PortType::Unknown, "{} {}", p.name, f.bdf);
+                assert_ne!(
+                    f.port_type,
+                    crate::PortType::Unknown,
+                    "{} {}",
+                    p.name,
+                    f.bdf
+                );
             }
         }
     }
@@ -70,6 +80,9 @@ mod tests {
     #[test]
     fn unknown_preset_lists_the_known_ones() {
         let e = load("nope").unwrap_err().to_string();
-        assert!(e.contains("dual-xeon") && e.contains("epyc") && e.contains("workstation"), "{e}");
+        assert!(
+            e.contains("dual-xeon") && e.contains("epyc") && e.contains("workstation"),
+            "{e}"
+        );
     }
 }

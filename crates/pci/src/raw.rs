@@ -149,10 +149,9 @@ mod hex_bytes {
             )));
         }
         let digit = |c: u8, at: usize| -> Result<u8, D::Error> {
-            (c as char)
-                .to_digit(16)
-                .map(|v| v as u8)
-                .ok_or_else(|| D::Error::custom(format!("config hex has '{}' at digit {at}", c as char)))
+            (c as char).to_digit(16).map(|v| v as u8).ok_or_else(|| {
+                D::Error::custom(format!("config hex has '{}' at digit {at}", c as char))
+            })
         };
         (0..s.len() / 2)
             .map(|i| Ok(digit(s[2 * i], 2 * i)? << 4 | digit(s[2 * i + 1], 2 * i + 1)?))
@@ -195,7 +194,9 @@ mod tests {
     #[test]
     fn bad_hex_is_named() {
         let j = r#"{"path":"x","config":"0g"}"#;
-        let e = serde_json::from_str::<RawDevice>(j).unwrap_err().to_string();
+        let e = serde_json::from_str::<RawDevice>(j)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("'g' at digit 1"), "{e}");
         let e = serde_json::from_str::<RawDevice>(r#"{"path":"x","config":"abc"}"#)
             .unwrap_err()

@@ -63,7 +63,11 @@ pub fn read_snapshot(path: &Path) -> Result<RawMachine> {
     let origin = path.display().to_string();
     let text = fs::read(path).map_err(|e| Error::io("read", path, e))?;
     if text.iter().all(|b| b.is_ascii_whitespace()) {
-        return Err(Error::parse(origin, None, "is empty, expected a snapshot written by `peerdma snapshot`"));
+        return Err(Error::parse(
+            origin,
+            None,
+            "is empty, expected a snapshot written by `peerdma snapshot`",
+        ));
     }
     // A quick look at the format field first, for a better message than a
     // field-by-field complaint when this is some other JSON file.
@@ -75,7 +79,8 @@ pub fn read_snapshot(path: &Path) -> Result<RawMachine> {
                 None,
                 format!(
                     "is JSON but not a peerdma snapshot (format is {}, expected \"{}\")",
-                    fmt.map(|f| format!("\"{f}\"")).unwrap_or_else(|| "missing".into()),
+                    fmt.map(|f| format!("\"{f}\""))
+                        .unwrap_or_else(|| "missing".into()),
                     crate::raw::SNAPSHOT_FORMAT
                 ),
             ));

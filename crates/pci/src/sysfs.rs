@@ -112,7 +112,10 @@ pub fn read_root(root: &Path) -> Result<RawMachine> {
             continue;
         }
         let link = entry.path();
-        let dir = if fs::symlink_metadata(&link).map(|m| m.file_type().is_symlink()).unwrap_or(false) {
+        let dir = if fs::symlink_metadata(&link)
+            .map(|m| m.file_type().is_symlink())
+            .unwrap_or(false)
+        {
             resolve_link(root, &link)?
         } else {
             link.clone()
@@ -121,13 +124,18 @@ pub fn read_root(root: &Path) -> Result<RawMachine> {
             Error::device(
                 devices_dir.display().to_string(),
                 &name,
-                format!("links to {}, outside {}", dir.display(), sys_devices.display()),
+                format!(
+                    "links to {}, outside {}",
+                    dir.display(),
+                    sys_devices.display()
+                ),
             )
         })?;
         devices.push(read_device(&dir, rel.to_string_lossy().into_owned())?);
     }
     let cpuinfo_path = root.join("proc/cpuinfo");
-    let cpuinfo = fs::read_to_string(&cpuinfo_path).map_err(|e| Error::io("read", &cpuinfo_path, e))?;
+    let cpuinfo =
+        fs::read_to_string(&cpuinfo_path).map_err(|e| Error::io("read", &cpuinfo_path, e))?;
     let small = |p: &str| {
         fs::read_to_string(root.join(p))
             .ok()
@@ -161,9 +169,13 @@ fn read_device(dir: &Path, rel: String) -> Result<RawDevice> {
         let num = |f: &str| -> Result<u64> {
             let p = p2p_dir.join(f);
             let s = read_to_string_opt(&p)?.unwrap_or_default();
-            s.trim()
-                .parse()
-                .map_err(|_| Error::parse(p.display().to_string(), None, format!("'{}' is not a number", s.trim())))
+            s.trim().parse().map_err(|_| {
+                Error::parse(
+                    p.display().to_string(),
+                    None,
+                    format!("'{}' is not a number", s.trim()),
+                )
+            })
         };
         Some(RawP2pMem {
             size: num("size")?,
@@ -205,7 +217,11 @@ fn symlink(target: &str, at: &Path) -> Result<()> {
     #[cfg(not(unix))]
     {
         let _ = target;
-        Err(Error::io("create link", at, io::Error::other("symlinks need a Unix system")))
+        Err(Error::io(
+            "create link",
+            at,
+            io::Error::other("symlinks need a Unix system"),
+        ))
     }
 }
 
@@ -241,7 +257,10 @@ pub fn write_root(raw: &RawMachine, dir: &Path) -> Result<()> {
         }
         if let Some(g) = d.iommu_group {
             mkdir(&dir.join("sys/kernel/iommu_groups").join(g.to_string()))?;
-            symlink(&format!("{up}kernel/iommu_groups/{g}"), &ddir.join("iommu_group"))?;
+            symlink(
+                &format!("{up}kernel/iommu_groups/{g}"),
+                &ddir.join("iommu_group"),
+            )?;
         }
         if let Some(pf) = d.physfn {
             symlink(&format!("../{pf}"), &ddir.join("physfn"))?;
@@ -251,9 +270,15 @@ pub fn write_root(raw: &RawMachine, dir: &Path) -> Result<()> {
             mkdir(&pd)?;
             write(&pd.join("size"), format!("{}\n", p.size))?;
             write(&pd.join("available"), format!("{}\n", p.available))?;
-            write(&pd.join("published"), format!("{}\n", u8::from(p.published)))?;
+            write(
+                &pd.join("published"),
+                format!("{}\n", u8::from(p.published)),
+            )?;
         }
-        symlink(&format!("../../../devices/{}", d.path), &links.join(d.name()))?;
+        symlink(
+            &format!("../../../devices/{}", d.path),
+            &links.join(d.name()),
+        )?;
     }
     let proc_dir = dir.join("proc");
     mkdir(&proc_dir.join("sys/kernel"))?;

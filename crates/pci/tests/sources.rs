@@ -1,7 +1,7 @@
 //! Every source produces the same model; bad input gets one clear line.
 
 use peerdma_pci::raw::RawMachine;
-use peerdma_pci::{presets, Acs, read_snapshot, sysfs, write_snapshot, PortType, Source, Topology};
+use peerdma_pci::{presets, read_snapshot, sysfs, write_snapshot, Acs, PortType, Source, Topology};
 use std::fs;
 use std::path::Path;
 
@@ -26,7 +26,12 @@ fn snapshot_and_root_tree_replay_every_preset_exactly() {
         let root = dir.path().join(p.name);
         sysfs::write_root(original.raw(), &root).unwrap();
         let from_tree = Source::Root(root.clone()).load().unwrap();
-        assert_eq!(render(&original), render(&from_tree), "{}: --root tree", p.name);
+        assert_eq!(
+            render(&original),
+            render(&from_tree),
+            "{}: --root tree",
+            p.name
+        );
         assert_eq!(from_tree.origin().cmdline, original.origin().cmdline);
     }
 }
@@ -92,7 +97,10 @@ fn bad_snapshots_are_named() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("missing.json");
     let e = load_err(Source::Snapshot(p.clone()));
-    assert!(e.contains("missing.json") && e.contains("no such file"), "{e}");
+    assert!(
+        e.contains("missing.json") && e.contains("no such file"),
+        "{e}"
+    );
 
     let good = Source::Preset("workstation".into()).capture().unwrap();
     let text = serde_json::to_string_pretty(&good).unwrap();
@@ -101,7 +109,11 @@ fn bad_snapshots_are_named() {
     let broken = text.replacen("\"devices\": [", "\"devices\": [,", 1);
     fs::write(&f, &broken).unwrap();
     let e = load_err(Source::Snapshot(f.clone()));
-    let line = broken.lines().position(|l| l.contains("\"devices\": [,")).unwrap() + 1;
+    let line = broken
+        .lines()
+        .position(|l| l.contains("\"devices\": [,"))
+        .unwrap()
+        + 1;
     assert!(e.starts_with(&format!("{}:{line}:", f.display())), "{e}");
 
     let f = dir.path().join("truncated.json");
@@ -116,7 +128,10 @@ fn bad_snapshots_are_named() {
     let f = dir.path().join("shortcfg.json");
     write_snapshot(&short, &f).unwrap();
     let e = load_err(Source::Snapshot(f.clone()));
-    assert!(e.contains("shortcfg.json") && e.contains(&bdf) && e.contains("20 bytes"), "{e}");
+    assert!(
+        e.contains("shortcfg.json") && e.contains(&bdf) && e.contains("20 bytes"),
+        "{e}"
+    );
 
     let f = dir.path().join("v2.json");
     fs::write(&f, text.replacen("\"version\": 1", "\"version\": 2", 1)).unwrap();
@@ -133,7 +148,10 @@ fn bad_snapshots_are_named() {
     let f = dir.path().join("orphan.json");
     write_snapshot(&orphan, &f).unwrap();
     let e = load_err(Source::Snapshot(f));
-    assert!(e.contains("sits below 0000:00:01.0, which is not in the capture"), "{e}");
+    assert!(
+        e.contains("sits below 0000:00:01.0, which is not in the capture"),
+        "{e}"
+    );
 
     let _ = read_snapshot(&dir.path().join("nothing"));
 }

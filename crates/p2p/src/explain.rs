@@ -1,0 +1,502 @@
+//! Why a pair gets its verdict, and what would change it. Every fix offered
+//! is checked by applying it to a copy of the topology and deciding again:
+//! only fixes that are true for this machine are shown.
+
+use crate::calc::{calc_map_type_and_dist, Verdict};
+use crate::path::{path_between, Hop, LinkClass};
+use crate::whitelist::whitelist_entry;
+use crate::MapType;
+use peerdma_pci::config::{acs_bits_string, ACS_REDIR_MASK};
+use peerdma_pci::{Bdf, FnId, HostBridgeId, PortType, Topology};
+use serde::Serialize;
+use std::fmt::Write;
+
+/// A host bridge as the whitelist test sees it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct HostBridgeReport {
+    pub name: String,
+    /// The function standing for it (`pci_host_bridge_dev`), if any.
+    pub device: Option<Bdf>,
+    /// `vvvv:dddd` of that function.
+    pub ids: Option<String>,
+    /// The whitelist entry that matched, if any.
+    pub whitelist_entry: Option<&'static str>,
+    /// The entry's REQ_SAME_HOST_BRIDGE flag.
+    pub same_host_bridge_only: bool,
+    pub numa_node: Option<u32>,
+}
+
+/// What kind of change a fix is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FixKind {
+    /// A kernel command-line parameter (takes effect at the next boot).
+    KernelParameter,
+    /// A runtime register change with setpci.
+    AcsChange,
+    /// Plug a device into another slot.
+    MoveDevice,
+}
+
+/// A change that would improve the verdict, with the verdict it gives.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Fix {
+    pub kind: FixKind,
+    pub summary: String,
+    /// Commands or parameters to apply it.
+    pub commands: Vec<String>,
+    /// The verdict after the change (checked, not assumed).
+    pub gives: MapType,
+    pub distance: Option<u32>,
+    /// Side effects worth knowing.
+    pub notes: Vec<String>,
+}
+
+/// A function with the ACS bits that make it redirect.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct AcsReport {
+    pub bdf: Bdf,
+    pub port_type: PortType,
+    /// ACS control bits, e.g. `SV|RR|CR|UF`.
+    pub ctrl: String,
+}
+
+/// The narrowest link on the path.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct NarrowLink {
+    pub port: Bdf,
+    pub below: Bdf,
+    pub link: String,
+    pub gbytes_per_sec: f64,
+}
+
+/// Everything about one (provider, client) pair.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Explanation {
+    pub provider: Bdf,
+    pub client: Bdf,
+    pub map_type: MapType,
+    pub distance: Option<u32>,
+    pub p2p: bool,
+    pub link_class: LinkClass,
+    pub path: Vec<String>,
+    pub common_upstream: Option<Bdf>,
+    pub narrowest_link: Option<NarrowLink>,
+    pub acs_redirects: Vec<AcsReport>,
+    /// The kernel parameter the kernel itself suggests for this path.
+    pub disable_acs_redir: Option<String>,
+    pub host_bridges: Vec<HostBridgeReport>,
+    pub cpu_supports_p2pdma: bool,
+    pub iommu_groups: [Option<u32>; 2],
+    pub reasons: Vec<String>,
+    pub fixes: Vec<Fix>,
+    pub caveats: Vec<String>,
+}
+
+fn name(topo: &Topology, f: FnId) -> String {
+    let func = topo.function(f);
+    match &func.label {
+        Some(l) => format!("{} ({l})", func.bdf),
+        None => func.bdf.to_string(),
+    }
+}
+
+fn hb_report(topo: &Topology, hb: HostBridgeId) -> HostBridgeReport {
+    let h = topo.host_bridge(hb);
+    let dev = topo.host_bridge_device(hb);
+    let entry = dev.and_then(|d| {
+        let f = topo.function(d);
+        whitelist_entry(f.vendor, f.device)
+    });
+    HostBridgeReport {
+        name: h.name.clone(),
+        device: dev.map(|d| topo.function(d).bdf),
+        ids: dev.map(|d| {
+            let f = topo.function(d);
+            format!("{:04x}:{:04x}", f.vendor, f.device)
+        }),
+        whitelist_entry: entry.map(|e| e.name),
+        same_host_bridge_only: entry.is_some_and(|e| e.same_host_bridge_only),
+        numa_node: h.numa_node,
+    }
+}
+
+fn rank(v: &Verdict) -> (u8, u32) {
+    let m = match v.map_type {
+        MapType::BusAddr => 0,
+        MapType::ThruHostBridge => 1,
+        _ => 2,
+    };
+    (m, v.distance.unwrap_or(u32::MAX))
+}
+
+/// The functions of the device `f` belongs to that sit below the same bridge.
+fn device_functions(topo: &Topology, f: FnId) -> Vec<FnId> {
+    let me = topo.function(f);
+    topo.functions()
+        .iter()
+        .filter(|g| g.bdf.same_device(me.bdf) && g.upstream == me.upstream && g.physfn.is_none())
+        .map(|g| g.id)
+        .collect()
+}
+
+/// Try plugging the device of `mover` into each empty downstream port.
+fn move_fixes(
+    topo: &Topology,
+    provider: FnId,
+    client: FnId,
+    mover: FnId,
+    current: &Verdict,
+) -> Option<Fix> {
+    let fns = device_functions(topo, mover);
+    if fns.iter().any(|&f| !topo.function(f).children.is_empty())
+        || !topo.function(mover).is_dma_endpoint()
+    {
+        return None;
+    }
+    let other = if mover == provider { client } else { provider };
+    let mut best: Option<(Verdict, FnId)> = None;
+    let empty_ports = topo
+        .functions()
+        .iter()
+        .filter(|p| p.port_type.is_downstream_port() && p.children.is_empty())
+        .take(256);
+    for port in empty_ports {
+        let mut t = topo.clone();
+        if !fns.iter().all(|&f| t.move_leaf(f, port.id)) {
+            continue;
+        }
+        let v = calc_map_type_and_dist(&t, provider, client);
+        if rank(&v) < rank(current) && best.as_ref().is_none_or(|(b, _)| rank(&v) < rank(b)) {
+            best = Some((v, port.id));
+        }
+    }
+    let (v, port) = best?;
+    let p = topo.function(port);
+    let place = match (p.port_type, p.upstream) {
+        (PortType::SwitchDownstream, Some(up)) => format!(
+            "the empty slot below switch port {} (switch {})",
+            p.bdf,
+            topo.function(up).bdf
+        ),
+        _ => format!("the empty slot below {} {}", p.port_type, p.bdf),
+    };
+    Some(Fix {
+        kind: FixKind::MoveDevice,
+        summary: format!(
+            "move {} to {place}, where it shares a path with {}",
+            name(topo, mover),
+            name(topo, other)
+        ),
+        commands: Vec::new(),
+        gives: v.map_type,
+        distance: v.distance,
+        notes: vec!["a hardware change: power off, move the card, check that the slot's link width suits it".into()],
+    })
+}
+
+/// Explain the verdict for `provider` → `client`.
+pub fn explain(topo: &Topology, provider: FnId, client: FnId) -> Explanation {
+    let v = calc_map_type_and_dist(topo, provider, client);
+    let path = path_between(topo, provider, client);
+    let pf = topo.function(provider);
+    let cf = topo.function(client);
+    let hbs: Vec<HostBridgeId> = if pf.host_bridge == cf.host_bridge {
+        vec![pf.host_bridge]
+    } else {
+        vec![pf.host_bridge, cf.host_bridge]
+    };
+    let host_bridges: Vec<HostBridgeReport> = hbs.iter().map(|&h| hb_report(topo, h)).collect();
+    let acs_redirects: Vec<AcsReport> = v
+        .acs_redirects
+        .iter()
+        .map(|&f| {
+            let func = topo.function(f);
+            AcsReport {
+                bdf: func.bdf,
+                port_type: func.port_type,
+                ctrl: acs_bits_string(func.acs.ctrl().unwrap_or(0)),
+            }
+        })
+        .collect();
+    let disable_acs_redir = (!v.acs_redirects.is_empty()).then(|| {
+        format!(
+            "pci=disable_acs_redir={}",
+            v.acs_redirects
+                .iter()
+                .map(|&f| topo.function(f).bdf.to_string())
+                .collect::<Vec<_>>()
+                .join(";")
+        )
+    });
+    let any_groups = topo.functions().iter().any(|f| f.iommu_group.is_some());
+
+    // Reasons.
+    let mut reasons = Vec::new();
+    let cpu = topo.cpu();
+    match (v.map_type, v.common_upstream) {
+        (MapType::BusAddr, Some(c)) if provider == client => {
+            let _ = c;
+            reasons.push("a function reaches its own BARs directly".into());
+        }
+        (MapType::BusAddr, Some(c)) => reasons.push(format!(
+            "both sit below {} ({}) and no function on the path has ACS redirect set, so the fabric routes peer requests by PCI bus address without involving the host bridge or the IOMMU",
+            name(topo, c),
+            topo.function(c).port_type
+        )),
+        (_, Some(c)) => reasons.push(format!(
+            "both sit below {} ({}), but ACS redirect (P2P Request/Completion Redirect or Egress Control) is set on {}: peer requests are sent up to the root complex instead of across",
+            name(topo, c),
+            topo.function(c).port_type,
+            v.acs_redirects.iter().map(|&f| name(topo, f)).collect::<Vec<_>>().join(", ")
+        )),
+        (_, None) => reasons.push(format!(
+            "they share no upstream bridge ({}), so peer traffic must cross the host bridge",
+            if pf.host_bridge == cf.host_bridge {
+                format!("both are below host bridge {} but on different root ports or directly on the root bus", topo.host_bridge(pf.host_bridge).name)
+            } else {
+                format!(
+                    "{} is below host bridge {}, {} below {}",
+                    pf.bdf,
+                    topo.host_bridge(pf.host_bridge).name,
+                    cf.bdf,
+                    topo.host_bridge(cf.host_bridge).name
+                )
+            }
+        )),
+    }
+    if v.map_type != MapType::BusAddr {
+        if v.cpu_supports_p2pdma {
+            reasons.push(format!(
+                "the CPU is AMD family {:#x} (Zen or newer), whose root complexes forward peer traffic: the kernel allows it through the host bridge",
+                cpu.family
+            ));
+        } else {
+            for h in &host_bridges {
+                let what = match (&h.device, &h.ids) {
+                    (Some(d), Some(ids)) => format!("host bridge {} (represented by {d}, {ids})", h.name),
+                    _ => format!(
+                        "host bridge {} has no function at 00.0 and its first function is not a root port, so the kernel cannot identify it;",
+                        h.name
+                    ),
+                };
+                let s = match (h.whitelist_entry, h.same_host_bridge_only, hbs.len()) {
+                    (Some(e), true, 2) => format!(
+                        "{what} is whitelisted ({e}) only for peers below that same host bridge"
+                    ),
+                    (Some(e), _, _) => format!("{what} is in the kernel's P2PDMA whitelist ({e})"),
+                    (None, _, _) if h.device.is_none() => {
+                        format!("{what} it counts as not whitelisted")
+                    }
+                    (None, _, _) => format!("{what} is not in the kernel's P2PDMA whitelist"),
+                };
+                reasons.push(s);
+            }
+            if v.map_type == MapType::NotSupported {
+                reasons.push(format!(
+                    "the CPU ({}, family {:#x}) is not an AMD Zen, so the AMD rule does not apply",
+                    if cpu.vendor_id.is_empty() {
+                        "unknown vendor"
+                    } else {
+                        &cpu.vendor_id
+                    },
+                    cpu.family
+                ));
+            }
+        }
+    }
+
+    // Fixes, each checked on a modified copy.
+    let mut fixes = Vec::new();
+    if !v.acs_redirects.is_empty() {
+        let mut t = topo.clone();
+        for &f in &v.acs_redirects {
+            let ctrl = t.function(f).acs.ctrl().unwrap_or(0);
+            t.set_acs_ctrl(f, ctrl & !ACS_REDIR_MASK);
+        }
+        let after = calc_map_type_and_dist(&t, provider, client);
+        if rank(&after) < rank(&v) {
+            let mut notes = vec![
+                "the kernel applies it at boot on top of what the IOMMU driver enables".to_string(),
+            ];
+            if any_groups {
+                notes.push("with an IOMMU, devices below these ports may then share an IOMMU group (VFIO assigns whole groups) and peer traffic bypasses IOMMU translation".into());
+            }
+            fixes.push(Fix {
+                kind: FixKind::KernelParameter,
+                summary: format!(
+                    "disable ACS redirect on the {} redirecting function(s) of this path",
+                    v.acs_redirects.len()
+                ),
+                commands: vec![disable_acs_redir.clone().unwrap_or_default()],
+                gives: after.map_type,
+                distance: after.distance,
+                notes,
+            });
+            fixes.push(Fix {
+                kind: FixKind::AcsChange,
+                summary: "clear the redirect bits now, without a reboot".into(),
+                commands: v
+                    .acs_redirects
+                    .iter()
+                    .map(|&f| format!("setpci -s {} ECAP_ACS+0x6.w=0000:{:04x}", topo.function(f).bdf, ACS_REDIR_MASK))
+                    .collect(),
+                gives: after.map_type,
+                distance: after.distance,
+                notes: vec![
+                    "the kernel caches each provider's verdict per client once it is first used; pairs already used keep the old path until reboot".into(),
+                    "lost at reboot; the IOMMU driver sets the bits again".into(),
+                ],
+            });
+        }
+    }
+    if v.map_type != MapType::BusAddr && provider != client {
+        for mover in [client, provider] {
+            if let Some(f) = move_fixes(topo, provider, client, mover, &v) {
+                if fixes.iter().all(|x: &Fix| x.kind != FixKind::MoveDevice) {
+                    fixes.push(f);
+                }
+            }
+        }
+    }
+
+    // Caveats.
+    let mut caveats = Vec::new();
+    if !v.acs_unknown.is_empty() {
+        caveats.push(format!(
+            "the ACS state of {} is unknown (config space beyond 64 bytes needs root); the verdict assumes no redirect there",
+            v.acs_unknown.iter().map(|&f| topo.function(f).bdf.to_string()).collect::<Vec<_>>().join(", ")
+        ));
+    }
+    match pf.p2pmem {
+        None => caveats.push(format!(
+            "{} publishes no P2P memory (no p2pmem/ in sysfs): the verdict says whether its BARs could be reached, for a driver that exposes them",
+            pf.bdf
+        )),
+        Some(p) if !p.published => caveats.push(format!(
+            "{} has P2P memory but has not published it: only its own driver allocates from it",
+            pf.bdf
+        )),
+        _ => {}
+    }
+    if v.map_type == MapType::NotSupported {
+        caveats.push("I/O between these devices still works by bouncing through host memory (two DMAs); peerdma copy does this and says so".into());
+    }
+    if v.map_type == MapType::ThruHostBridge && any_groups {
+        caveats.push("through the host bridge the client's DMA is translated by the IOMMU like a host-memory access".into());
+    }
+    let hop_names: Vec<String> = path
+        .hops
+        .iter()
+        .map(|h| match h {
+            Hop::Function(f) => name(topo, *f),
+            Hop::HostBridge(h) => format!("host bridge {}", topo.host_bridge(*h).name),
+        })
+        .collect();
+
+    Explanation {
+        provider: pf.bdf,
+        client: cf.bdf,
+        map_type: v.map_type,
+        distance: v.distance,
+        p2p: v.map_type.is_p2p(),
+        link_class: path.class,
+        path: hop_names,
+        common_upstream: v.common_upstream.map(|c| topo.function(c).bdf),
+        narrowest_link: path.narrowest.and_then(|l| {
+            Some(NarrowLink {
+                port: topo.function(l.port).bdf,
+                below: topo.function(l.below).bdf,
+                link: l.state?.to_string(),
+                gbytes_per_sec: (l.bytes_per_sec? / 1e7).round() / 100.0,
+            })
+        }),
+        acs_redirects,
+        disable_acs_redir,
+        host_bridges,
+        cpu_supports_p2pdma: v.cpu_supports_p2pdma,
+        iommu_groups: [pf.iommu_group, cf.iommu_group],
+        reasons,
+        fixes,
+        caveats,
+    }
+}
+
+impl Explanation {
+    /// The explanation as text for people.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let verdict = match self.distance {
+            Some(d) => format!(
+                "{} ({}), distance {d}",
+                self.map_type,
+                self.map_type.describe()
+            ),
+            None => format!("{} ({})", self.map_type, self.map_type.describe()),
+        };
+        let _ = writeln!(s, "{} -> {}: {verdict}", self.provider, self.client);
+        let _ = writeln!(
+            s,
+            "  link class: {} ({})",
+            self.link_class,
+            self.link_class.describe()
+        );
+        let _ = writeln!(s, "  path: {}", self.path.join(" -> "));
+        if let Some(n) = &self.narrowest_link {
+            let _ = writeln!(
+                s,
+                "  narrowest link: {} between {} and {} ({:.2} GB/s)",
+                n.link, n.port, n.below, n.gbytes_per_sec
+            );
+        }
+        let _ = writeln!(s, "  why:");
+        for r in &self.reasons {
+            let _ = writeln!(s, "    - {r}");
+        }
+        if !self.acs_redirects.is_empty() {
+            let _ = writeln!(s, "  ACS redirect on the path:");
+            for a in &self.acs_redirects {
+                let _ = writeln!(
+                    s,
+                    "    - {} ({}): ACS control {}",
+                    a.bdf, a.port_type, a.ctrl
+                );
+            }
+        }
+        if self.iommu_groups.iter().any(|g| g.is_some()) {
+            let g = |x: Option<u32>| x.map(|v| v.to_string()).unwrap_or_else(|| "none".into());
+            let _ = writeln!(
+                s,
+                "  IOMMU groups: {} in {}, {} in {}",
+                self.provider,
+                g(self.iommu_groups[0]),
+                self.client,
+                g(self.iommu_groups[1])
+            );
+        }
+        if self.fixes.is_empty() {
+            if !self.p2p || self.map_type != MapType::BusAddr {
+                let _ = writeln!(s, "  fix: none found that this topology allows");
+            }
+        } else {
+            let _ = writeln!(s, "  fixes (each checked against this topology):");
+            for f in &self.fixes {
+                let after = match f.distance {
+                    Some(d) => format!("{}, distance {d}", f.gives),
+                    None => f.gives.to_string(),
+                };
+                let _ = writeln!(s, "    - {} -> {after}", f.summary);
+                for c in &f.commands {
+                    let _ = writeln!(s, "        {c}");
+                }
+                for n in &f.notes {
+                    let _ = writeln!(s, "        note: {n}");
+                }
+            }
+        }
+        for c in &self.caveats {
+            let _ = writeln!(s, "  note: {c}");
+        }
+        s
+    }
+}

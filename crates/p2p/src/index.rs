@@ -1,0 +1,327 @@
+//! The verdict for every pair, fast: per function the depth, the upstream
+//! bridge, the count of ACS-redirecting functions from it to the top of its
+//! tree, and per host bridge the whitelist answers, so each pair costs a
+//! walk to the meeting point and a few additions instead of the kernel's
+//! nested walks.
+
+use crate::whitelist::host_bridge_whitelisted;
+use crate::MapType;
+use peerdma_pci::{Bdf, FnId, Topology};
+use serde::Serialize;
+
+const NONE: u32 = u32::MAX;
+
+/// Precomputed facts for answering many pairs.
+pub struct P2pIndex<'t> {
+    topo: &'t Topology,
+    up: Vec<u32>,
+    depth: Vec<u32>,
+    /// ACS-redirecting functions from this one up to the top, inclusive.
+    redir_to_top: Vec<u32>,
+    redir: Vec<bool>,
+    top: Vec<u32>,
+    hb: Vec<u32>,
+    cpu_ok: bool,
+    wl_same: Vec<bool>,
+    wl_cross: Vec<bool>,
+    /// Functions in depth-first order; a subtree is a contiguous range.
+    order: Vec<u32>,
+    pos: Vec<u32>,
+    end: Vec<u32>,
+}
+
+/// One entry of the all-pairs matrix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct PairVerdict {
+    pub provider: Bdf,
+    pub client: Bdf,
+    pub map_type: MapType,
+    /// `None` where the kernel's `pci_p2pdma_distance` returns -1.
+    pub distance: Option<u32>,
+}
+
+impl<'t> P2pIndex<'t> {
+    pub fn new(topo: &'t Topology) -> P2pIndex<'t> {
+        let n = topo.len();
+        let mut idx = P2pIndex {
+            topo,
+            up: Vec::with_capacity(n),
+            depth: vec![0; n],
+            redir_to_top: vec![0; n],
+            redir: Vec::with_capacity(n),
+            top: vec![0; n],
+            hb: Vec::with_capacity(n),
+            cpu_ok: topo.cpu().supports_p2pdma(),
+            wl_same: topo
+                .host_bridges()
+                .iter()
+                .map(|h| host_bridge_whitelisted(topo, h.id, true))
+                .collect(),
+            wl_cross: topo
+                .host_bridges()
+                .iter()
+                .map(|h| host_bridge_whitelisted(topo, h.id, false))
+                .collect(),
+            order: Vec::with_capacity(n),
+            pos: vec![0; n],
+            end: vec![0; n],
+        };
+        for f in topo.functions() {
+            idx.up.push(f.upstream.map_or(NONE, |u| u.0));
+            idx.redir.push(f.acs.redirects().unwrap_or(false));
+            idx.hb.push(f.host_bridge.0);
+        }
+        // Ancestors are not always earlier in BDF order (a VF's bus), so
+        // resolve each chain with memoisation.
+        let mut done = vec![false; n];
+        let mut stack = Vec::new();
+        for i in 0..n {
+            let mut cur = i as u32;
+            while cur != NONE && !done[cur as usize] {
+                stack.push(cur);
+                cur = idx.up[cur as usize];
+            }
+            while let Some(x) = stack.pop() {
+                let x = x as usize;
+                let u = idx.up[x];
+                let r = u32::from(idx.redir[x]);
+                if u == NONE {
+                    idx.depth[x] = 0;
+                    idx.redir_to_top[x] = r;
+                    idx.top[x] = x as u32;
+                } else {
+                    let u = u as usize;
+                    idx.depth[x] = idx.depth[u] + 1;
+                    idx.redir_to_top[x] = idx.redir_to_top[u] + r;
+                    idx.top[x] = idx.top[u];
+                }
+                done[x] = true;
+            }
+        }
+        // Depth-first order over the upstream relation (children lists do
+        // not hold virtual functions, so build them here).
+        let mut kids: Vec<Vec<u32>> = vec![Vec::new(); n];
+        let mut roots = Vec::new();
+        for i in 0..n {
+            match idx.up[i] {
+                NONE => roots.push(i as u32),
+                u => kids[u as usize].push(i as u32),
+            }
+        }
+        let mut stack: Vec<(u32, bool)> = roots.iter().rev().map(|&r| (r, false)).collect();
+        while let Some((x, closing)) = stack.pop() {
+            if closing {
+                idx.end[x as usize] = idx.order.len() as u32;
+                continue;
+            }
+            idx.pos[x as usize] = idx.order.len() as u32;
+            idx.order.push(x);
+            stack.push((x, true));
+            for &k in kids[x as usize].iter().rev() {
+                stack.push((k, false));
+            }
+        }
+        idx
+    }
+
+    pub fn topology(&self) -> &'t Topology {
+        self.topo
+    }
+
+    /// Map type and the raw distance `calc_map_type_and_dist` computes.
+    #[inline]
+    pub fn map_type_and_dist(&self, provider: FnId, client: FnId) -> (MapType, u32) {
+        let (a, b) = (provider.0 as usize, client.0 as usize);
+        if self.top[a] == self.top[b] {
+            let (mut x, mut y) = (a, b);
+            while self.depth[x] > self.depth[y] {
+                x = self.up[x] as usize;
+            }
+            while self.depth[y] > self.depth[x] {
+                y = self.up[y] as usize;
+            }
+            while x != y {
+                x = self.up[x] as usize;
+                y = self.up[y] as usize;
+            }
+            let c = x;
+            let dist = self.depth[a] + self.depth[b] - 2 * self.depth[c];
+            let redirects = self.redir_to_top[a] + self.redir_to_top[b] - 2 * self.redir_to_top[c]
+                + u32::from(self.redir[c]);
+            if redirects == 0 {
+                return (MapType::BusAddr, dist);
+            }
+            return (self.through_host_bridge(a, b), dist);
+        }
+        let dist = self.depth[a] + self.depth[b] + 2;
+        (self.through_host_bridge(a, b), dist)
+    }
+
+    #[inline]
+    fn through_host_bridge(&self, a: usize, b: usize) -> MapType {
+        let (ha, hb) = (self.hb[a] as usize, self.hb[b] as usize);
+        let ok = self.cpu_ok
+            || if ha == hb {
+                self.wl_same[ha]
+            } else {
+                self.wl_cross[ha] && self.wl_cross[hb]
+            };
+        if ok {
+            MapType::ThruHostBridge
+        } else {
+            MapType::NotSupported
+        }
+    }
+
+    /// The pair's verdict as `pci_p2pdma_distance` reports it.
+    pub fn pair(&self, provider: FnId, client: FnId) -> PairVerdict {
+        let (map_type, dist) = self.map_type_and_dist(provider, client);
+        PairVerdict {
+            provider: self.topo.function(provider).bdf,
+            client: self.topo.function(client).bdf,
+            map_type,
+            distance: (map_type != MapType::NotSupported).then_some(dist),
+        }
+    }
+}
+
+/// A cell of the matrix: map type in the low two bits, raw distance above.
+const CELL_NOT_SUPPORTED: u32 = 0;
+const CELL_BUS_ADDR: u32 = 1;
+const CELL_THRU_HOST_BRIDGE: u32 = 2;
+
+#[inline]
+fn cell(map: u32, dist: u32) -> u32 {
+    dist << 2 | map
+}
+
+/// The verdict for every ordered pair, computed row by row: for each
+/// provider, the pairs with no common bridge are filled from per-host-bridge
+/// answers, then the ancestors' subtrees (contiguous in depth-first order)
+/// give the pairs that meet at each ancestor in one pass.
+pub struct Matrix {
+    n: usize,
+    bdfs: Vec<Bdf>,
+    cells: Vec<u32>,
+}
+
+impl Matrix {
+    pub fn compute(topo: &Topology) -> Matrix {
+        let idx = P2pIndex::new(topo);
+        let n = topo.len();
+        let mut cells = vec![0u32; n * n];
+        if n > 0 {
+            let threads = std::thread::available_parallelism()
+                .map_or(1, |p| p.get())
+                .min(n);
+            let rows_per = n.div_ceil(threads);
+            std::thread::scope(|s| {
+                for (chunk_no, chunk) in cells.chunks_mut(rows_per * n).enumerate() {
+                    let idx = &idx;
+                    s.spawn(move || {
+                        for (r, row) in chunk.chunks_mut(n).enumerate() {
+                            idx.fill_row(chunk_no * rows_per + r, row);
+                        }
+                    });
+                }
+            });
+        }
+        Matrix {
+            n,
+            bdfs: topo.functions().iter().map(|f| f.bdf).collect(),
+            cells,
+        }
+    }
+
+    /// Number of functions (the matrix is n x n).
+    pub fn len(&self) -> usize {
+        self.n
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+
+    /// Map type and raw distance for a pair.
+    pub fn get(&self, provider: FnId, client: FnId) -> (MapType, u32) {
+        let c = self.cells[provider.index() * self.n + client.index()];
+        let map = match c & 3 {
+            CELL_BUS_ADDR => MapType::BusAddr,
+            CELL_THRU_HOST_BRIDGE => MapType::ThruHostBridge,
+            _ => MapType::NotSupported,
+        };
+        (map, c >> 2)
+    }
+
+    /// Every ordered pair of distinct functions, in BDF order.
+    pub fn pairs(&self) -> impl Iterator<Item = PairVerdict> + '_ {
+        (0..self.n).flat_map(move |a| {
+            (0..self.n).filter(move |&b| b != a).map(move |b| {
+                let (map_type, dist) = self.get(FnId(a as u32), FnId(b as u32));
+                PairVerdict {
+                    provider: self.bdfs[a],
+                    client: self.bdfs[b],
+                    map_type,
+                    distance: (map_type != MapType::NotSupported).then_some(dist),
+                }
+            })
+        })
+    }
+}
+
+impl P2pIndex<'_> {
+    #[inline]
+    fn host_bridge_cell(&self, ha: usize, hb: usize) -> u32 {
+        let ok = self.cpu_ok
+            || if ha == hb {
+                self.wl_same[ha]
+            } else {
+                self.wl_cross[ha] && self.wl_cross[hb]
+            };
+        if ok {
+            CELL_THRU_HOST_BRIDGE
+        } else {
+            CELL_NOT_SUPPORTED
+        }
+    }
+
+    fn fill_row(&self, a: usize, row: &mut [u32]) {
+        let ha = self.hb[a] as usize;
+        let da = self.depth[a];
+        // Per host bridge of the client, the answer when the path crosses it.
+        let per_hb: Vec<u32> = (0..self.wl_same.len())
+            .map(|h| self.host_bridge_cell(ha, h))
+            .collect();
+        for (b, out) in row.iter_mut().enumerate() {
+            *out = cell(per_hb[self.hb[b] as usize], da + self.depth[b] + 2);
+        }
+        // Pairs meeting at each ancestor x of a (a itself first).
+        let ra = self.redir_to_top[a];
+        let same_hb = per_hb[ha];
+        let (mut skip_s, mut skip_e) = (0u32, 0u32);
+        let mut x = a;
+        loop {
+            let (s, e) = (self.pos[x], self.end[x]);
+            let dx = self.depth[x];
+            let rx = self.redir_to_top[x];
+            let acs_a = ra - rx + u32::from(self.redir[x]);
+            let up_dist = da - dx;
+            for p in (s..e).filter(|p| *p < skip_s || *p >= skip_e) {
+                let b = self.order[p as usize] as usize;
+                let acs = acs_a + self.redir_to_top[b] - rx;
+                let dist = up_dist + self.depth[b] - dx;
+                row[b] = cell(if acs == 0 { CELL_BUS_ADDR } else { same_hb }, dist);
+            }
+            (skip_s, skip_e) = (s, e);
+            match self.up[x] {
+                NONE => break,
+                u => x = u as usize,
+            }
+        }
+    }
+}
+
+/// Every ordered pair of distinct functions, in BDF order.
+pub fn matrix(topo: &Topology) -> Matrix {
+    Matrix::compute(topo)
+}

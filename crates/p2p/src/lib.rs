@@ -1,0 +1,90 @@
+//! The P2PDMA core: for every (provider, client) pair of PCI functions, the
+//! kernel's verdict — map type and distance, exactly as
+//! `calc_map_type_and_dist` in Linux's `drivers/pci/p2pdma.c` computes them —
+//! plus what peerdma adds beside it without changing it: a link class like
+//! `nvidia-smi topo`'s, the hop-by-hop path, the narrowest link, and an
+//! explanation with the fixes that would change the verdict.
+
+mod calc;
+mod explain;
+mod index;
+mod many;
+mod path;
+mod whitelist;
+
+pub use calc::{calc_map_type_and_dist, Verdict};
+pub use explain::{explain, Explanation, Fix, FixKind, HostBridgeReport};
+pub use index::{matrix, Matrix, P2pIndex, PairVerdict};
+pub use many::{distance_many, find_many, providers, FindMany};
+pub use path::{link_class, path_between, Hop, LinkClass, PathInfo, PathLink};
+pub use whitelist::{host_bridge_whitelisted, whitelist_entry, WhitelistEntry, WHITELIST};
+
+use serde::Serialize;
+use std::fmt;
+
+/// How a DMA from a client reaches a provider's memory: the kernel's
+/// `enum pci_p2pdma_map_type`, same meanings.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MapType {
+    /// Not a P2P transfer at all (host memory).
+    None,
+    /// The client cannot reach the provider's BAR.
+    NotSupported,
+    /// Peer to peer by PCI bus address, routed by a common switch; no IOMMU
+    /// translation and nothing to unmap.
+    BusAddr,
+    /// Through the host bridge (root complex), which forwards peer traffic;
+    /// mapped like host memory, through the IOMMU.
+    ThruHostBridge,
+}
+
+impl MapType {
+    /// Whether a peer-to-peer DMA can happen at all.
+    pub fn is_p2p(self) -> bool {
+        matches!(self, MapType::BusAddr | MapType::ThruHostBridge)
+    }
+    /// The kernel's name.
+    pub fn kernel_name(self) -> &'static str {
+        match self {
+            MapType::None => "PCI_P2PDMA_MAP_NONE",
+            MapType::NotSupported => "PCI_P2PDMA_MAP_NOT_SUPPORTED",
+            MapType::BusAddr => "PCI_P2PDMA_MAP_BUS_ADDR",
+            MapType::ThruHostBridge => "PCI_P2PDMA_MAP_THRU_HOST_BRIDGE",
+        }
+    }
+    /// The snake_case name used in JSON (`bus_addr`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MapType::None => "none",
+            MapType::NotSupported => "not_supported",
+            MapType::BusAddr => "bus_addr",
+            MapType::ThruHostBridge => "thru_host_bridge",
+        }
+    }
+    /// Parse the snake_case name.
+    pub fn from_name(s: &str) -> Option<MapType> {
+        Some(match s {
+            "none" => MapType::None,
+            "not_supported" => MapType::NotSupported,
+            "bus_addr" => MapType::BusAddr,
+            "thru_host_bridge" => MapType::ThruHostBridge,
+            _ => return None,
+        })
+    }
+    /// A phrase for people.
+    pub fn describe(self) -> &'static str {
+        match self {
+            MapType::None => "not a peer-to-peer transfer",
+            MapType::NotSupported => "peer-to-peer DMA not supported",
+            MapType::BusAddr => "peer-to-peer by PCI bus address",
+            MapType::ThruHostBridge => "peer-to-peer through the host bridge",
+        }
+    }
+}
+
+impl fmt::Display for MapType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
