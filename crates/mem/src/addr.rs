@@ -210,7 +210,10 @@ mod tests {
             None,
             "overflow past 2^64 is refused"
         );
-        assert_eq!(BusOffset::between(BusAddr::new(u64::MAX), PhysAddr::new(0)), None);
+        assert_eq!(
+            BusOffset::between(BusAddr::new(u64::MAX), PhysAddr::new(0)),
+            None
+        );
     }
 
     proptest! {

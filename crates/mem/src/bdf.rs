@@ -104,7 +104,9 @@ fn hex<T: TryFrom<u64>>(s: &str, max_digits: usize) -> Option<T> {
     if s.is_empty() || s.len() > max_digits || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
-    u64::from_str_radix(s, 16).ok().and_then(|v| T::try_from(v).ok())
+    u64::from_str_radix(s, 16)
+        .ok()
+        .and_then(|v| T::try_from(v).ok())
 }
 
 impl FromStr for Bdf {
@@ -116,7 +118,9 @@ impl FromStr for Bdf {
             reason,
         };
         let s = input.trim();
-        let (head, func) = s.rsplit_once('.').ok_or_else(|| err("no '.' before the function"))?;
+        let (head, func) = s
+            .rsplit_once('.')
+            .ok_or_else(|| err("no '.' before the function"))?;
         let function: u8 = match func {
             f if f.len() == 1 && f.as_bytes()[0].is_ascii_digit() => f.as_bytes()[0] - b'0',
             _ => return Err(err("function must be one digit 0-7")),
@@ -171,7 +175,10 @@ mod tests {
     #[test]
     fn parses_long_and_short_forms() {
         let b: Bdf = "0000:3b:00.1".parse().unwrap();
-        assert_eq!((b.domain(), b.bus(), b.device(), b.function()), (0, 0x3b, 0, 1));
+        assert_eq!(
+            (b.domain(), b.bus(), b.device(), b.function()),
+            (0, 0x3b, 0, 1)
+        );
         assert_eq!(b.to_string(), "0000:3b:00.1");
         let s: Bdf = "3B:1f.7".parse().unwrap();
         assert_eq!(s.to_string(), "0000:3b:1f.7");

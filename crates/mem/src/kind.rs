@@ -161,6 +161,8 @@ mod tests {
     fn directions() {
         assert!(Direction::ToDevice.device_reads() && !Direction::ToDevice.device_writes());
         assert!(Direction::FromDevice.device_writes() && !Direction::FromDevice.device_reads());
-        assert!(Direction::Bidirectional.device_reads() && Direction::Bidirectional.device_writes());
+        assert!(
+            Direction::Bidirectional.device_reads() && Direction::Bidirectional.device_writes()
+        );
     }
 }

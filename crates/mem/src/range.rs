@@ -22,7 +22,10 @@ impl fmt::Display for RangeError {
         match self {
             RangeError::Empty => write!(f, "empty range"),
             RangeError::Overflow { start, len } => {
-                write!(f, "range {start:#x}+{len:#x} runs past the end of the address space")
+                write!(
+                    f,
+                    "range {start:#x}+{len:#x} runs past the end of the address space"
+                )
             }
         }
     }
@@ -37,10 +40,13 @@ impl<A: Address> AddrRange<A> {
         if len == 0 {
             return Err(RangeError::Empty);
         }
-        start.raw().checked_add(len - 1).ok_or(RangeError::Overflow {
-            start: start.raw(),
-            len,
-        })?;
+        start
+            .raw()
+            .checked_add(len - 1)
+            .ok_or(RangeError::Overflow {
+                start: start.raw(),
+                len,
+            })?;
         Ok(AddrRange { start, len })
     }
 

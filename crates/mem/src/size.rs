@@ -58,7 +58,9 @@ pub fn parse_size(input: &str) -> Result<u64, SizeError> {
     } else {
         int.parse().map_err(|_| err("number too large"))?
     };
-    let whole = int.checked_mul(1u64 << shift).ok_or_else(|| err("number too large"))?;
+    let whole = int
+        .checked_mul(1u64 << shift)
+        .ok_or_else(|| err("number too large"))?;
     if frac.is_empty() {
         return Ok(whole);
     }
@@ -72,7 +74,9 @@ pub fn parse_size(input: &str) -> Result<u64, SizeError> {
         return Err(err("fraction is not a whole number of bytes"));
     }
     let extra = u64::try_from(scaled / denom).map_err(|_| err("number too large"))?;
-    whole.checked_add(extra).ok_or_else(|| err("number too large"))
+    whole
+        .checked_add(extra)
+        .ok_or_else(|| err("number too large"))
 }
 
 /// A byte count for people: `512 B`, `64 KiB`, `1.5 GiB`.

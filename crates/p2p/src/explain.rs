@@ -184,7 +184,7 @@ fn move_fixes(
     Some(Fix {
         kind: FixKind::MoveDevice,
         summary: format!(
-            "move {} to {place}, where it shares a path with {}",
+            "move {} to {place}, where it shares a path with {} (checked: the verdict re-decided with the device there)",
             name(topo, mover),
             name(topo, other)
         ),
@@ -358,6 +358,32 @@ pub fn explain(topo: &Topology, provider: FnId, client: FnId) -> Explanation {
                 }
             }
         }
+        // No free slot helps: a switch holding both would, by the kernel's
+        // rule, unless one of the two functions redirects itself.
+        let leaf =
+            |f: FnId| topo.function(f).children.is_empty() && topo.function(f).is_dma_endpoint();
+        let self_redirect = [provider, client]
+            .iter()
+            .any(|&f| topo.function(f).acs.redirects() == Some(true));
+        if fixes.is_empty()
+            && v.common_upstream.is_none()
+            && leaf(provider)
+            && leaf(client)
+            && !self_redirect
+        {
+            fixes.push(Fix {
+                kind: FixKind::MoveDevice,
+                summary: format!(
+                    "put {} and {} below one PCIe switch whose downstream ports have no ACS redirect (no free slot of this machine does it)",
+                    name(topo, provider),
+                    name(topo, client)
+                ),
+                commands: Vec::new(),
+                gives: MapType::BusAddr,
+                distance: Some(4),
+                notes: vec!["a hardware change: the kernel then routes the pair by bus address, distance 4".into()],
+            });
+        }
     }
 
     // Caveats.
@@ -479,7 +505,7 @@ impl Explanation {
                 let _ = writeln!(s, "  fix: none found that this topology allows");
             }
         } else {
-            let _ = writeln!(s, "  fixes (each checked against this topology):");
+            let _ = writeln!(s, "  fixes:");
             for f in &self.fixes {
                 let after = match f.distance {
                     Some(d) => format!("{}, distance {d}", f.gives),

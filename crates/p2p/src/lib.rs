@@ -10,6 +10,7 @@ mod explain;
 mod index;
 mod many;
 mod path;
+pub mod render;
 mod whitelist;
 
 pub use calc::{calc_map_type_and_dist, Verdict};

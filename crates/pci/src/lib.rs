@@ -14,6 +14,7 @@ pub mod gen;
 pub mod ids;
 mod model;
 pub mod raw;
+pub mod render;
 pub mod sysfs;
 
 pub use error::{Error, Result};

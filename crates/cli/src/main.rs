@@ -1,0 +1,378 @@
+//! `peerdma`: can these PCI devices do peer-to-peer DMA, why not, and how to
+//! fix it. A thin command line over the peerdma crates.
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use peerdma_p2p::{explain, matrix, render::matrix_table, render::LEGEND, Matrix};
+use peerdma_pci::ids::PciIds;
+use peerdma_pci::render::{describe, header, tree};
+use peerdma_pci::{presets, sysfs, write_snapshot, FnId, Source, Topology};
+use serde_json::json;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "peerdma",
+    version,
+    about = "Peer-to-peer DMA between PCI devices: whether it works, why not, and the fix",
+    long_about = "Peer-to-peer DMA between PCI devices: whether it works, why not, and the fix.\n\n\
+        Verdicts are the Linux kernel's own (drivers/pci/p2pdma.c): P2P by bus address below a \
+        common switch, through a whitelisted host bridge or an AMD Zen root complex, or not supported.\n\n\
+        Without a source option, peerdma reads its built-in default machine (preset 'dual-xeon'); \
+        --live reads this machine."
+)]
+struct Cli {
+    #[command(flatten)]
+    source: SourceArgs,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Read device names from this pci.ids file (default: the system's).
+    #[arg(long, global = true, value_name = "FILE")]
+    pci_ids: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Args)]
+struct SourceArgs {
+    /// Read this machine's sysfs.
+    #[arg(long, global = true)]
+    live: bool,
+    /// Read a directory holding sys/ and proc/cpuinfo laid out as on a live machine.
+    #[arg(long, global = true, value_name = "DIR")]
+    root: Option<PathBuf>,
+    /// Replay a snapshot written by `peerdma snapshot`.
+    #[arg(long, global = true, value_name = "FILE")]
+    snapshot: Option<PathBuf>,
+    /// Read a topology description file (TOML).
+    #[arg(long, global = true, value_name = "FILE")]
+    topology: Option<PathBuf>,
+    /// Use a built-in machine (see `peerdma presets`).
+    #[arg(long, global = true, value_name = "NAME")]
+    preset: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Show the PCI tree and the P2P matrix of the DMA-capable functions.
+    Topo {
+        /// Put every function (bridges and ports too) in the matrix.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Explain whether PROVIDER's memory can be reached by CLIENT's DMA.
+    /// Exit status 0 when P2P works, 1 when it does not, 2 on error.
+    Check {
+        /// The function whose memory (BAR) is accessed: a BDF or a name.
+        provider: String,
+        /// The function doing the DMA: a BDF or a name.
+        client: String,
+    },
+    /// Print the kernel's verdict for every ordered pair of functions.
+    Matrix {
+        /// In text, show every function (bridges and ports too); JSON always has all.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Capture the machine into a self-contained snapshot (or a --root tree).
+    Snapshot {
+        /// Snapshot file to write (JSON).
+        #[arg(short, long, value_name = "FILE", required_unless_present = "tree")]
+        output: Option<PathBuf>,
+        /// Also (or instead) write a directory that --root reads back.
+        #[arg(long, value_name = "DIR")]
+        tree: Option<PathBuf>,
+    },
+    /// List the built-in machines.
+    Presets,
+}
+
+impl SourceArgs {
+    fn source(&self) -> Result<Source> {
+        let mut chosen = Vec::new();
+        if self.live {
+            chosen.push(Source::Live);
+        }
+        if let Some(d) = &self.root {
+            chosen.push(Source::Root(d.clone()));
+        }
+        if let Some(f) = &self.snapshot {
+            chosen.push(Source::Snapshot(f.clone()));
+        }
+        if let Some(f) = &self.topology {
+            chosen.push(Source::Description(f.clone()));
+        }
+        if let Some(p) = &self.preset {
+            chosen.push(Source::Preset(p.clone()));
+        }
+        match chosen.len() {
+            0 => Ok(Source::default()),
+            1 => Ok(chosen.remove(0)),
+            _ => bail!("choose one machine: --live, --root, --snapshot, --topology or --preset"),
+        }
+    }
+}
+
+fn print(text: &str) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
+        Ok(()) => Ok(()),
+        // A closed pipe (`peerdma matrix | head`) is not an error.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(e).context("writing to standard output"),
+    }
+}
+
+fn print_json(v: &serde_json::Value) -> Result<()> {
+    let mut s = serde_json::to_string_pretty(v)?;
+    s.push('\n');
+    print(&s)
+}
+
+fn load_ids(path: &Option<PathBuf>) -> Result<PciIds> {
+    match path {
+        Some(p) => {
+            PciIds::load(p).with_context(|| format!("cannot read pci.ids file {}", p.display()))
+        }
+        None => Ok(PciIds::load_default()),
+    }
+}
+
+fn endpoints(topo: &Topology, all: bool) -> Vec<FnId> {
+    topo.functions()
+        .iter()
+        .filter(|f| all || f.is_dma_endpoint())
+        .map(|f| f.id)
+        .collect()
+}
+
+fn notes(topo: &Topology) -> String {
+    topo.notes()
+        .iter()
+        .map(|n| format!("note: {n}\n"))
+        .collect()
+}
+
+fn functions_json(topo: &Topology, ids: &PciIds) -> serde_json::Value {
+    topo.functions()
+        .iter()
+        .map(|f| {
+            let mut v = serde_json::to_value(f).unwrap_or_default();
+            if let Some(o) = v.as_object_mut() {
+                o.insert("bdf".into(), json!(f.bdf));
+                o.insert(
+                    "upstream".into(),
+                    json!(f.upstream.map(|u| topo.function(u).bdf)),
+                );
+                o.insert(
+                    "children".into(),
+                    json!(f
+                        .children
+                        .iter()
+                        .map(|c| topo.function(*c).bdf)
+                        .collect::<Vec<_>>()),
+                );
+                o.insert(
+                    "physfn".into(),
+                    json!(f.physfn.map(|u| topo.function(u).bdf)),
+                );
+                o.insert(
+                    "host_bridge".into(),
+                    json!(topo.host_bridge(f.host_bridge).name),
+                );
+                o.insert("description".into(), json!(describe(ids, f)));
+                o.remove("id");
+            }
+            v
+        })
+        .collect()
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    if let Cmd::Presets = cli.cmd {
+        if cli.json {
+            let list: Vec<_> = presets::PRESETS
+                .iter()
+                .map(|p| json!({"name": p.name, "summary": p.summary, "default": p.name == presets::DEFAULT}))
+                .collect();
+            print_json(&json!({ "presets": list }))?;
+        } else {
+            let mut s = String::new();
+            for p in presets::PRESETS {
+                let d = if p.name == presets::DEFAULT {
+                    " (default)"
+                } else {
+                    ""
+                };
+                s.push_str(&format!("{:<12} {}{d}\n", p.name, p.summary));
+            }
+            print(&s)?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+
+    let source = cli.source.source()?;
+    let topo = source.load()?;
+    match cli.cmd {
+        Cmd::Presets => unreachable!("handled above"),
+        Cmd::Topo { all } => {
+            let ids = load_ids(&cli.pci_ids)?;
+            if cli.json {
+                let hbs: Vec<_> = topo
+                    .host_bridges()
+                    .iter()
+                    .map(|h| {
+                        json!({
+                            "name": h.name, "domain": h.domain, "bus": h.bus, "numa_node": h.numa_node,
+                            "device": topo.host_bridge_device(h.id).map(|d| topo.function(d).bdf),
+                            "whitelisted": peerdma_p2p::host_bridge_whitelisted(&topo, h.id, true),
+                            "whitelisted_across_host_bridges": peerdma_p2p::host_bridge_whitelisted(&topo, h.id, false),
+                        })
+                    })
+                    .collect();
+                print_json(&json!({
+                    "origin": topo.origin(),
+                    "cpu": { "vendor_id": topo.cpu().vendor_id, "family": topo.cpu().family, "model": topo.cpu().model,
+                             "model_name": topo.cpu().model_name, "supports_p2pdma": topo.cpu().supports_p2pdma() },
+                    "host_bridges": hbs,
+                    "functions": functions_json(&topo, &ids),
+                    "notes": topo.notes(),
+                }))?;
+            } else {
+                let fns = endpoints(&topo, all);
+                let m = Matrix::compute(&topo);
+                let mut s = header(&topo);
+                s.push('\n');
+                s.push_str(&tree(&topo, &ids));
+                if fns.len() >= 2 {
+                    s.push_str(&format!(
+                        "\nP2P matrix of {} {}:\n",
+                        fns.len(),
+                        if all {
+                            "functions"
+                        } else {
+                            "DMA endpoints (--all for every function)"
+                        }
+                    ));
+                    s.push_str(&matrix_table(&topo, &m, &fns));
+                    s.push('\n');
+                    s.push_str(LEGEND);
+                    s.push('\n');
+                }
+                s.push_str(&notes(&topo));
+                print(&s)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Check { provider, client } => {
+            let p = topo.lookup(&provider)?;
+            let c = topo.lookup(&client)?;
+            let e = explain(&topo, p, c);
+            if cli.json {
+                let mut v = serde_json::to_value(&e)?;
+                if let Some(o) = v.as_object_mut() {
+                    o.insert("notes".into(), json!(topo.notes()));
+                }
+                print_json(&v)?;
+            } else {
+                let mut s = e.render();
+                s.push_str(&notes(&topo));
+                print(&s)?;
+            }
+            Ok(if e.p2p {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Cmd::Matrix { all } => {
+            let m = matrix(&topo);
+            if cli.json {
+                let pairs: Vec<_> = m.pairs().collect();
+                print_json(
+                    &json!({ "source": source.label(), "pairs": pairs, "notes": topo.notes() }),
+                )?;
+            } else {
+                let fns = endpoints(&topo, all);
+                let mut s = header(&topo);
+                s.push('\n');
+                s.push_str(&matrix_table(&topo, &m, &fns));
+                s.push('\n');
+                s.push_str(LEGEND);
+                s.push('\n');
+                s.push_str(&notes(&topo));
+                print(&s)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Snapshot {
+            output,
+            tree: tree_dir,
+        } => {
+            if let Some(path) = &output {
+                write_snapshot(topo.raw(), path)?;
+            }
+            if let Some(dir) = &tree_dir {
+                sysfs::write_root(topo.raw(), dir)?;
+            }
+            if cli.json {
+                print_json(
+                    &json!({ "snapshot": output, "tree": tree_dir, "functions": topo.len(), "source": source.label() }),
+                )?;
+            } else {
+                let mut s = String::new();
+                if let Some(p) = &output {
+                    s.push_str(&format!(
+                        "wrote snapshot of {} functions from {} to {}\n",
+                        topo.len(),
+                        source.label(),
+                        p.display()
+                    ));
+                }
+                if let Some(d) = &tree_dir {
+                    s.push_str(&format!(
+                        "wrote a --root tree of {} functions to {}\n",
+                        topo.len(),
+                        d.display()
+                    ));
+                }
+                s.push_str(&notes(&topo));
+                print(&s)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            let msg = format!("{e:#}").replace('\n', " ");
+            eprintln!("peerdma: error: {msg}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+    use peerdma_pci::render::short_name;
+
+    #[test]
+    fn cli_definition_is_valid() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn short_names_prefer_labels() {
+        let t = Source::default().load().unwrap();
+        assert_eq!(short_name(t.function(t.lookup("gpu0").unwrap())), "gpu0");
+    }
+}

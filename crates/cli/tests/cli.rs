@@ -1,0 +1,224 @@
+//! The `peerdma` command as users run it: outputs, exit statuses, errors.
+
+use serde_json::Value;
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn peerdma(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_peerdma"))
+        .args(args)
+        .output()
+        .expect("run peerdma")
+}
+
+fn ok(args: &[&str]) -> String {
+    let o = peerdma(args);
+    assert!(
+        o.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout).unwrap()
+}
+
+/// Exit status 2 and exactly one line on stderr, which contains `want`.
+fn fails(args: &[&str], want: &[&str]) -> String {
+    let o = peerdma(args);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    for w in want {
+        assert!(err.contains(w), "{args:?}: expected '{w}' in: {err}");
+    }
+    err
+}
+
+#[test]
+fn topo_on_every_preset_shows_every_function_and_the_matrix() {
+    let list = ok(&["presets", "--json"]);
+    let presets: Value = serde_json::from_str(&list).unwrap();
+    for p in presets["presets"].as_array().unwrap() {
+        let name = p["name"].as_str().unwrap();
+        let out = ok(&["topo", "--preset", name]);
+        let json: Value = serde_json::from_str(&ok(&["topo", "--preset", name, "--json"])).unwrap();
+        for f in json["functions"].as_array().unwrap() {
+            let bdf = f["bdf"].as_str().unwrap();
+            assert!(
+                out.contains(&format!("─ {} ", &bdf[5..])),
+                "{name}: {bdf} missing\n{out}"
+            );
+        }
+        assert!(out.contains("P2P matrix of"), "{name}");
+        assert!(out.contains("Legend"), "{name}");
+    }
+    // The default machine is the first preset.
+    assert_eq!(ok(&["topo"]), ok(&["topo", "--preset", "dual-xeon"]));
+}
+
+#[test]
+fn topo_reads_this_machine() {
+    if !Path::new("/sys/bus/pci/devices").is_dir() {
+        return;
+    }
+    let out = ok(&["topo", "--live"]);
+    assert!(out.contains("this machine's sysfs"), "{out}");
+    // And as an unprivileged user, who sees 64 bytes of config space.
+    let is_root = unsafe_geteuid() == 0;
+    if is_root && Path::new("/usr/bin/setpriv").exists() {
+        let o = Command::new("/usr/bin/setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(env!("CARGO_BIN_EXE_peerdma"))
+            .args(["topo", "--live"])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&o.stdout);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let functions = fs::read_dir("/sys/bus/pci/devices").unwrap().count();
+        if functions > 0 {
+            assert!(stdout.contains("needs root"), "{stdout}");
+        }
+    }
+}
+
+fn unsafe_geteuid() -> u32 {
+    // The owner of /proc/self is the effective user.
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(u32::MAX)
+}
+
+#[test]
+fn check_exit_status_says_whether_p2p_works() {
+    let o = peerdma(&["check", "gpu0", "nvme0"]);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("bus_addr"));
+    let o = peerdma(&["check", "--preset", "workstation", "gpu", "nvme0"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("not_supported"));
+    let j: Value =
+        serde_json::from_slice(&peerdma(&["check", "gpu4", "nvme3", "--json"]).stdout).unwrap();
+    assert_eq!(j["map_type"], "thru_host_bridge");
+    assert_eq!(j["distance"], 4);
+    assert_eq!(
+        j["disable_acs_redir"],
+        "pci=disable_acs_redir=0000:87:08.0;0000:87:11.0"
+    );
+    assert_eq!(j["fixes"][0]["gives"], "bus_addr");
+    // BDFs work as well as names, in short form too.
+    let by_bdf: Value =
+        serde_json::from_slice(&peerdma(&["check", "88:00.0", "0000:8a:00.0", "--json"]).stdout)
+            .unwrap();
+    assert_eq!(by_bdf, j);
+    fails(
+        &["check", "0000:99:00.0", "gpu0"],
+        &["no PCI function 0000:99:00.0", "preset 'dual-xeon'"],
+    );
+    fails(&["check", "gpu0", "zz:00.0"], &["no PCI function zz:00.0"]);
+}
+
+#[test]
+fn matrix_json_has_every_ordered_pair() {
+    for preset in ["dual-xeon", "epyc", "workstation"] {
+        let j: Value =
+            serde_json::from_str(&ok(&["matrix", "--json", "--preset", preset])).unwrap();
+        let topo: Value =
+            serde_json::from_str(&ok(&["topo", "--json", "--preset", preset])).unwrap();
+        let n = topo["functions"].as_array().unwrap().len();
+        let pairs = j["pairs"].as_array().unwrap();
+        assert_eq!(pairs.len(), n * (n - 1), "{preset}");
+        for p in pairs {
+            let map = p["map_type"].as_str().unwrap();
+            assert!(
+                ["bus_addr", "thru_host_bridge", "not_supported"].contains(&map),
+                "{p}"
+            );
+            assert_eq!(p["distance"].is_null(), map == "not_supported", "{p}");
+            assert_ne!(p["provider"], p["client"]);
+            assert_eq!(p["provider"].as_str().unwrap().len(), 12);
+        }
+    }
+}
+
+#[test]
+fn snapshot_and_tree_replay_give_the_same_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let snap = dir.path().join("m.json");
+    let tree = dir.path().join("root");
+    let s = snap.to_str().unwrap();
+    let t = tree.to_str().unwrap();
+    ok(&["snapshot", "--preset", "epyc", "-o", s, "--tree", t]);
+    let want = ok(&["matrix", "--json", "--preset", "epyc"]);
+    let strip = |x: String| -> Value {
+        let mut v: Value = serde_json::from_str(&x).unwrap();
+        v.as_object_mut().unwrap().remove("source");
+        v
+    };
+    assert_eq!(
+        strip(ok(&["matrix", "--json", "--snapshot", s])),
+        strip(want.clone())
+    );
+    assert_eq!(strip(ok(&["matrix", "--json", "--root", t])), strip(want));
+    let text = ok(&["topo", "--snapshot", s]);
+    assert!(text.contains("rc1-gpp1"), "labels survive a snapshot");
+}
+
+#[test]
+fn bad_input_gets_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+    fails(
+        &["topo", "--snapshot", &p("none.json")],
+        &["none.json", "no such file"],
+    );
+    fs::write(
+        p("bad.json"),
+        "{\"format\": \"peerdma-snapshot\",\n \"version\": 1,\n \"origin\": 7}",
+    )
+    .unwrap();
+    fails(
+        &["topo", "--snapshot", &p("bad.json")],
+        &["bad.json:3:", "invalid type"],
+    );
+    ok(&["snapshot", "--preset", "workstation", "-o", &p("ok.json")]);
+    let mut v: Value = serde_json::from_str(&fs::read_to_string(p("ok.json")).unwrap()).unwrap();
+    v["devices"][2]["config"] = Value::String("8086".into());
+    let path = v["devices"][2]["path"].as_str().unwrap().to_string();
+    let bdf = path.rsplit('/').next().unwrap();
+    fs::write(p("short.json"), v.to_string()).unwrap();
+    fails(
+        &["topo", "--snapshot", &p("short.json")],
+        &[
+            "short.json",
+            &format!("device {bdf}"),
+            "config space is 2 bytes",
+        ],
+    );
+    let cyc = "[cpu]\nvendor = \"intel\"\nfamily = 6\n[[host_bridge]]\nname = \"hb\"\n[[device]]\nname = \"a\"\ntype = \"switch_upstream\"\nparent = \"b\"\n[[device]]\nname = \"b\"\ntype = \"switch_downstream\"\nparent = \"a\"\n";
+    fs::write(p("cycle.toml"), cyc).unwrap();
+    fails(
+        &["topo", "--topology", &p("cycle.toml")],
+        &["cycle.toml:", "cycle"],
+    );
+    fs::write(
+        p("dangling.toml"),
+        cyc.replace("parent = \"b\"", "parent = \"rp9\""),
+    )
+    .unwrap();
+    fails(
+        &["topo", "--topology", &p("dangling.toml")],
+        &["dangling.toml:6:", "'a' names parent 'rp9'"],
+    );
+    fails(&["topo", "--root", &p("nothing")], &["nothing"]);
+    fails(
+        &["topo", "--preset", "nope"],
+        &["preset 'nope'", "dual-xeon"],
+    );
+    fails(
+        &["topo", "--preset", "epyc", "--live"],
+        &["choose one machine"],
+    );
+    fails(&["topo", "--pci-ids", &p("no.ids")], &["no.ids"]);
+}

@@ -1,0 +1,96 @@
+//! Text views for people: the P2P matrix with its legend.
+
+use crate::index::Matrix;
+use crate::path::link_class;
+use crate::MapType;
+use peerdma_pci::render::short_name;
+use peerdma_pci::{FnId, Topology};
+use std::fmt::Write;
+
+/// What the matrix cells mean.
+pub const LEGEND: &str = "\
+Legend (row = provider whose memory is accessed, column = client doing the DMA):
+  B<n>  P2P by PCI bus address, through switches only; n = the kernel's distance
+  H<n>  P2P through the host bridge (root complex); IOMMU-translated when one is on
+  --    not supported: I/O between the two bounces through host memory
+  X     the same function
+  PIX one switch or bridge, PXB several switches, PHB the host bridge,
+  NODE between host bridges of one NUMA node, SYS between NUMA nodes";
+
+/// The cell text for a pair, e.g. `B4 PIX`.
+pub fn cell(topo: &Topology, m: &Matrix, a: FnId, b: FnId) -> String {
+    if a == b {
+        return "X".into();
+    }
+    let (map, dist) = m.get(a, b);
+    let v = match map {
+        MapType::BusAddr => format!("B{dist}"),
+        MapType::ThruHostBridge => format!("H{dist}"),
+        _ => "--".into(),
+    };
+    format!("{v} {}", link_class(topo, a, b))
+}
+
+/// The matrix over `fns`, rows providers, columns clients.
+pub fn matrix_table(topo: &Topology, m: &Matrix, fns: &[FnId]) -> String {
+    let names: Vec<String> = fns.iter().map(|&f| short_name(topo.function(f))).collect();
+    let cells: Vec<Vec<String>> = fns
+        .iter()
+        .map(|&a| fns.iter().map(|&b| cell(topo, m, a, b)).collect())
+        .collect();
+    let row_w = names.iter().map(|n| n.chars().count()).max().unwrap_or(0);
+    let col_w: Vec<usize> = (0..fns.len())
+        .map(|j| {
+            let c = cells.iter().map(|r| r[j].len()).max().unwrap_or(0);
+            c.max(names[j].chars().count())
+        })
+        .collect();
+    let mut s = String::new();
+    let _ = write!(s, "{:row_w$}", "");
+    for (j, n) in names.iter().enumerate() {
+        let _ = write!(s, "  {:<w$}", n, w = col_w[j]);
+    }
+    let trimmed = s.trim_end().len();
+    s.truncate(trimmed);
+    s.push('\n');
+    for (i, n) in names.iter().enumerate() {
+        let _ = write!(s, "{n:<row_w$}");
+        for (j, c) in cells[i].iter().enumerate() {
+            let _ = write!(s, "  {:<w$}", c, w = col_w[j]);
+        }
+        let trimmed = s.trim_end().len();
+        s.truncate(trimmed);
+        s.push('\n');
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use peerdma_pci::Source;
+
+    #[test]
+    fn workstation_matrix() {
+        let t = Source::Preset("workstation".into()).load().unwrap();
+        let m = Matrix::compute(&t);
+        let fns: Vec<FnId> = ["gpu", "gpu-audio", "nvme0", "nvme1"]
+            .iter()
+            .map(|n| t.lookup(n).unwrap())
+            .collect();
+        let out = matrix_table(&t, &m, &fns);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(
+            lines[0].split_whitespace().collect::<Vec<_>>(),
+            ["gpu", "gpu-audio", "nvme0", "nvme1"]
+        );
+        assert_eq!(
+            lines[1].split_whitespace().collect::<Vec<_>>(),
+            ["gpu", "X", "B2", "PIX", "--", "PHB", "--", "PHB"]
+        );
+        assert_eq!(
+            lines[4].split_whitespace().collect::<Vec<_>>(),
+            ["nvme1", "--", "PHB", "--", "PHB", "--", "PHB", "X"]
+        );
+    }
+}
