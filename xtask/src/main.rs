@@ -1,0 +1,70 @@
+//! `cargo xtask`: developer tasks for peerdma.
+//!
+//! The main job is the kernel oracle (DESIGN.md, "Testing"): build a Linux
+//! kernel with CONFIG_PCI_P2PDMA and our debugfs patch (`kernel`), boot it in
+//! QEMU on emulated PCIe topologies and bring back the kernel's own P2PDMA
+//! verdicts next to the guest's sysfs (`vm`).
+
+mod cpio;
+mod deps;
+mod kernel;
+mod scenario;
+mod util;
+mod verdicts;
+mod vm;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "xtask",
+    bin_name = "cargo xtask",
+    about = "peerdma developer tasks"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install the Debian packages the kernel oracle needs (idempotent).
+    Deps {
+        /// Only print the package list, one per line (for CI caches).
+        #[arg(long)]
+        list: bool,
+    },
+    /// Build the P2PDMA oracle kernel, or reuse the cached image.
+    Kernel {
+        /// Re-extract the source and rebuild from scratch.
+        #[arg(long)]
+        force: bool,
+        /// Print only the bzImage path on stdout.
+        #[arg(long)]
+        print_path: bool,
+    },
+    /// Boot the oracle kernel on emulated topologies and collect verdicts.
+    Vm(vm::VmArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Deps { list } => deps::run(list),
+        Cmd::Kernel { force, print_path } => kernel_cmd(force, print_path),
+        Cmd::Vm(args) => vm::run(&args),
+    };
+    if let Err(err) = result {
+        eprintln!("xtask: error: {err:#}");
+        std::process::exit(1);
+    }
+}
+
+fn kernel_cmd(force: bool, print_path: bool) -> Result<()> {
+    let image = kernel::ensure(force)?;
+    if print_path {
+        println!("{}", image.display());
+    }
+    Ok(())
+}
