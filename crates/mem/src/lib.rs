@@ -21,13 +21,17 @@
 //! the DMA direction.
 
 mod addr;
+pub mod alloc;
 mod bdf;
+pub mod io;
 mod kind;
 mod range;
 mod size;
 
 pub use addr::{Address, BusAddr, BusOffset, DmaAddr, Iova, PhysAddr};
+pub use alloc::{AllocError, RangeAllocator};
 pub use bdf::{Bdf, BdfError};
+pub use io::{IoMem, OutOfBounds};
 pub use kind::{Direction, MemKind, PhysVec, PhysVecError};
 pub use range::{AddrRange, RangeError};
 pub use size::{format_size, parse_size, SizeError};

@@ -10,6 +10,8 @@ mod explain;
 mod index;
 mod many;
 mod path;
+mod provider;
+pub mod refcore;
 pub mod render;
 mod whitelist;
 
@@ -18,6 +20,10 @@ pub use explain::{explain, Explanation, Fix, FixKind, HostBridgeReport};
 pub use index::{matrix, Matrix, P2pIndex, PairVerdict};
 pub use many::{distance_many, find_many, providers, FindMany};
 pub use path::{link_class, path_between, Hop, LinkClass, PathInfo, PathLink};
+pub use provider::{
+    Allocation, DmaTicket, Importer, ImporterHandle, P2pError, Provider, ProviderRef,
+    ProviderState, RevokeError, RevokeReport,
+};
 pub use whitelist::{host_bridge_whitelisted, whitelist_entry, WhitelistEntry, WHITELIST};
 
 use serde::Serialize;
