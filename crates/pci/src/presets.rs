@@ -24,6 +24,11 @@ pub const PRESETS: &[Preset] = &[
         text: include_str!("../presets/epyc.toml"),
     },
     Preset {
+        name: "gpu-storage-16",
+        summary: "two-socket AMD EPYC server with 8 GPUs and 8 NVMe drives on four Gen5 switches (load studies)",
+        text: include_str!("../presets/gpu-storage-16.toml"),
+    },
+    Preset {
         name: "workstation",
         summary: "Intel desktop workstation: GPU and NVMe drives on separate root ports (P2P not supported)",
         text: include_str!("../presets/workstation.toml"),
