@@ -159,18 +159,22 @@ impl<'t> P2pIndex<'t> {
 
     #[inline]
     fn through_host_bridge(&self, a: usize, b: usize) -> MapType {
-        let (ha, hb) = (self.hb[a] as usize, self.hb[b] as usize);
-        let ok = self.cpu_ok
-            || if ha == hb {
-                self.wl_same[ha]
-            } else {
-                self.wl_cross[ha] && self.wl_cross[hb]
-            };
-        if ok {
+        if self.host_bridge_forwards(self.hb[a] as usize, self.hb[b] as usize) {
             MapType::ThruHostBridge
         } else {
             MapType::NotSupported
         }
+    }
+
+    /// The kernel's `cpu_supports_p2pdma() || host_bridge_whitelist()`.
+    #[inline]
+    fn host_bridge_forwards(&self, ha: usize, hb: usize) -> bool {
+        self.cpu_ok
+            || if ha == hb {
+                self.wl_same[ha]
+            } else {
+                self.wl_cross[ha] && self.wl_cross[hb]
+            }
     }
 
     /// The pair's verdict as `pci_p2pdma_distance` reports it.
@@ -272,13 +276,7 @@ impl Matrix {
 impl P2pIndex<'_> {
     #[inline]
     fn host_bridge_cell(&self, ha: usize, hb: usize) -> u32 {
-        let ok = self.cpu_ok
-            || if ha == hb {
-                self.wl_same[ha]
-            } else {
-                self.wl_cross[ha] && self.wl_cross[hb]
-            };
-        if ok {
+        if self.host_bridge_forwards(ha, hb) {
             CELL_THRU_HOST_BRIDGE
         } else {
             CELL_NOT_SUPPORTED

@@ -964,7 +964,7 @@ impl SimMachine {
         engine: Bdf,
         sgl: &DmaSgl,
         write: bool,
-        local: &mut dyn FnMut(&Region, u64, u64, u64) -> Option<()>,
+        local: &mut dyn FnMut(&Region, u64, u64, u64),
     ) -> Result<Transfer, DmaError> {
         let (f, ticket) = self.start(
             engine,
@@ -1057,8 +1057,7 @@ impl SimMachine {
             )));
         }
         self.run(engine, sgl, true, &mut |r, roff, loff, n| {
-            r.write(roff, &data[loff as usize..(loff + n) as usize]);
-            Some(())
+            r.write(roff, &data[loff as usize..(loff + n) as usize])
         })
     }
 
@@ -1077,9 +1076,20 @@ impl SimMachine {
             )));
         }
         self.run(engine, sgl, false, &mut |r, roff, loff, n| {
-            r.read(roff, &mut out[loff as usize..(loff + n) as usize]);
-            Some(())
+            r.read(roff, &mut out[loff as usize..(loff + n) as usize])
         })
+    }
+
+    /// The device's media, checked to hold `[off, off + len)`.
+    fn media_range(&self, engine: Bdf, off: u64, len: u64) -> Result<Arc<Region>, DmaError> {
+        let media = self.media(self.id(engine)?);
+        if off.checked_add(len).is_none_or(|e| e > media.size) {
+            return Err(DmaError::Misuse(format!(
+                "media range {off:#x}+{len:#x} of {engine} is beyond its {} bytes",
+                media.size
+            )));
+        }
+        Ok(media)
     }
 
     /// The device moves `sgl.len()` bytes from its media at `media_off`
@@ -1090,16 +1100,9 @@ impl SimMachine {
         media_off: u64,
         sgl: &DmaSgl,
     ) -> Result<Transfer, DmaError> {
-        let media = self.media(self.id(engine)?);
-        if media_off
-            .checked_add(sgl.len())
-            .is_none_or(|e| e > media.size)
-        {
-            return Err(DmaError::Misuse("media range out of bounds".into()));
-        }
+        let media = self.media_range(engine, media_off, sgl.len())?;
         self.run(engine, sgl, true, &mut |r, roff, loff, n| {
-            memory::copy(&media, media_off + loff, r, roff, n);
-            Some(())
+            memory::copy(&media, media_off + loff, r, roff, n)
         })
     }
 
@@ -1111,16 +1114,9 @@ impl SimMachine {
         sgl: &DmaSgl,
         media_off: u64,
     ) -> Result<Transfer, DmaError> {
-        let media = self.media(self.id(engine)?);
-        if media_off
-            .checked_add(sgl.len())
-            .is_none_or(|e| e > media.size)
-        {
-            return Err(DmaError::Misuse("media range out of bounds".into()));
-        }
+        let media = self.media_range(engine, media_off, sgl.len())?;
         self.run(engine, sgl, false, &mut |r, roff, loff, n| {
-            memory::copy(r, roff, &media, media_off + loff, n);
-            Some(())
+            memory::copy(r, roff, &media, media_off + loff, n)
         })
     }
 
