@@ -93,6 +93,10 @@ fn parse_cpuinfo(text: &str) -> RawCpu {
 /// Read a machine from `root` (`/` for this machine): the functions under
 /// `root/sys/bus/pci/devices` and the CPU from `root/proc/cpuinfo`.
 pub fn read_root(root: &Path) -> Result<RawMachine> {
+    // Links are resolved lexically below the root, so the root itself must
+    // be absolute and free of `..` (a relative `--root ../x` would lose
+    // its leading `..` on the way).
+    let root = &fs::canonicalize(root).map_err(|e| Error::io("read", root, e))?;
     let devices_dir = root.join("sys/bus/pci/devices");
     let meta = fs::metadata(root).map_err(|e| Error::io("read", root, e))?;
     if !meta.is_dir() {

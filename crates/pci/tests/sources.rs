@@ -172,3 +172,28 @@ fn bad_roots_are_named() {
     let e = load_err(Source::Description(dir.path().join("x.toml")));
     assert!(e.contains("x.toml"), "{e}");
 }
+
+#[test]
+fn a_relative_root_with_dotdot_reads_like_an_absolute_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = Source::Preset("workstation".into()).capture().unwrap();
+    let root = dir.path().join("a/tree");
+    sysfs::write_root(&raw, &root).unwrap();
+    std::fs::create_dir_all(dir.path().join("b")).unwrap();
+    let rel = dir.path().join("b/../a/tree");
+    let t = Source::Root(rel).load().unwrap();
+    assert_eq!(t.len(), Source::Root(root).load().unwrap().len());
+    // Truly relative (to the current directory), with leading `..`.
+    let cwd = std::env::current_dir().unwrap();
+    let depth = cwd.components().count() - 1;
+    let up = "../".repeat(depth);
+    let rel2 = std::path::PathBuf::from(format!(
+        "{up}{}",
+        dir.path()
+            .join("a/tree")
+            .display()
+            .to_string()
+            .trim_start_matches('/')
+    ));
+    assert!(Source::Root(rel2).load().is_ok());
+}
