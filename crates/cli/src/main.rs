@@ -88,6 +88,40 @@ enum Cmd {
     },
     /// List the built-in machines.
     Presets,
+    /// Smoke-test P2P DMA on this machine with real I/O: write a pattern to
+    /// CLIENT's drive, O_DIRECT-read it into PROVIDER's P2P memory, write that
+    /// back out and compare, next to the verdict for the pair.
+    ///
+    /// Overwrites only the two scratch regions it reports (by default the
+    /// last 2 x SIZE bytes of the client's drive); refuses mounted drives.
+    /// Needs root. Exit status 0 when the outcome is what the verdict
+    /// predicts (P2P + right bytes, or not supported + EREMOTEIO), 1 when
+    /// not (wrong bytes included), 2 on error.
+    Probe {
+        /// The function whose P2P memory is used (p2pmem/allocate): a BDF or a name.
+        provider: String,
+        /// The function whose drive DMAs into that memory: a BDF or a name.
+        client: String,
+        /// Write the P2P memory out to this function's drive instead of the client's.
+        #[arg(long, value_name = "FUNCTION")]
+        to: Option<String>,
+        /// Bytes to move (a multiple of the page size).
+        #[arg(long, value_name = "BYTES", default_value = "1MiB", value_parser = parse_bytes)]
+        size: u64,
+        /// Offset of the source region on the client's drive [default: at the end].
+        #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
+        offset: Option<u64>,
+        /// Offset of the destination region [default: after the source, or at the end of --to].
+        #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
+        to_offset: Option<u64>,
+        /// Pattern seed [default: from the clock].
+        #[arg(long)]
+        seed: Option<u64>,
+    },
+}
+
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    peerdma_mem::parse_size(s).map_err(|e| e.to_string())
 }
 
 impl SourceArgs {
@@ -214,10 +248,39 @@ fn run(cli: Cli) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
 
+    if let Cmd::Probe {
+        provider,
+        client,
+        to,
+        size,
+        offset,
+        to_offset,
+        seed,
+    } = &cli.cmd
+    {
+        let s = &cli.source;
+        if s.root.is_some() || s.snapshot.is_some() || s.topology.is_some() || s.preset.is_some() {
+            bail!("probe does real I/O on this machine: --root, --snapshot, --topology and --preset do not apply");
+        }
+        let mut opts = peerdma_linux::probe::ProbeOptions::new(provider, client);
+        opts.to = to.clone();
+        opts.size = *size;
+        opts.offset = *offset;
+        opts.to_offset = *to_offset;
+        opts.seed = *seed;
+        let report = peerdma_linux::probe::run(&opts)?;
+        if cli.json {
+            print_json(&serde_json::to_value(&report)?)?;
+        } else {
+            print(&report.render())?;
+        }
+        return Ok(ExitCode::from(report.exit_code));
+    }
+
     let source = cli.source.source()?;
     let topo = source.load()?;
     match cli.cmd {
-        Cmd::Presets => unreachable!("handled above"),
+        Cmd::Presets | Cmd::Probe { .. } => unreachable!("handled above"),
         Cmd::Topo { all } => {
             let ids = load_ids(&cli.pci_ids)?;
             if cli.json {
