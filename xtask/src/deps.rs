@@ -56,28 +56,47 @@ pub fn ensure() -> Result<()> {
         return Ok(());
     }
     eprintln!("deps: missing packages: {}", missing.join(" "));
-    if !util::is_root() {
+    // As root, or through passwordless sudo (CI runners).
+    let sudo = if util::is_root() {
+        None
+    } else if Command::new("sudo")
+        .args(["-n", "true"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        Some("sudo")
+    } else {
         bail!(
-            "packages missing and not running as root; run `cargo xtask deps` as root or \
-             `apt-get install {}` (linux-source-6.12 comes from bookworm-backports)",
+            "packages missing and not running as root (nor with passwordless sudo); run \
+             `cargo xtask deps` as root or `apt-get install {}` (linux-source-6.12 comes \
+             from bookworm-backports)",
             missing.join(" ")
         );
-    }
+    };
+    let apt = |args: &[&str]| {
+        let mut cmd = match sudo {
+            Some(s) => {
+                let mut c = Command::new(s);
+                c.args(["-n", "env", "DEBIAN_FRONTEND=noninteractive", "apt-get"]);
+                c
+            }
+            None => Command::new("apt-get"),
+        };
+        cmd.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+        cmd
+    };
     if missing.contains(&KERNEL_SOURCE_PKG) {
-        ensure_backports()?;
+        ensure_backports(sudo)?;
     }
-    util::run(Command::new("apt-get").arg("update"))?;
-    let mut install = Command::new("apt-get");
-    install
-        .args(["install", "-y", "--no-install-recommends"])
-        .args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive");
+    util::run(&mut apt(&["update"]))?;
+    let mut install = apt(&["install", "-y", "--no-install-recommends"]);
+    install.args(&missing);
     util::run(&mut install)
         .with_context(|| format!("installing packages with `{}`", show(&install)))
 }
 
 /// Add `<codename>-backports` to apt's sources unless some source has it.
-fn ensure_backports() -> Result<()> {
+fn ensure_backports(sudo: Option<&str>) -> Result<()> {
     let os_release = util::read_string(Path::new("/etc/os-release"))?;
     let codename = os_release
         .lines()
@@ -102,5 +121,27 @@ fn ensure_backports() -> Result<()> {
     }
     let line = format!("deb http://deb.debian.org/debian {suite} main\n");
     eprintln!("deps: adding {suite} to {BACKPORTS_LIST}");
-    util::write(Path::new(BACKPORTS_LIST), line)
+    match sudo {
+        None => util::write(Path::new(BACKPORTS_LIST), line),
+        Some(s) => {
+            let mut tee = Command::new(s);
+            tee.args(["-n", "tee", BACKPORTS_LIST])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::null());
+            let mut child = tee
+                .spawn()
+                .with_context(|| format!("cannot start `{}`", show(&tee)))?;
+            if let Some(mut stdin) = child.stdin.take() {
+                use std::io::Write;
+                stdin
+                    .write_all(line.as_bytes())
+                    .with_context(|| format!("writing to `{}`", show(&tee)))?;
+            }
+            let status = child.wait().context("waiting for sudo tee")?;
+            if !status.success() {
+                bail!("`{}` failed ({status})", show(&tee));
+            }
+            Ok(())
+        }
+    }
 }

@@ -2,12 +2,16 @@
 //!
 //! The main job is the kernel oracle (DESIGN.md, "Testing"): build a Linux
 //! kernel with CONFIG_PCI_P2PDMA and our debugfs patch (`kernel`), boot it in
-//! QEMU on emulated PCIe topologies and bring back the kernel's own P2PDMA
-//! verdicts next to the guest's sysfs (`vm`).
+//! QEMU on emulated PCIe topologies, bring back the kernel's own P2PDMA
+//! verdicts next to the guest's sysfs, hold peerdma's against them and run
+//! real P2P I/O in the guest (`vm`), and keep all that as test fixtures
+//! (`capture`).
 
+mod capture;
 mod cpio;
 mod deps;
 mod kernel;
+mod oracle;
 mod scenario;
 mod util;
 mod verdicts;
@@ -44,8 +48,12 @@ enum Cmd {
         #[arg(long)]
         print_path: bool,
     },
-    /// Boot the oracle kernel on emulated topologies and collect verdicts.
+    /// Boot the oracle kernel on emulated topologies, hold peerdma against
+    /// its verdicts and run the P2P smoke tests; a table per scenario.
     Vm(vm::VmArgs),
+    /// Run the scenarios (all unless --scenario) and store their results as
+    /// fixtures under tests/fixtures/kernel/ for `cargo test`.
+    Capture(capture::CaptureArgs),
 }
 
 fn main() {
@@ -54,6 +62,7 @@ fn main() {
         Cmd::Deps { list } => deps::run(list),
         Cmd::Kernel { force, print_path } => kernel_cmd(force, print_path),
         Cmd::Vm(args) => vm::run(&args),
+        Cmd::Capture(args) => capture::run(&args),
     };
     if let Err(err) = result {
         eprintln!("xtask: error: {err:#}");

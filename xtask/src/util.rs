@@ -53,8 +53,11 @@ pub fn workspace_root() -> PathBuf {
     manifest.parent().unwrap_or(manifest).to_path_buf()
 }
 
-/// `$XDG_CACHE_HOME/peerdma` or `~/.cache/peerdma`.
+/// `$PEERDMA_CACHE`, else `$XDG_CACHE_HOME/peerdma`, else `~/.cache/peerdma`.
 pub fn cache_dir() -> Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("PEERDMA_CACHE").filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(dir));
+    }
     if let Some(dir) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
         return Ok(PathBuf::from(dir).join("peerdma"));
     }

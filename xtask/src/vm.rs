@@ -3,9 +3,13 @@
 //!
 //! The guest (xtask/guest/init.sh) prints `/out` as base64(tar.gz) between
 //! two marker lines carrying a per-run nonce; we decode it into
-//! `<out>/<scenario>/` next to the full console log.
+//! `<out>/<scenario>/` next to the full console log. Then peerdma is held
+//! against the kernel ([`crate::oracle`]): its verdicts from the guest's
+//! snapshot and from the guest's sysfs copy, and the P2P smoke tests that
+//! `peerdma probe` ran in the guest against the scenario's expectations.
 
 use crate::cpio::Cpio;
+use crate::oracle::{self, Evaluation, Smoke, SmokeFile};
 use crate::scenario::{self, Scenario};
 use crate::util::{self, show};
 use crate::{kernel, verdicts};
@@ -26,7 +30,8 @@ pub struct VmArgs {
     /// Boot every scenario.
     #[arg(long)]
     all: bool,
-    /// A peerdma binary to install in the guest as /bin/peerdma (with its shared libraries).
+    /// The peerdma binary to install in the guest as /bin/peerdma (with its
+    /// shared libraries) [default: build it with `cargo build -p peerdma`].
     #[arg(long, value_name = "PATH")]
     peerdma: Option<PathBuf>,
     /// Output directory; each scenario goes to DIR/<scenario>/ [default: target/vm].
@@ -63,8 +68,34 @@ impl Accel {
 const GUEST_DIR: &str = "xtask/guest";
 const CONSOLE_TAIL: usize = 30;
 
+/// One scenario's run: where its results are and what they say.
+pub struct ScenarioRun {
+    pub scenario: Scenario,
+    pub dir: PathBuf,
+    pub result: Result<Evaluation>,
+}
+
 pub fn run(args: &VmArgs) -> Result<()> {
-    let mut names = if args.all {
+    let runs = run_many(args, false)?;
+    if !report(&runs) {
+        let bad: Vec<&str> = runs
+            .iter()
+            .filter(|r| !r.result.as_ref().is_ok_and(Evaluation::ok))
+            .map(|r| r.scenario.name.as_str())
+            .collect();
+        bail!(
+            "{} scenario(s) failed, disagree with the kernel or missed a smoke test expectation: {}",
+            bad.len(),
+            bad.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// Boot the chosen scenarios (all of them if none is chosen and
+/// `default_all`) and evaluate each.
+pub fn run_many(args: &VmArgs, default_all: bool) -> Result<Vec<ScenarioRun>> {
+    let mut names = if args.all || (default_all && args.scenarios.is_empty()) {
         scenario::all_names()?
     } else {
         Vec::new()
@@ -90,14 +121,17 @@ pub fn run(args: &VmArgs) -> Result<()> {
     };
     let out_root = match &args.out {
         Some(dir) => dir.clone(),
-        None => std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| util::workspace_root().join("target"))
-            .join("vm"),
+        None => target_dir().join("vm"),
     };
     util::create_dir_all(&out_root)?;
+    let peerdma = match &args.peerdma {
+        Some(p) => p.clone(),
+        None => build_peerdma()?,
+    };
+    let guest_bin = out_root.join("peerdma-guest");
+    strip_into(&peerdma, &guest_bin)?;
     let initramfs = out_root.join("initramfs.cpio");
-    util::write(&initramfs, build_initramfs(args.peerdma.as_deref())?)?;
+    util::write(&initramfs, build_initramfs(&guest_bin, &scenarios)?)?;
 
     let mut accel = match args.accel {
         Accel::Auto if !kvm_usable() => {
@@ -106,28 +140,89 @@ pub fn run(args: &VmArgs) -> Result<()> {
         }
         a => a,
     };
-    let mut failures = Vec::new();
-    let mut summaries = Vec::new();
-    for sc in &scenarios {
+    let mut runs = Vec::new();
+    for sc in scenarios {
         let dir = out_root.join(&sc.name);
-        match run_scenario(sc, &kernel, &initramfs, &dir, &mut accel, args) {
-            Ok(s) => summaries.push(s),
-            Err(e) => {
-                eprintln!("vm: scenario {}: FAILED: {e:#}", sc.name);
-                failures.push(sc.name.clone());
+        let result = run_scenario(&sc, &kernel, &initramfs, &dir, &mut accel, args);
+        if let Err(e) = &result {
+            eprintln!("vm: scenario {}: FAILED: {e:#}", sc.name);
+        }
+        runs.push(ScenarioRun {
+            scenario: sc,
+            dir,
+            result,
+        });
+    }
+    Ok(runs)
+}
+
+/// Print every finding and the per-scenario table; true if all is well.
+pub fn report(runs: &[ScenarioRun]) -> bool {
+    let mut all_ok = true;
+    eprintln!();
+    for r in runs {
+        match &r.result {
+            Ok(e) => {
+                let details = e.details();
+                if !details.is_empty() {
+                    eprintln!("{}:", r.scenario.name);
+                    for d in details {
+                        eprintln!("  {d}");
+                    }
+                }
+                all_ok &= e.ok();
             }
+            Err(_) => all_ok = false,
         }
     }
+    let rows: Vec<(String, std::result::Result<&Evaluation, String>)> = runs
+        .iter()
+        .map(|r| {
+            (
+                r.scenario.name.clone(),
+                r.result.as_ref().map_err(|e| format!("{e:#}")),
+            )
+        })
+        .collect();
     eprintln!();
-    for s in &summaries {
-        eprintln!("{s}");
+    eprint!("{}", oracle::table(&rows));
+    all_ok
+}
+
+/// `$CARGO_TARGET_DIR` or the workspace's `target/`.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| util::workspace_root().join("target"))
+}
+
+/// `cargo build -p peerdma` (the dev profile, which `cargo test` has
+/// usually built already); the binary's path.
+fn build_peerdma() -> Result<PathBuf> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "--quiet", "-p", "peerdma"])
+        .current_dir(util::workspace_root());
+    eprintln!("vm: {}", show(&cmd));
+    util::run(&mut cmd)?;
+    let bin = target_dir().join("debug/peerdma");
+    if !bin.is_file() {
+        bail!("`{}` did not produce {}", show(&cmd), bin.display());
     }
-    if !failures.is_empty() {
-        bail!(
-            "{} scenario(s) failed or did not match expectations: {}",
-            failures.len(),
-            failures.join(", ")
-        );
+    Ok(bin)
+}
+
+/// Copy `bin` to `out` without debug information (a smaller initramfs).
+fn strip_into(bin: &Path, out: &Path) -> Result<()> {
+    if !bin.is_file() {
+        bail!("peerdma binary {} does not exist", bin.display());
+    }
+    let mut cmd = Command::new("objcopy");
+    cmd.arg("--strip-debug").arg(bin).arg(out);
+    if util::output(&mut cmd).is_err() {
+        // No binutils: the unstripped binary works too, only bigger.
+        std::fs::copy(bin, out)
+            .with_context(|| format!("cannot copy {} to {}", bin.display(), out.display()))?;
     }
     Ok(())
 }
@@ -140,8 +235,10 @@ fn kvm_usable() -> bool {
         .is_ok()
 }
 
-/// busybox, the guest scripts and optionally peerdma with its libraries.
-fn build_initramfs(peerdma: Option<&Path>) -> Result<Vec<u8>> {
+/// busybox, the guest scripts, peerdma with its libraries, and each
+/// scenario's probe list (`etc/peerdma/probes/<scenario>`, one
+/// `PROVIDER CLIENT TO SIZE` line per probe, `-` for a default).
+fn build_initramfs(peerdma: &Path, scenarios: &[Scenario]) -> Result<Vec<u8>> {
     let mut c = Cpio::new();
     let mut dirs = BTreeSet::new();
     let mut mkdirs = |c: &mut Cpio, path: &str| {
@@ -166,7 +263,7 @@ fn build_initramfs(peerdma: Option<&Path>) -> Result<Vec<u8>> {
         "sys",
         "tmp",
         "out",
-        "etc/peerdma",
+        "etc/peerdma/probes",
         "root",
     ] {
         mkdirs(&mut c, d);
@@ -202,15 +299,31 @@ fn build_initramfs(peerdma: Option<&Path>) -> Result<Vec<u8>> {
         &util::read(&guest.join("peerdma.sh"))?,
     );
 
-    if let Some(bin) = peerdma {
-        c.file("bin/peerdma", 0o755, &util::read(bin)?);
-        for lib in shared_libs(bin)? {
-            let name = lib.to_string_lossy().trim_start_matches('/').to_string();
-            if let Some((parent, _)) = name.rsplit_once('/') {
-                mkdirs(&mut c, parent);
-            }
-            c.file(&name, 0o755, &util::read(&lib)?);
+    for sc in scenarios {
+        let mut list = String::new();
+        for p in &sc.probe {
+            list.push_str(&format!(
+                "{} {} {} {}\n",
+                p.provider,
+                p.client,
+                p.to.as_deref().unwrap_or("-"),
+                p.size.as_deref().unwrap_or("-")
+            ));
         }
+        c.file(
+            &format!("etc/peerdma/probes/{}", sc.name),
+            0o644,
+            list.as_bytes(),
+        );
+    }
+
+    c.file("bin/peerdma", 0o755, &util::read(peerdma)?);
+    for lib in shared_libs(peerdma)? {
+        let name = lib.to_string_lossy().trim_start_matches('/').to_string();
+        if let Some((parent, _)) = name.rsplit_once('/') {
+            mkdirs(&mut c, parent);
+        }
+        c.file(&name, 0o755, &util::read(&lib)?);
     }
     Ok(c.finish())
 }
@@ -290,12 +403,13 @@ fn run_scenario(
     dir: &Path,
     accel: &mut Accel,
     args: &VmArgs,
-) -> Result<String> {
+) -> Result<Evaluation> {
     util::remove_dir_all_if_exists(dir)?;
     util::create_dir_all(dir)?;
     let source = scenario::dir().join(format!("{}.toml", sc.name));
     std::fs::copy(&source, dir.join("scenario.toml"))
         .with_context(|| format!("cannot copy {} to {}", source.display(), dir.display()))?;
+    create_disks(sc, dir)?;
     loop {
         let used = if *accel == Accel::Auto {
             Accel::Kvm
@@ -335,8 +449,45 @@ fn nonce() -> String {
     format!("{:x}{:x}", t.as_nanos() as u64, std::process::id())
 }
 
+/// `<dir>/disks/<name>.img`.
+fn disk_path(dir: &Path, name: &str) -> PathBuf {
+    dir.join("disks").join(format!("{name}.img"))
+}
+
+/// Sparse raw images for the scenario's disks, fresh for every run.
+fn create_disks(sc: &Scenario, dir: &Path) -> Result<()> {
+    if sc.disks.is_empty() {
+        return Ok(());
+    }
+    let size = peerdma_mem::parse_size(&sc.disk_size)
+        .with_context(|| format!("scenario {}: disk_size", sc.name))?;
+    util::create_dir_all(&dir.join("disks"))?;
+    for d in &sc.disks {
+        let path = disk_path(dir, d);
+        let f = File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
+        f.set_len(size)
+            .with_context(|| format!("cannot size {} to {size} bytes", path.display()))?;
+    }
+    Ok(())
+}
+
+/// `-blockdev` options attaching each disk image under its node name.
+fn disk_args(sc: &Scenario, dir: &Path) -> Vec<String> {
+    let mut args = Vec::new();
+    for d in &sc.disks {
+        // QEMU option values escape ',' as ',,'.
+        let file = disk_path(dir, d).display().to_string().replace(',', ",,");
+        args.push("-blockdev".to_string());
+        args.push(format!(
+            "driver=raw,node-name={d},file.driver=file,file.filename={file}"
+        ));
+    }
+    args
+}
+
 fn qemu_command(
     sc: &Scenario,
+    dir: &Path,
     kernel: &Path,
     initramfs: &Path,
     accel: Accel,
@@ -373,6 +524,7 @@ fn qemu_command(
     .arg("-initrd")
     .arg(initramfs)
     .args(["-append", &append])
+    .args(disk_args(sc, dir))
     .args(&sc.qemu)
     .stdin(Stdio::null())
     .stdout(Stdio::piped())
@@ -406,7 +558,7 @@ fn boot(
         format!("@@peerdma-out-begin {nonce}"),
         format!("@@peerdma-out-end {nonce}"),
     );
-    let mut cmd = qemu_command(sc, kernel, initramfs, accel, &nonce);
+    let mut cmd = qemu_command(sc, dir, kernel, initramfs, accel, &nonce);
     util::write(&dir.join("qemu-command.txt"), format!("{}\n", show(&cmd)))?;
     let log_path = dir.join("console.log");
     let mut log =
@@ -530,14 +682,15 @@ fn kill(child: &mut Child) {
     let _ = child.wait();
 }
 
-/// Decode and unpack the guest's payload, summarize and check the verdicts.
+/// Decode and unpack the guest's payload, gather the smoke tests and the
+/// kernel's ACS advice, and evaluate.
 fn collect(
     sc: &Scenario,
     dir: &Path,
     payload: &str,
     accel: Accel,
     elapsed: Duration,
-) -> Result<String> {
+) -> Result<Evaluation> {
     let tgz =
         base64_decode(payload).with_context(|| format!("scenario {}: corrupt payload", sc.name))?;
     let mut tar = Command::new("tar");
@@ -566,60 +719,91 @@ fn collect(
             why.trim()
         );
     }
-    let v = verdicts::parse(&util::read_string(&path)?, &path.display().to_string())?;
-    let counts = v
-        .counts()
-        .iter()
-        .map(|(k, n)| format!("{k} {n}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let summary = format!(
-        "{}: accel {}, boot-to-poweroff {}, cpu_supports_p2pdma {}, {} functions, {} pairs ({counts}) -> {}",
+    let rc_path = dir.join("peerdma/hooks.rc");
+    let rc = std::fs::read_to_string(&rc_path).unwrap_or_default();
+    if rc.trim() != "0" {
+        let log = dir.join("peerdma/hooks.log");
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        bail!(
+            "scenario {}: the peerdma hooks (xtask/guest/peerdma.sh) exited with {:?}; \
+             last lines of {}:\n{}",
+            sc.name,
+            rc.trim(),
+            log.display(),
+            lines[lines.len().saturating_sub(CONSOLE_TAIL)..].join("\n")
+        );
+    }
+
+    let dmesg = util::read_string(&dir.join("dmesg.txt"))?;
+    util::write(
+        &dir.join("acs-warnings.txt"),
+        peerdma_linux::oracle::acs_warning_lines(&dmesg),
+    )?;
+    let mut probes = Vec::new();
+    for (i, p) in sc.probe.iter().enumerate() {
+        let base = dir.join("probes").join((i + 1).to_string());
+        let read =
+            |ext: &str| std::fs::read_to_string(base.with_extension(ext)).unwrap_or_default();
+        let rc = read("rc").trim().parse().ok();
+        probes.push(oracle::smoke_from_report(
+            p,
+            &read("json"),
+            &read("err"),
+            rc,
+        ));
+    }
+    let smoke = SmokeFile { probes };
+    util::write(
+        &dir.join("smoke.json"),
+        serde_json::to_string_pretty(&smoke)? + "\n",
+    )?;
+
+    let e = oracle::evaluate(dir, sc)?;
+    let v = peerdma_linux::oracle::parse_verdicts(&util::read_string(&path)?, "verdicts")?;
+    eprintln!(
+        "vm: {}: accel {}, boot-to-poweroff {}, cpu_supports_p2pdma {}, {} functions, {} pairs ({}); \
+         peerdma agrees on {}/{} (snapshot), {}/{} (root/); smoke: {} -> {}",
         sc.name,
         accel.name(),
         util::secs(elapsed),
         v.cpu_supports_p2pdma.map_or("?", |b| if b { "1" } else { "0" }),
-        v.devices.len(),
-        v.pairs.len(),
+        e.functions,
+        e.kernel_pairs,
+        e.counts,
+        e.snapshot.pairs_agreeing,
+        e.snapshot.pairs_compared,
+        e.root.pairs_agreeing,
+        e.root.pairs_compared,
+        e.smoke_summary(),
         dir.display()
     );
-    eprintln!("vm: {summary}");
-    let problems = v.check(&sc.expect);
-    if !problems.is_empty() {
-        for p in &problems {
-            eprintln!("vm: scenario {}: EXPECTATION MISMATCH: {p}", sc.name);
-        }
-        bail!(
-            "scenario {}: {} expectation(s) not met (see above)",
-            sc.name,
-            problems.len()
-        );
-    }
-    if !sc.expect.is_empty() {
+    print_smoke(sc, &smoke.probes);
+    if !sc.expect.is_empty() && verdicts::check(&v, &sc.expect).is_empty() {
         eprintln!(
-            "vm: scenario {}: all {} expectation(s) met",
+            "vm: scenario {}: all {} kernel expectation(s) met",
             sc.name,
             sc.expect.len()
         );
     }
-    let rc_path = dir.join("peerdma/hooks.rc");
-    if rc_path.is_file() {
-        let rc = util::read_string(&rc_path)?;
-        if rc.trim() != "0" {
-            let log = dir.join("peerdma/hooks.log");
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            let lines: Vec<&str> = text.lines().collect();
-            bail!(
-                "scenario {}: the peerdma hooks (xtask/guest/peerdma.sh) exited with {}; \
-                 last lines of {}:\n{}",
-                sc.name,
-                rc.trim(),
-                log.display(),
-                lines[lines.len().saturating_sub(CONSOLE_TAIL)..].join("\n")
-            );
-        }
+    Ok(e)
+}
+
+fn print_smoke(sc: &Scenario, smoke: &[Smoke]) {
+    for s in smoke {
+        eprintln!(
+            "vm: {}: probe {}: {}{} [{}]",
+            sc.name,
+            s.label(),
+            s.outcome,
+            if s.as_expected() {
+                String::new()
+            } else {
+                format!(" (EXPECTED {})", s.expect)
+            },
+            s.verdict
+        );
     }
-    Ok(summary)
 }
 
 fn base64_decode(text: &str) -> Result<Vec<u8>> {
@@ -648,7 +832,21 @@ fn base64_decode(text: &str) -> Result<Vec<u8>> {
 
 #[cfg(test)]
 mod tests {
-    use super::base64_decode;
+    use super::*;
+
+    #[test]
+    fn disks_are_attached_by_node_name_with_commas_escaped() {
+        let mut sc = scenario::load("switch-nvme-cmb").unwrap();
+        sc.disks = vec!["nvm1".into()];
+        let args = disk_args(&sc, Path::new("/tmp/a,b"));
+        assert_eq!(
+            args,
+            [
+                "-blockdev",
+                "driver=raw,node-name=nvm1,file.driver=file,file.filename=/tmp/a,,b/disks/nvm1.img"
+            ]
+        );
+    }
 
     #[test]
     fn base64() {
