@@ -88,6 +88,14 @@ enum Cmd {
     },
     /// List the built-in machines.
     Presets,
+    /// Copy between files and block devices by the best path: P2P memory
+    /// when both ends' devices can reach a provider, else host memory.
+    ///
+    /// Reports the path taken (P2P by bus address, through the host bridge,
+    /// or bounced), bytes, throughput and CPU time. Exit status 0 on
+    /// success, 1 when interrupted or --verify found a difference, 2 on
+    /// error or refusal.
+    Copy(CopyArgs),
     /// Smoke-test P2P DMA on this machine with real I/O: write a pattern to
     /// CLIENT's drive, O_DIRECT-read it into PROVIDER's P2P memory, write that
     /// back out and compare, next to the verdict for the pair.
@@ -118,6 +126,104 @@ enum Cmd {
         #[arg(long)]
         seed: Option<u64>,
     },
+}
+
+/// The `copy` subcommand's flags.
+#[derive(Args)]
+struct CopyArgs {
+    /// Source: a file or a block device.
+    src: PathBuf,
+    /// Destination: a file (created if missing) or a block device.
+    dst: PathBuf,
+    /// Bytes to skip at the start of SRC (suffixes K, M, G, T).
+    #[arg(long, value_name = "BYTES", default_value = "0", value_parser = parse_bytes)]
+    skip: u64,
+    /// Bytes to skip at the start of DST.
+    #[arg(long, value_name = "BYTES", default_value = "0", value_parser = parse_bytes)]
+    seek: u64,
+    /// Bytes to copy [default: the rest of SRC].
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
+    count: Option<u64>,
+    /// Bytes per I/O.
+    #[arg(long, value_name = "BYTES", default_value = "1MiB", value_parser = parse_bytes)]
+    chunk: u64,
+    /// I/Os in flight.
+    #[arg(long, default_value_t = 8)]
+    depth: usize,
+    /// Use this provider's P2P memory (a BDF) instead of the kernel's choice.
+    #[arg(long, value_name = "BDF")]
+    via: Option<String>,
+    /// Fail, naming the pair and the reason, instead of bouncing through host memory.
+    #[arg(long)]
+    no_bounce: bool,
+    /// Allow writing to a block device (it is overwritten at --seek).
+    #[arg(long)]
+    force_device: bool,
+    /// Hash both ends after the copy and compare.
+    #[arg(long)]
+    verify: bool,
+    /// Flush the destination to stable storage at the end.
+    #[arg(long)]
+    fsync: bool,
+    /// Print the plan (path, buffer, ranges) and stop.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+fn run_copy(a: &CopyArgs, json: bool) -> Result<ExitCode> {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+    let mut opts = peerdma_linux::copy::CopyOptions::new(&a.src, &a.dst);
+    opts.skip = a.skip;
+    opts.seek = a.seek;
+    opts.count = a.count;
+    opts.chunk = a.chunk;
+    opts.depth = a.depth;
+    opts.via = a.via.clone();
+    opts.no_bounce = a.no_bounce;
+    opts.force_device = a.force_device;
+    opts.verify = a.verify;
+    opts.fsync = a.fsync;
+    // Ctrl-C stops submitting I/O; what is in flight completes and the
+    // report says how far the copy got.
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&stop))
+            .context("installing the interrupt handler")?;
+    }
+    let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) && !a.dry_run {
+        let b = indicatif::ProgressBar::new(0);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:40} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        Some(b)
+    } else {
+        None
+    };
+    let mut progress = |done: u64, total: u64| {
+        if let Some(b) = &bar {
+            b.set_length(total);
+            b.set_position(done);
+        }
+    };
+    let report = peerdma_linux::copy::copy(&opts, a.dry_run, &stop, &mut progress)?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    if json {
+        print_json(&serde_json::to_value(&report)?)?;
+    } else {
+        print(&report.render())?;
+    }
+    let failed = report.interrupted.is_some() || report.verify.as_ref().is_some_and(|v| !v.equal);
+    Ok(if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn parse_bytes(s: &str) -> Result<u64, String> {
@@ -248,6 +354,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
 
+    if let Cmd::Copy(a) = &cli.cmd {
+        let s = &cli.source;
+        if s.root.is_some() || s.snapshot.is_some() || s.topology.is_some() || s.preset.is_some() {
+            bail!("copy does real I/O on this machine: --root, --snapshot, --topology and --preset do not apply");
+        }
+        return run_copy(a, cli.json);
+    }
+
     if let Cmd::Probe {
         provider,
         client,
@@ -280,7 +394,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
     let source = cli.source.source()?;
     let topo = source.load()?;
     match cli.cmd {
-        Cmd::Presets | Cmd::Probe { .. } => unreachable!("handled above"),
+        Cmd::Presets | Cmd::Probe { .. } | Cmd::Copy(_) => unreachable!("handled above"),
         Cmd::Topo { all } => {
             let ids = load_ids(&cli.pci_ids)?;
             if cli.json {

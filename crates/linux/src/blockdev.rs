@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 /// A whole-disk block device below a PCI function.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct BlockDevice {
-    /// The PCI function it belongs to.
-    pub bdf: Bdf,
+    /// The PCI function it belongs to (none for loop, dm, ram devices).
+    pub bdf: Option<Bdf>,
     /// Kernel name (`nvme0n1`).
     pub name: String,
     /// The device node (`/dev/nvme0n1`).
@@ -202,34 +202,53 @@ pub fn find_for_function(sys_root: &Path, dev_dir: &Path, bdf: Bdf) -> Result<Bl
             detail: format!("found {name} but {} does not exist", sys_dir.display()),
         });
     }
-    let dev_file = sys_dir.join("dev");
-    let dev = parse_dev(&read_trim(&dev_file)?, &dev_file)?;
-    let size_file = sys_dir.join("size");
-    // sysfs `size` is in 512-byte sectors whatever the logical block size.
-    let size = parse_u64(&read_trim(&size_file)?, &size_file)?.saturating_mul(512);
-    let lbs_file = sys_dir.join("queue/logical_block_size");
-    let logical_block_size = match fs::read_to_string(&lbs_file) {
-        Ok(t) => parse_u64(&t, &lbs_file)?,
-        Err(_) => 512,
-    };
-    let mut partitions = Vec::new();
-    for entry in sorted_names(&sys_dir) {
-        let p = sys_dir.join(&entry);
-        if p.join("partition").is_file() {
-            let f = p.join("dev");
-            partitions.push((entry, parse_dev(&read_trim(&f)?, &f)?));
+    BlockDevice::from_class_dir(&sys_dir, dev_dir, name, Some(bdf))
+}
+
+impl BlockDevice {
+    /// Describe the block device whose `sys/class/block/<name>` directory is
+    /// `sys_dir` (a whole disk or a partition), its node under `dev_dir`.
+    pub fn from_class_dir(
+        sys_dir: &Path,
+        dev_dir: &Path,
+        name: &str,
+        bdf: Option<Bdf>,
+    ) -> Result<BlockDevice> {
+        let dev_file = sys_dir.join("dev");
+        let dev = parse_dev(&read_trim(&dev_file)?, &dev_file)?;
+        let size_file = sys_dir.join("size");
+        // sysfs `size` is in 512-byte sectors whatever the logical block size.
+        let size = parse_u64(&read_trim(&size_file)?, &size_file)?.saturating_mul(512);
+        // A partition has no queue/ of its own: its disk's applies.
+        let lbs_file = sys_dir.join("queue/logical_block_size");
+        let lbs_file = if lbs_file.is_file() {
+            lbs_file
+        } else {
+            sys_dir.join("../queue/logical_block_size")
+        };
+        let logical_block_size = match fs::read_to_string(&lbs_file) {
+            Ok(t) => parse_u64(&t, &lbs_file)?,
+            Err(_) => 512,
+        };
+        let mut partitions = Vec::new();
+        for entry in sorted_names(sys_dir) {
+            let p = sys_dir.join(&entry);
+            if p.join("partition").is_file() {
+                let f = p.join("dev");
+                partitions.push((entry, parse_dev(&read_trim(&f)?, &f)?));
+            }
         }
+        Ok(BlockDevice {
+            bdf,
+            name: name.to_string(),
+            dev_path: dev_dir.join(name),
+            dev,
+            size,
+            logical_block_size,
+            partitions,
+            sys_dir: sys_dir.to_path_buf(),
+        })
     }
-    Ok(BlockDevice {
-        bdf,
-        name: name.clone(),
-        dev_path: dev_dir.join(name),
-        dev,
-        size,
-        logical_block_size,
-        partitions,
-        sys_dir,
-    })
 }
 
 impl BlockDevice {

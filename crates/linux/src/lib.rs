@@ -9,6 +9,8 @@
 //!   and whether that device is in use;
 //! * [`pattern`]: the byte patterns the probe writes and how it classifies
 //!   wrong bytes;
+//! * [`copy`]: `peerdma copy` — files and block devices, P2P memory or host
+//!   bounce buffers, O_DIRECT with io_uring, the path taken reported;
 //! * [`probe`]: the P2P smoke test — move known bytes through a provider's
 //!   memory with real DMA and hold the result against the kernel's verdict;
 //! * [`oracle`]: the kernel's own P2PDMA verdicts as the oracle kernel's
@@ -16,6 +18,7 @@
 //!   peerdma's.
 
 pub mod blockdev;
+pub mod copy;
 pub mod direct;
 pub mod oracle;
 pub mod p2pmem;

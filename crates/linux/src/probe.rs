@@ -811,7 +811,7 @@ impl ProbeReport {
         for d in &self.devices {
             s.push_str(&format!(
                 "drive: {} = {} ({}, logical block {} bytes)\n",
-                d.bdf,
+                d.bdf.map(|b| b.to_string()).unwrap_or_else(|| "-".into()),
                 d.dev_path.display(),
                 format_size(d.size),
                 d.logical_block_size
@@ -868,7 +868,7 @@ mod tests {
 
     fn dev(name: &str, dev: (u32, u32), size: u64, lbs: u64) -> BlockDevice {
         BlockDevice {
-            bdf: "0000:01:00.0".parse().unwrap(),
+            bdf: Some("0000:01:00.0".parse().unwrap()),
             name: name.into(),
             dev_path: PathBuf::from(format!("/dev/{name}")),
             dev,

@@ -1,0 +1,393 @@
+//! `peerdma copy` on this machine's disk, on tmpfs and on loop devices:
+//! every flag and every refusal.
+
+use peerdma_linux::copy::{copy, CopyOptions, CopyPath, CopyReport};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+fn random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+fn run(o: &CopyOptions) -> Result<CopyReport, String> {
+    let stop = AtomicBool::new(false);
+    copy(o, false, &stop, &mut |_, _| {}).map_err(|e| e.to_string())
+}
+
+/// Whether `dst` holds `src[skip..skip+count]` at `seek` and `before`
+/// everywhere else.
+fn check(src: &[u8], before: &[u8], dst: &Path, skip: usize, seek: usize, count: usize) {
+    let got = fs::read(dst).unwrap();
+    let want_len = before.len().max(seek + count);
+    assert_eq!(got.len(), want_len, "destination size");
+    assert!(
+        got[seek..seek + count] == src[skip..skip + count],
+        "copied bytes"
+    );
+    for (i, b) in got.iter().enumerate() {
+        if i < seek || i >= seek + count {
+            let old = before.get(i).copied().unwrap_or(0);
+            assert_eq!(*b, old, "byte {i} outside the range changed");
+        }
+    }
+}
+
+fn dirs() -> Vec<tempfile::TempDir> {
+    let mut v = vec![tempfile::tempdir().unwrap()];
+    if Path::new("/dev/shm").is_dir() {
+        v.push(tempfile::tempdir_in("/dev/shm").unwrap());
+    }
+    v
+}
+
+#[test]
+fn whole_files_on_disk_and_tmpfs_verified() {
+    for d in dirs() {
+        let src = d.path().join("src");
+        let data = random((7 << 20) + 1234, 1);
+        fs::write(&src, &data).unwrap();
+        let mut o = CopyOptions::new(&src, d.path().join("dst"));
+        o.verify = true;
+        let r = run(&o).unwrap();
+        assert_eq!(r.bytes, data.len() as u64);
+        assert_eq!(r.path, CopyPath::Bounced, "no P2P provider here");
+        assert!(r.reason.is_some());
+        let v = r.verify.unwrap();
+        assert!(v.equal && v.first_difference.is_none());
+        assert_eq!(fs::read(d.path().join("dst")).unwrap(), data);
+        assert!(r.seconds > 0.0 && r.bytes_per_sec > 0.0);
+    }
+}
+
+#[test]
+fn offsets_and_counts_aligned_and_not() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("src");
+    let data = random(3 << 20, 2);
+    fs::write(&src, &data).unwrap();
+    for (i, &(skip, seek, count, chunk, depth)) in [
+        (0usize, 0usize, 1 << 20, 4096u64, 1usize),
+        (4096, 8192, (2 << 20) + 4096, 65536, 32),
+        (100, 612, 1_000_000, 1 << 20, 4), // congruent modulo 512: head and tail by read-modify-write
+        (1, 0, 777_777, 1 << 20, 8),       // not congruent: shifted
+        (3, 1 << 20, 5, 4096, 1),          // inside one block
+        (0, 5000, 3 << 20, 1 << 20, 3),    // the whole source
+    ]
+    .iter()
+    .enumerate()
+    {
+        let dst = d.path().join(format!("dst{i}"));
+        let before = random(1 << 21, 100 + i as u64);
+        fs::write(&dst, &before).unwrap();
+        let mut o = CopyOptions::new(&src, &dst);
+        o.skip = skip as u64;
+        o.seek = seek as u64;
+        o.count = Some(count as u64);
+        o.chunk = chunk;
+        o.depth = depth;
+        o.verify = true;
+        let r = run(&o).unwrap_or_else(|e| panic!("case {i}: {e}"));
+        assert!(r.verify.as_ref().unwrap().equal, "case {i}");
+        check(&data, &before, &dst, skip, seek, count);
+        if (skip % 512) != (seek % 512) {
+            assert_eq!(r.mode, "shifted", "case {i}");
+        }
+    }
+}
+
+#[test]
+fn bad_ranges_and_options_are_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("src");
+    fs::write(&src, random(10_000, 3)).unwrap();
+    let dst = d.path().join("dst");
+    let mut o = CopyOptions::new(&src, &dst);
+    o.count = Some(10_001);
+    let e = run(&o).unwrap_err();
+    assert!(
+        e.contains("--count 10001") && e.contains("10000 bytes"),
+        "{e}"
+    );
+    assert!(
+        !dst.exists(),
+        "a refused copy leaves no new destination behind"
+    );
+    let mut o = CopyOptions::new(&src, &dst);
+    o.skip = 20_000;
+    assert!(run(&o).unwrap_err().contains("--skip 20000 is beyond"));
+    let mut o = CopyOptions::new(&src, &dst);
+    o.chunk = 1000;
+    assert!(run(&o).unwrap_err().contains("--chunk 1000"));
+    let mut o = CopyOptions::new(&src, &dst);
+    o.depth = 0;
+    assert!(run(&o).unwrap_err().contains("--depth 0"));
+    let o = CopyOptions::new(d.path().join("missing"), &dst);
+    let e = run(&o).unwrap_err();
+    assert!(e.contains("missing") && e.contains("No such file"), "{e}");
+    let o = CopyOptions::new("/dev/null", &dst);
+    assert!(run(&o)
+        .unwrap_err()
+        .contains("not a regular file or a block device"));
+    let mut o = CopyOptions::new(&src, &dst);
+    o.via = Some("0000:99:00.0".into());
+    assert!(run(&o).unwrap_err().contains("0000:99:00.0"));
+}
+
+#[test]
+fn no_bounce_names_the_pair_and_the_reason() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("src");
+    fs::write(&src, random(8192, 4)).unwrap();
+    let mut o = CopyOptions::new(&src, d.path().join("dst"));
+    o.no_bounce = true;
+    let e = run(&o).unwrap_err();
+    assert!(
+        e.contains("cannot copy") && e.contains("peer to peer"),
+        "{e}"
+    );
+    assert!(e.contains(&src.display().to_string()), "{e}");
+    assert!(!d.path().join("dst").exists());
+}
+
+#[test]
+fn the_same_file_copies_only_without_overlap() {
+    let d = tempfile::tempdir().unwrap();
+    let f = d.path().join("f");
+    let data = random(1 << 20, 5);
+    fs::write(&f, &data).unwrap();
+    let mut o = CopyOptions::new(&f, &f);
+    o.count = Some(4096);
+    o.seek = 2048;
+    let e = run(&o).unwrap_err();
+    assert!(e.contains("same file") && e.contains("overlap"), "{e}");
+    o.seek = 1 << 19;
+    run(&o).unwrap();
+    let got = fs::read(&f).unwrap();
+    assert_eq!(&got[1 << 19..(1 << 19) + 4096], &data[..4096]);
+    assert_eq!(&got[..1 << 19], &data[..1 << 19]);
+}
+
+#[test]
+fn dry_run_plans_and_writes_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("src");
+    fs::write(&src, random(100_000, 6)).unwrap();
+    let dst = d.path().join("dst");
+    let stop = AtomicBool::new(false);
+    let r = copy(&CopyOptions::new(&src, &dst), true, &stop, &mut |_, _| {}).unwrap();
+    assert!(r.dry_run);
+    assert_eq!(r.bytes, 100_000);
+    assert!(!dst.exists());
+    assert!(r.render().contains("dry run: nothing was written"));
+}
+
+#[test]
+fn an_interrupted_copy_says_how_far_it_got_and_that_prefix_is_right() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("src");
+    let data = random(16 << 20, 7);
+    fs::write(&src, &data).unwrap();
+    let dst = d.path().join("dst");
+    let mut o = CopyOptions::new(&src, &dst);
+    o.chunk = 1 << 20;
+    o.depth = 2;
+    let stop = AtomicBool::new(false);
+    let r = copy(&o, false, &stop, &mut |done, _| {
+        if done >= 4 << 20 {
+            stop.store(true, Ordering::Relaxed);
+        }
+    })
+    .unwrap();
+    let i = r.interrupted.clone().expect("interrupted");
+    assert!(i.copied >= 4 << 20 && i.copied < 16 << 20, "{}", i.copied);
+    assert_eq!(
+        i.resume,
+        format!(
+            "--skip {0} --seek {0} --count {1}",
+            i.copied,
+            (16 << 20) - i.copied
+        )
+    );
+    let got = fs::read(&dst).unwrap();
+    assert!(got.len() as u64 >= i.copied);
+    assert!(got[..i.copied as usize] == data[..i.copied as usize]);
+    assert!(r.render().contains("INTERRUPTED"));
+    // Resuming finishes it.
+    let mut o2 = o.clone();
+    o2.skip = i.copied;
+    o2.seek = i.copied;
+    o2.verify = true;
+    run(&o2).unwrap();
+    assert_eq!(fs::read(&dst).unwrap(), data);
+}
+
+fn root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+struct Loop(PathBuf);
+
+impl Loop {
+    fn new(file: &Path) -> Option<Loop> {
+        let out = Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(file)
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| Loop(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())))
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").arg("-d").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn block_devices_need_force_and_must_not_be_mounted() {
+    if !root() || Command::new("losetup").arg("--version").output().is_err() {
+        eprintln!("skipped: needs root and losetup");
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let img = d.path().join("disk.img");
+    fs::write(&img, vec![0u8; 32 << 20]).unwrap();
+    let Some(lo) = Loop::new(&img) else {
+        eprintln!("skipped: no loop device");
+        return;
+    };
+    let src = d.path().join("src");
+    let data = random(4 << 20, 8);
+    fs::write(&src, &data).unwrap();
+    let mut o = CopyOptions::new(&src, &lo.0);
+    let e = run(&o).unwrap_err();
+    assert!(
+        e.contains("without --force-device") && e.contains(&lo.0.display().to_string()),
+        "{e}"
+    );
+    o.force_device = true;
+    o.seek = 1 << 20;
+    o.verify = true;
+    o.fsync = true;
+    let r = run(&o).unwrap();
+    assert!(r.verify.unwrap().equal);
+    // Back from the device into a file.
+    let back = d.path().join("back");
+    let mut b = CopyOptions::new(&lo.0, &back);
+    b.skip = 1 << 20;
+    b.count = Some(4 << 20);
+    run(&b).unwrap();
+    assert_eq!(fs::read(&back).unwrap(), data);
+    // Too much for the device.
+    let mut big = o.clone();
+    big.seek = 30 << 20;
+    assert!(run(&big).unwrap_err().contains("do not fit"));
+    // Mounted: refused, naming the mount point.
+    if Command::new("mkfs.ext4").arg("-V").output().is_err() {
+        eprintln!("skipped the mounted case: no mkfs.ext4");
+        return;
+    }
+    assert!(Command::new("mkfs.ext4")
+        .args(["-q", "-F"])
+        .arg(&lo.0)
+        .status()
+        .unwrap()
+        .success());
+    let mnt = d.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    assert!(Command::new("mount")
+        .arg(&lo.0)
+        .arg(&mnt)
+        .status()
+        .unwrap()
+        .success());
+    let e = run(&o).unwrap_err();
+    let _ = Command::new("umount").arg(&mnt).status();
+    assert!(
+        e.contains("is mounted on") && e.contains(&mnt.display().to_string()),
+        "{e}"
+    );
+}
+
+/// An MBR with one Linux partition from sector 2048 to the end.
+fn mbr(sectors: u32) -> [u8; 512] {
+    let mut m = [0u8; 512];
+    let e = &mut m[0x1be..0x1ce];
+    e[4] = 0x83;
+    e[8..12].copy_from_slice(&2048u32.to_le_bytes());
+    e[12..16].copy_from_slice(&(sectors - 2048).to_le_bytes());
+    m[510] = 0x55;
+    m[511] = 0xaa;
+    m
+}
+
+#[test]
+fn a_disk_holding_a_mounted_partition_is_refused() {
+    if !root() || Command::new("mkfs.ext4").arg("-V").output().is_err() {
+        eprintln!("skipped: needs root, losetup and mkfs.ext4");
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let img = d.path().join("disk.img");
+    let mut bytes = vec![0u8; 32 << 20];
+    bytes[..512].copy_from_slice(&mbr((32 << 20) / 512));
+    fs::write(&img, bytes).unwrap();
+    let out = Command::new("losetup")
+        .args(["--find", "--show", "--partscan"])
+        .arg(&img)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lo = Loop(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()));
+    let part = PathBuf::from(format!("{}p1", lo.0.display()));
+    let name = lo.0.file_name().unwrap().to_string_lossy().into_owned();
+    let sys_part = PathBuf::from(format!("/sys/block/{name}/{name}p1"));
+    for _ in 0..30 {
+        if part.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    if !sys_part.exists() {
+        eprintln!("skipped: this kernel found no partition on the loop device (no MBR partition support?)");
+        return;
+    }
+    assert!(Command::new("mkfs.ext4")
+        .args(["-q", "-F"])
+        .arg(&part)
+        .status()
+        .unwrap()
+        .success());
+    let mnt = d.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    assert!(Command::new("mount")
+        .arg(&part)
+        .arg(&mnt)
+        .status()
+        .unwrap()
+        .success());
+    let src = d.path().join("src");
+    fs::write(&src, random(4096, 9)).unwrap();
+    let mut o = CopyOptions::new(&src, &lo.0);
+    o.force_device = true;
+    let e = run(&o).unwrap_err();
+    let _ = Command::new("umount").arg(&mnt).status();
+    assert!(e.contains("p1 is mounted on"), "{e}");
+}
