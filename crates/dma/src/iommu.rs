@@ -50,6 +50,11 @@ impl fmt::Display for IommuFault {
 
 impl std::error::Error for IommuFault {}
 
+/// The IOMMU pages `[iova, iova + len)` touches (at least one).
+fn pages(iova: u64, len: u64) -> std::ops::RangeInclusive<u64> {
+    iova / IOMMU_PAGE..=(iova + len.max(1) - 1) / IOMMU_PAGE
+}
+
 #[derive(Clone, Copy, Debug)]
 struct Pte {
     phys_page: u64,
@@ -147,8 +152,7 @@ impl Iommu {
             reason,
         };
         let d = self.domain_mut(dev).ok_or(fault("no IOMMU domain"))?;
-        let first = iova.raw() / IOMMU_PAGE;
-        let last = (iova.raw() + len.max(1) - 1) / IOMMU_PAGE;
+        let (first, last) = pages(iova.raw(), len).into_inner();
         if d.ptes.range(first..=last).next().is_some() {
             return Err(fault("freeing IOVA space that is still mapped"));
         }
@@ -212,9 +216,7 @@ impl Iommu {
     /// Make mapped pages visible to the device (IOTLB/page-table sync).
     pub fn sync(&mut self, dev: Bdf, iova: Iova, len: u64) {
         if let Some(d) = self.domain_mut(dev) {
-            let first = iova.raw() / IOMMU_PAGE;
-            let last = (iova.raw() + len.max(1) - 1) / IOMMU_PAGE;
-            for (_, p) in d.ptes.range_mut(first..=last) {
+            for (_, p) in d.ptes.range_mut(pages(iova.raw(), len)) {
                 p.synced = true;
             }
         }
@@ -229,8 +231,7 @@ impl Iommu {
             reason,
         };
         let d = self.domain_mut(dev).ok_or(fault("no IOMMU domain"))?;
-        let first = iova.raw() / IOMMU_PAGE;
-        let last = (iova.raw() + len.max(1) - 1) / IOMMU_PAGE;
+        let (first, last) = pages(iova.raw(), len).into_inner();
         if (first..=last).any(|p| !d.ptes.contains_key(&p)) {
             return Err(fault("unmapping IOVA that is not mapped"));
         }

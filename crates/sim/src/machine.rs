@@ -665,6 +665,25 @@ impl SimMachine {
         out
     }
 
+    /// Links crossed going up from `f` to `stop` (just the hops).
+    fn up_path(&self, f: FnId, stop: Option<FnId>) -> Vec<Hop> {
+        self.up_hops(f, stop).into_iter().map(|(_, h)| h).collect()
+    }
+
+    /// Links crossed going down from `stop` to `f`, in travel order.
+    fn down_path(&self, f: FnId, stop: Option<FnId>) -> Vec<Hop> {
+        let mut down: Vec<Hop> = self
+            .up_hops(f, stop)
+            .into_iter()
+            .map(|(_, h)| Hop {
+                link: h.link,
+                dir: Dir::Down,
+            })
+            .collect();
+        down.reverse();
+        down
+    }
+
     fn check_path(&self, nodes: &[FnId], done: u64) -> Result<(), DmaError> {
         let fs = lock(&self.faults);
         for &n in nodes {
@@ -743,21 +762,8 @@ impl SimMachine {
                 drop(acs_now);
                 if !redirected {
                     self.check_path(&tchain, done)?;
-                    let mut hops: Vec<Hop> = self
-                        .up_hops(initiator, Some(lca))
-                        .into_iter()
-                        .map(|(_, h)| h)
-                        .collect();
-                    let mut down: Vec<Hop> = self
-                        .up_hops(t, Some(lca))
-                        .into_iter()
-                        .map(|(_, h)| Hop {
-                            link: h.link,
-                            dir: Dir::Down,
-                        })
-                        .collect();
-                    down.reverse();
-                    hops.extend(down);
+                    let mut hops = self.up_path(initiator, Some(lca));
+                    hops.extend(self.down_path(t, Some(lca)));
                     let r = &self.mem.regions[region].0;
                     let phys_start = self
                         .topo
@@ -780,11 +786,7 @@ impl SimMachine {
         // Up to the root complex.
         let ifn = self.topo.function(initiator);
         let hb = ifn.host_bridge;
-        let mut up: Vec<Hop> = self
-            .up_hops(initiator, None)
-            .into_iter()
-            .map(|(_, h)| h)
-            .collect();
+        let mut up = self.up_path(initiator, None);
         up.push(Hop {
             link: self.rc_link[hb.index()],
             dir: Dir::Up,
@@ -872,16 +874,7 @@ impl SimMachine {
                             dir: Dir::Down,
                         });
                     }
-                    let mut down: Vec<Hop> = self
-                        .up_hops(*function, None)
-                        .into_iter()
-                        .map(|(_, h)| Hop {
-                            link: h.link,
-                            dir: Dir::Down,
-                        })
-                        .collect();
-                    down.reverse();
-                    hops.extend(down);
+                    hops.extend(self.down_path(*function, None));
                     out.push(Piece {
                         target: Some((ri, phys.raw() - r.base)),
                         len: n,
