@@ -9,6 +9,8 @@
 //! * `root/`: the guest's shell copy of its sysfs and `proc/cpuinfo`
 //!   (independent of peerdma's own tree writer);
 //! * `smoke.json`: the P2P smoke tests' outcomes (`peerdma probe` reports);
+//! * `copy.json`: the `peerdma copy` runs between the drives (reports and
+//!   the guest's byte checks);
 //! * `scenario.toml`: the scenario as run.
 //!
 //! and one `tests/fixtures/kernel/README.md` listing scenarios and outcomes.
@@ -39,6 +41,7 @@ const FILES: &[&str] = &[
     "acs-warnings.txt",
     "snapshot.json",
     "smoke.json",
+    "copy.json",
     "scenario.toml",
 ];
 
@@ -146,6 +149,94 @@ pub fn evaluate_all(fixtures: &Path) -> Result<Vec<(String, Result<Evaluation>)>
         .collect())
 }
 
+/// The copies of one scenario: what ran, what peerdma reported next to the
+/// kernel's verdicts, and what the byte check found.
+fn copy_section(s: &mut String, e: &Evaluation) {
+    if e.copies.is_empty() {
+        return;
+    }
+    s.push_str(
+        "| copy src -> dst | range | flags | kernel (provider: legs) | path | verify | bytes | expected | why |\n\
+         | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
+    );
+    for c in &e.copies {
+        let r = &c.run;
+        let path = match &r.path {
+            Some(p) if r.fallback.is_some() => format!("{p} (fallback)"),
+            Some(p) => p.clone(),
+            None => r.outcome(),
+        };
+        let bytes = if r.path.is_none() {
+            if r.unchanged == "exact" {
+                "untouched".to_string()
+            } else {
+                format!("changed ({})", r.unchanged)
+            }
+        } else if r.pattern == "exact" {
+            "exact".to_string()
+        } else if r.zeros {
+            format!("wrong: zeros ({})", r.pattern)
+        } else {
+            format!("wrong ({})", r.pattern)
+        };
+        let mark = |x: String| {
+            if c.as_expected() {
+                x
+            } else {
+                format!("**{x}**")
+            }
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            r.label(),
+            r.range(),
+            if r.flags.is_empty() { "-" } else { &r.flags },
+            c.kernel,
+            mark(path),
+            r.verify.as_deref().unwrap_or("-"),
+            bytes,
+            r.expect,
+            r.why
+        );
+    }
+    for c in &e.copies {
+        let r = &c.run;
+        if let Some(f) = &r.fallback {
+            let _ = writeln!(s, "\nFallback ({}): {f}", r.label());
+        }
+        if r.path.is_none() && !r.error.is_empty() {
+            let _ = writeln!(
+                s,
+                "\nRefusal ({}, exit {}): `{}`",
+                r.label(),
+                r.exit_code.map_or("?".into(), |x| x.to_string()),
+                r.error.lines().last().unwrap_or("")
+            );
+        }
+        if r.path.is_some() && r.verify.as_deref() == Some("mismatch") {
+            let _ = writeln!(
+                s,
+                "\nFinding ({}, {}): the copy reported success and {} bytes, but `--verify` found the destination different from the source from byte {} on ({}); exit status {}, not a silent pass.",
+                r.label(),
+                r.range(),
+                r.count,
+                r.first_difference.map_or("?".into(), |x| x.to_string()),
+                if r.zeros {
+                    "the range reads back as zeros"
+                } else {
+                    "wrong bytes in the range"
+                },
+                r.exit_code.map_or("?".into(), |x| x.to_string())
+            );
+        }
+        for q in &c.problems {
+            let _ = writeln!(s, "\nNOT AS EXPECTED ({}): {q}", r.label());
+        }
+    }
+    s.push('\n');
+}
+
 fn readme_text(fixtures: &Path) -> Result<String> {
     let evals = evaluate_all(fixtures)?;
     let mut s = String::from(
@@ -162,10 +253,14 @@ fn readme_text(fixtures: &Path) -> Result<String> {
          `acs-warnings.txt` (the kernel's ACS advice from its log), `snapshot.json`\n\
          (`peerdma snapshot --live` in the guest), `root/` (the guest's own shell copy\n\
          of its sysfs and `proc/cpuinfo`), `smoke.json` (`peerdma probe` reports: real\n\
-         P2P DMA through an NVMe CMB, bytes checked) and `scenario.toml`.\n\
+         P2P DMA through an NVMe CMB, bytes checked), `copy.json` (`peerdma copy\n\
+         --verify` between the drives: the path it reported, its verify, and the\n\
+         guest's own byte-for-byte check of the destination and the 4 KiB around it)\n\
+         and `scenario.toml`. `cargo test -p xtask` holds `smoke.json` and `copy.json`\n\
+         against each scenario's expectations and the kernel's verdicts.\n\
          \n\
-         | scenario | functions | pairs | agree (snapshot) | agree (root/) | disable_acs_redir lists | smoke test |\n\
-         | --- | ---: | ---: | ---: | ---: | ---: | --- |\n",
+         | scenario | functions | pairs | agree (snapshot) | agree (root/) | disable_acs_redir lists | smoke test | copy |\n\
+         | --- | ---: | ---: | ---: | ---: | ---: | --- | --- |\n",
     );
     for (name, r) in &evals {
         match r {
@@ -175,23 +270,28 @@ fn readme_text(fixtures: &Path) -> Result<String> {
                 });
                 let _ = writeln!(
                     s,
-                    "| {name} | {} | {} | {} | {} | {acs} | {} |",
+                    "| {name} | {} | {} | {} | {} | {acs} | {} | {} |",
                     e.functions,
                     e.kernel_pairs,
                     e.snapshot.pairs_agreeing,
                     e.root.pairs_agreeing,
-                    e.smoke_summary()
+                    e.smoke_summary(),
+                    e.copy_summary()
                 );
             }
             Err(err) => {
-                let _ = writeln!(s, "| {name} | - | - | - | - | - | unreadable: {err:#} |");
+                let _ = writeln!(
+                    s,
+                    "| {name} | - | - | - | - | - | unreadable: {err:#} | - |"
+                );
             }
         }
     }
-    s.push_str("\n## Scenarios and smoke tests\n");
+    s.push_str("\n## Scenarios, smoke tests and copies\n");
     for (name, r) in &evals {
         let Ok(e) = r else { continue };
         let _ = write!(s, "\n### {name}\n\n{}.\n\n", e.description);
+        copy_section(&mut s, e);
         if e.smoke.is_empty() {
             s.push_str("No smoke test.\n");
             continue;
@@ -233,4 +333,21 @@ fn readme_text(fixtures: &Path) -> Result<String> {
         }
     }
     Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The stored runs (smoke tests, copies) meet the expectations of the
+    /// scenario they were captured with, and peerdma agrees with the kernel.
+    #[test]
+    fn the_fixtures_meet_their_scenarios() {
+        let evals = evaluate_all(&fixtures_dir()).unwrap();
+        assert!(evals.len() >= 8, "{} fixtures", evals.len());
+        for (name, r) in evals {
+            let e = r.unwrap_or_else(|e| panic!("{name}: {e:#}"));
+            assert!(e.ok(), "{name}:\n{}", e.details().join("\n"));
+        }
+    }
 }

@@ -1,7 +1,8 @@
 //! The Debian packages the kernel oracle needs, in one place.
 //!
 //! `cargo xtask deps` installs what is missing (CI runs it too, and
-//! `cargo xtask deps --list` prints the list for cache keys).
+//! `cargo xtask deps --list` prints the list for cache keys); `--bench`
+//! adds what `cargo xtask bench` compares against (fio).
 
 use crate::util::{self, show};
 use anyhow::{bail, Context, Result};
@@ -29,16 +30,23 @@ pub const PACKAGES: &[&str] = &[
     "busybox-static",
 ];
 
+/// What `cargo xtask bench` compares against (not needed for the oracle).
+pub const BENCH_PACKAGES: &[&str] = &["fio"];
+
 const BACKPORTS_LIST: &str = "/etc/apt/sources.list.d/backports.list";
 
-pub fn run(list: bool) -> Result<()> {
+pub fn run(list: bool, bench: bool) -> Result<()> {
+    let mut pkgs = PACKAGES.to_vec();
+    if bench {
+        pkgs.extend_from_slice(BENCH_PACKAGES);
+    }
     if list {
-        for p in PACKAGES {
+        for p in pkgs {
             println!("{p}");
         }
         return Ok(());
     }
-    ensure()
+    ensure_packages(&pkgs)
 }
 
 fn installed(pkg: &str) -> bool {
@@ -49,9 +57,14 @@ fn installed(pkg: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// Install the missing packages; a no-op when everything is there.
+/// Install the oracle's missing packages; a no-op when everything is there.
 pub fn ensure() -> Result<()> {
-    let missing: Vec<&str> = PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
+    ensure_packages(PACKAGES)
+}
+
+/// Install those of `packages` that are missing.
+pub fn ensure_packages(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages.iter().copied().filter(|p| !installed(p)).collect();
     if missing.is_empty() {
         return Ok(());
     }
@@ -90,9 +103,65 @@ pub fn ensure() -> Result<()> {
     }
     util::run(&mut apt(&["update"]))?;
     let mut install = apt(&["install", "-y", "--no-install-recommends"]);
-    install.args(&missing);
+    let mut args: Vec<String> = missing.iter().map(|p| p.to_string()).collect();
+    if missing.contains(&"qemu-system-x86") {
+        args.extend(qemu_pins());
+        install.arg("--allow-downgrades");
+    }
+    install.args(&args);
     util::run(&mut install)
         .with_context(|| format!("installing packages with `{}`", show(&install)))
+}
+
+/// The scenarios and fixtures were made with the distribution's QEMU
+/// (7.2 on bookworm: its switch ports carry no ACS capability, which the
+/// IOMMU scenarios' expectations rely on). Machines that already carry
+/// qemu-utils from backports cannot install that QEMU beside it, so pin
+/// qemu-system-x86's candidate version for the QEMU packages installed, and
+/// drop qemu-block-extra of another version (nothing here uses it).
+fn qemu_pins() -> Vec<String> {
+    let candidate = |pkg: &str| -> Option<String> {
+        let out = Command::new("apt-cache")
+            .args(["policy", pkg])
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| {
+                l.trim()
+                    .strip_prefix("Candidate:")
+                    .map(|v| v.trim().to_string())
+            })
+            .filter(|v| v != "(none)")
+    };
+    let version = |pkg: &str| -> Option<String> {
+        let out = Command::new("dpkg-query")
+            .args(["-W", "-f=${Version}", pkg])
+            .output()
+            .ok()?;
+        let v = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        (out.status.success() && !v.is_empty()).then_some(v)
+    };
+    let Some(want) = candidate("qemu-system-x86") else {
+        return Vec::new();
+    };
+    let mut pins = vec![format!("qemu-system-x86={want}")];
+    for p in [
+        "qemu-utils",
+        "qemu-system-common",
+        "qemu-system-data",
+        "qemu-system-gui",
+    ] {
+        if let Some(have) = version(p) {
+            if installed(p) && have != want {
+                pins.push(format!("{p}={want}"));
+            }
+        }
+    }
+    if installed("qemu-block-extra") && version("qemu-block-extra").is_some_and(|v| v != want) {
+        pins.push("qemu-block-extra-".into());
+    }
+    pins
 }
 
 /// Add `<codename>-backports` to apt's sources unless some source has it.

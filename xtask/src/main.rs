@@ -5,8 +5,9 @@
 //! QEMU on emulated PCIe topologies, bring back the kernel's own P2PDMA
 //! verdicts next to the guest's sysfs, hold peerdma's against them and run
 //! real P2P I/O in the guest (`vm`), and keep all that as test fixtures
-//! (`capture`).
+//! (`capture`). `bench copy` measures `peerdma copy` against dd, cp and fio.
 
+mod bench;
 mod capture;
 mod cpio;
 mod deps;
@@ -38,6 +39,9 @@ enum Cmd {
         /// Only print the package list, one per line (for CI caches).
         #[arg(long)]
         list: bool,
+        /// Also the packages `cargo xtask bench` uses (fio).
+        #[arg(long)]
+        bench: bool,
     },
     /// Build the P2PDMA oracle kernel, or reuse the cached image.
     Kernel {
@@ -54,15 +58,19 @@ enum Cmd {
     /// Run the scenarios (all unless --scenario) and store their results as
     /// fixtures under tests/fixtures/kernel/ for `cargo test`.
     Capture(capture::CaptureArgs),
+    /// Benchmarks (not tests; never in CI): `bench copy` runs peerdma copy
+    /// against dd, cp and fio on the same large file and prints the ratios.
+    Bench(bench::BenchArgs),
 }
 
 fn main() {
     let cli = Cli::parse();
     let result = match cli.cmd {
-        Cmd::Deps { list } => deps::run(list),
+        Cmd::Deps { list, bench } => deps::run(list, bench),
         Cmd::Kernel { force, print_path } => kernel_cmd(force, print_path),
         Cmd::Vm(args) => vm::run(&args),
         Cmd::Capture(args) => capture::run(&args),
+        Cmd::Bench(args) => bench::run(&args),
     };
     if let Err(err) = result {
         eprintln!("xtask: error: {err:#}");

@@ -5,11 +5,13 @@
 //! two marker lines carrying a per-run nonce; we decode it into
 //! `<out>/<scenario>/` next to the full console log. Then peerdma is held
 //! against the kernel ([`crate::oracle`]): its verdicts from the guest's
-//! snapshot and from the guest's sysfs copy, and the P2P smoke tests that
-//! `peerdma probe` ran in the guest against the scenario's expectations.
+//! snapshot and from the guest's sysfs copy, the P2P smoke tests that
+//! `peerdma probe` ran in the guest, and the `peerdma copy` runs between
+//! its drives (with the guest's own byte check of every destination),
+//! against the scenario's expectations and the kernel's verdicts.
 
 use crate::cpio::Cpio;
-use crate::oracle::{self, Evaluation, Smoke, SmokeFile};
+use crate::oracle::{self, CopyEval, CopyFile, Evaluation, Smoke, SmokeFile};
 use crate::scenario::{self, Scenario};
 use crate::util::{self, show};
 use crate::{kernel, verdicts};
@@ -264,6 +266,7 @@ fn build_initramfs(peerdma: &Path, scenarios: &[Scenario]) -> Result<Vec<u8>> {
         "tmp",
         "out",
         "etc/peerdma/probes",
+        "etc/peerdma/copies",
         "root",
     ] {
         mkdirs(&mut c, d);
@@ -315,6 +318,11 @@ fn build_initramfs(peerdma: &Path, scenarios: &[Scenario]) -> Result<Vec<u8>> {
             0o644,
             list.as_bytes(),
         );
+        c.file(
+            &format!("etc/peerdma/copies/{}", sc.name),
+            0o644,
+            copy_list(sc)?.as_bytes(),
+        );
     }
 
     c.file("bin/peerdma", 0o755, &util::read(peerdma)?);
@@ -326,6 +334,35 @@ fn build_initramfs(peerdma: &Path, scenarios: &[Scenario]) -> Result<Vec<u8>> {
         c.file(&name, 0o755, &util::read(&lib)?);
     }
     Ok(c.finish())
+}
+
+/// A scenario's copy cases for xtask/guest/peerdma.sh, one line each:
+/// `SRC DST SKIP SEEK COUNT VIA FLAGS` (bytes; `-` for no --via or no flags;
+/// flags: a comma list of `no-bounce`, `unchecked-via`).
+fn copy_list(sc: &Scenario) -> Result<String> {
+    let mut list = String::new();
+    for c in &sc.copy {
+        let (skip, seek, count) = c.range()?;
+        let mut flags = Vec::new();
+        if c.no_bounce {
+            flags.push("no-bounce");
+        }
+        if c.unchecked_via {
+            flags.push("unchecked-via");
+        }
+        list.push_str(&format!(
+            "{} {} {skip} {seek} {count} {} {}\n",
+            c.src,
+            c.dst,
+            c.via.as_deref().unwrap_or("-"),
+            if flags.is_empty() {
+                "-".to_string()
+            } else {
+                flags.join(",")
+            }
+        ));
+    }
+    Ok(list)
 }
 
 /// Shared libraries of an executable, as `ldd` shows them (including the
@@ -758,12 +795,30 @@ fn collect(
         &dir.join("smoke.json"),
         serde_json::to_string_pretty(&smoke)? + "\n",
     )?;
+    let mut copies = Vec::new();
+    for (i, c) in sc.copy.iter().enumerate() {
+        let base = dir.join("copies").join((i + 1).to_string());
+        let read =
+            |ext: &str| std::fs::read_to_string(base.with_extension(ext)).unwrap_or_default();
+        let rc = read("rc").trim().parse().ok();
+        copies.push(oracle::copy_from_files(
+            c,
+            &read("json"),
+            &read("err"),
+            rc,
+            &read("check"),
+        )?);
+    }
+    util::write(
+        &dir.join("copy.json"),
+        serde_json::to_string_pretty(&CopyFile { copies })? + "\n",
+    )?;
 
     let e = oracle::evaluate(dir, sc)?;
     let v = peerdma_linux::oracle::parse_verdicts(&util::read_string(&path)?, "verdicts")?;
     eprintln!(
         "vm: {}: accel {}, boot-to-poweroff {}, cpu_supports_p2pdma {}, {} functions, {} pairs ({}); \
-         peerdma agrees on {}/{} (snapshot), {}/{} (root/); smoke: {} -> {}",
+         peerdma agrees on {}/{} (snapshot), {}/{} (root/); smoke: {}; copy: {} -> {}",
         sc.name,
         accel.name(),
         util::secs(elapsed),
@@ -776,9 +831,11 @@ fn collect(
         e.root.pairs_agreeing,
         e.root.pairs_compared,
         e.smoke_summary(),
+        e.copy_summary(),
         dir.display()
     );
     print_smoke(sc, &smoke.probes);
+    print_copies(sc, &e.copies);
     if !sc.expect.is_empty() && verdicts::check(&v, &sc.expect).is_empty() {
         eprintln!(
             "vm: scenario {}: all {} kernel expectation(s) met",
@@ -802,6 +859,33 @@ fn print_smoke(sc: &Scenario, smoke: &[Smoke]) {
                 format!(" (EXPECTED {})", s.expect)
             },
             s.verdict
+        );
+    }
+}
+
+fn print_copies(sc: &Scenario, copies: &[CopyEval]) {
+    for c in copies {
+        let r = &c.run;
+        eprintln!(
+            "vm: {}: copy {} ({}{}): {}{} [kernel {}]{}",
+            sc.name,
+            r.label(),
+            r.range(),
+            if r.flags.is_empty() {
+                String::new()
+            } else {
+                format!(", {}", r.flags)
+            },
+            r.outcome(),
+            r.bytes_per_sec
+                .map(|b| format!(", {}/s", peerdma_mem::format_size(b as u64)))
+                .unwrap_or_default(),
+            c.kernel,
+            if c.as_expected() {
+                String::new()
+            } else {
+                format!(" (EXPECTED {}: {})", r.expect, c.problems.join("; "))
+            }
         );
     }
 }

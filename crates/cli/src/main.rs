@@ -168,6 +168,11 @@ struct CopyArgs {
     /// Print the plan (path, buffer, ranges) and stop.
     #[arg(long)]
     dry_run: bool,
+    /// Testing: try --via's provider even where peerdma's model says a
+    /// drive cannot reach it, and let the kernel refuse (also set by
+    /// PEERDMA_COPY_UNCHECKED_VIA=1).
+    #[arg(long, hide = true)]
+    unchecked_via: bool,
 }
 
 fn run_copy(a: &CopyArgs, json: bool) -> Result<ExitCode> {
@@ -184,6 +189,8 @@ fn run_copy(a: &CopyArgs, json: bool) -> Result<ExitCode> {
     opts.force_device = a.force_device;
     opts.verify = a.verify;
     opts.fsync = a.fsync;
+    opts.unchecked_via = a.unchecked_via
+        || std::env::var_os(peerdma_linux::copy::UNCHECKED_VIA_ENV).is_some_and(|v| v == "1");
     // Ctrl-C stops submitting I/O; what is in flight completes and the
     // report says how far the copy got.
     let stop = Arc::new(AtomicBool::new(false));

@@ -231,25 +231,52 @@ fn copy_reports_its_path_and_exit_status() {
     fs::write(&src, &data).unwrap();
     let dst = dir.path().join("dst");
     let (s, d) = (src.to_str().unwrap(), dst.to_str().unwrap());
-    let j: Value = serde_json::from_str(&ok(&["copy", s, d, "--verify", "--json", "--chunk", "256K", "--depth", "4"])).unwrap();
+    let j: Value = serde_json::from_str(&ok(&[
+        "copy", s, d, "--verify", "--json", "--chunk", "256K", "--depth", "4",
+    ]))
+    .unwrap();
     assert_eq!(j["path"], "bounced");
     assert_eq!(j["bytes"], 3_000_000);
     assert_eq!(j["verify"]["equal"], true);
     assert!(j["reason"].as_str().unwrap().len() > 10);
     assert_eq!(fs::read(&dst).unwrap(), data);
     let text = ok(&["copy", s, d, "--skip", "1K", "--seek", "3", "--count", "1M"]);
-    assert!(text.contains("path:  bounced through host memory"), "{text}");
+    assert!(
+        text.contains("path:  bounced through host memory"),
+        "{text}"
+    );
     assert!(text.contains("moved: 1 MiB"), "{text}");
-    let plan = ok(&["copy", s, dir.path().join("new").to_str().unwrap(), "--dry-run"]);
-    assert!(plan.contains("dry run") && !dir.path().join("new").exists(), "{plan}");
-    fails(&["copy", s, d, "--no-bounce"], &["cannot copy", "peer to peer"]);
-    fails(&["copy", s, d, "--count", "4M"], &["--count 4194304", "runs past the end"]);
+    let plan = ok(&[
+        "copy",
+        s,
+        dir.path().join("new").to_str().unwrap(),
+        "--dry-run",
+    ]);
+    assert!(
+        plan.contains("dry run") && !dir.path().join("new").exists(),
+        "{plan}"
+    );
+    fails(
+        &["copy", s, d, "--no-bounce"],
+        &["cannot copy", "peer to peer"],
+    );
+    fails(
+        &["copy", s, d, "--count", "4M"],
+        &["--count 4194304", "runs past the end"],
+    );
     fails(&["copy", s, d, "--chunk", "1000"], &["--chunk 1000"]);
     // Argument syntax is clap's: the first line names the flag and the value.
     let o = peerdma(&["copy", s, d, "--count", "12Q"]);
     assert_eq!(o.status.code(), Some(2));
-    let first = String::from_utf8_lossy(&o.stderr).lines().next().unwrap_or("").to_string();
-    assert!(first.contains("--count") && first.contains("'12Q' is not a size"), "{first}");
+    let first = String::from_utf8_lossy(&o.stderr)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string();
+    assert!(
+        first.contains("--count") && first.contains("'12Q' is not a size"),
+        "{first}"
+    );
     fails(&["copy", s, s, "--seek", "10"], &["same file", "overlap"]);
     fails(&["copy", "--preset", "epyc", s, d], &["real I/O"]);
 }

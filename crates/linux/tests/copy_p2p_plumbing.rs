@@ -145,4 +145,16 @@ fn an_acs_redirect_on_a_whitelistless_host_means_bounce_or_a_clear_error() {
         .reason
         .unwrap()
         .contains("cannot reach the P2P memory of 0000:04:00.0"));
+    // Unchecked (the fallback's test hook): the provider is tried and the
+    // kernel would decide; the report keeps peerdma's verdict and says so.
+    o.unchecked_via = true;
+    let r = copy(&o, true, &stop, &mut |_, _| {}).unwrap();
+    assert_eq!(r.staging.provider.unwrap().to_string(), "0000:04:00.0");
+    let ns = Some(peerdma_p2p::MapType::NotSupported);
+    assert_eq!((r.read_leg, r.write_leg), (ns, ns));
+    let why = r.reason.unwrap();
+    assert!(
+        why.contains("cannot reach") && why.contains("PEERDMA_COPY_UNCHECKED_VIA"),
+        "{why}"
+    );
 }

@@ -8,6 +8,14 @@
 //! node and the data bounces through it (DESIGN.md rule 3) — unless
 //! `--no-bounce` asks for an error naming the pair and the reason. Every
 //! copy reports the path it took (rule 4), and `--verify` hashes both ends.
+//!
+//! If the kernel refuses a P2P DMA anyway (`EREMOTEIO`), the copy goes on
+//! from the first incomplete chunk through host memory and says so
+//! (`fallback`). peerdma's verdicts are the kernel's, so this only happens
+//! when they are bypassed: [`CopyOptions::unchecked_via`] (or
+//! `PEERDMA_COPY_UNCHECKED_VIA=1` in the environment) tries `--via`'s
+//! memory without holding it to peerdma's verdict, which is how the QEMU
+//! scenarios exercise the fallback against a real kernel.
 
 pub mod buffer;
 pub mod endpoint;
@@ -52,7 +60,16 @@ pub struct CopyOptions {
     pub fsync: bool,
     /// Where sysfs is (`/` on a live machine).
     pub sys_root: PathBuf,
+    /// Stage through `via` even where peerdma's verdict says a drive
+    /// cannot reach it, and let the kernel decide: it refuses with
+    /// EREMOTEIO and the copy falls back to host memory (or fails, with
+    /// `no_bounce`). A test hook for the fallback; also set by
+    /// `PEERDMA_COPY_UNCHECKED_VIA=1`.
+    pub unchecked_via: bool,
 }
+
+/// The environment variable that sets [`CopyOptions::unchecked_via`].
+pub const UNCHECKED_VIA_ENV: &str = "PEERDMA_COPY_UNCHECKED_VIA";
 
 impl CopyOptions {
     pub fn new(src: impl Into<PathBuf>, dst: impl Into<PathBuf>) -> CopyOptions {
@@ -70,6 +87,7 @@ impl CopyOptions {
             verify: false,
             fsync: false,
             sys_root: PathBuf::from("/"),
+            unchecked_via: false,
         }
     }
 }
@@ -268,7 +286,9 @@ fn choose(
             }
         },
     };
+    let unchecked = opts.via.is_some() && opts.unchecked_via;
     let mut last_reason = String::new();
+    let mut override_reason = None;
     for p in candidates {
         let pb = topo.function(p).bdf;
         let r = calc_map_type_and_dist(topo, p, sf);
@@ -280,7 +300,12 @@ fn choose(
                 topo.function(bad).bdf,
                 explain(topo, p, bad).reasons.join("; ")
             );
-            continue;
+            if !unchecked {
+                continue;
+            }
+            override_reason = Some(format!(
+                "{last_reason}; tried anyway ({UNCHECKED_VIA_ENV}): the kernel decides"
+            ));
         }
         match p2pmem::info(&opts.sys_root, pb) {
             Ok(i) if i.published && i.available >= PAGE_SIZE => {
@@ -288,7 +313,7 @@ fn choose(
                     provider: Some(pb),
                     read_leg: Some(r.map_type),
                     write_leg: Some(w.map_type),
-                    reason: None,
+                    reason: override_reason,
                 })
             }
             Ok(i) => {
@@ -559,6 +584,23 @@ fn first_difference(
     None
 }
 
+/// A destination file extended to its final size before the copy: set
+/// back to `size` if the copy returns early with an error (a finished or
+/// interrupted copy disarms it and sets the size itself).
+struct Presized<'a> {
+    fd: &'a rustix::fd::OwnedFd,
+    size: u64,
+    armed: bool,
+}
+
+impl Drop for Presized<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = rustix::fs::ftruncate(self.fd, self.size);
+        }
+    }
+}
+
 fn cpu_times() -> (f64, f64) {
     // SAFETY: getrusage fills the struct we pass; zeroed is a valid initial value.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
@@ -721,6 +763,7 @@ pub fn copy(
     let mut done_edges = 0u64;
     let mut prefix_done: u64;
     let mut failure: Option<IoFailure> = None;
+    let mut presized: Option<Presized<'_>> = None;
 
     if !lay.congruent {
         let r = shifter.copy(opts.skip, opts.seek, count, stop, &mut |d| {
@@ -735,6 +778,22 @@ pub fn copy(
         }
         report.engine = "pread/pwrite";
     } else {
+        // A file DST gets its final size first. O_DIRECT writes past the
+        // end of a file extend it, and file systems serialize those (ext4
+        // takes the inode lock exclusively and waits for each one; with
+        // io_uring every such write is punted to a worker thread): writes
+        // inside the file run concurrently. On error or interruption the
+        // size is set back below; only a crash leaves the full size.
+        if dst.kind == Kind::File && dst.direct && lay.body.len > 0 && opts.seek + count > dst.size
+        {
+            rustix::fs::ftruncate(&dst.fd, opts.seek + count)
+                .map_err(|e| Error::io("extend", &dst.path, e.into()))?;
+            presized = Some(Presized {
+                fd: &dst.fd,
+                size: dst.size,
+                armed: true,
+            });
+        }
         // Head first (so an interruption leaves a clean prefix), then the
         // body through the pipeline, then the tail.
         match shifter.copy(opts.skip, opts.seek, lay.head, stop, &mut |_| {}) {
@@ -802,11 +861,15 @@ pub fn copy(
                         // The kernel refused peer-to-peer DMA: redo from the
                         // first incomplete chunk through host memory.
                         report.fallback = Some(format!(
-                            "the kernel refused P2P DMA ({e}); the remaining {} bounced through host memory",
+                            "the kernel refused P2P DMA through the memory of {} ({e}); the remaining {} bounced through host memory",
+                            choice.provider.map_or("the provider".into(), |p| p.to_string()),
                             format_size(body.len - copied)
                         ));
                         report.path = CopyPath::Bounced;
                         staging = host_staging(depth)?;
+                        // Host memory is not limited by the provider's size.
+                        report.depth = depth;
+                        report.staging.bytes = depth as u64 * chunk;
                         if let Staging::Host(h) = &staging {
                             report.staging.kind = "host";
                             report.staging.pages = Some(h.pages);
@@ -842,8 +905,15 @@ pub fn copy(
     }
 
     // A file DST ends at the end of what was written (or where it was).
-    if dst.kind == Kind::File && prefix_done > 0 {
-        let want = (opts.seek + prefix_done).max(if dst_existed { dst.size } else { 0 });
+    let was_presized = presized
+        .as_mut()
+        .is_some_and(|g| std::mem::take(&mut g.armed));
+    if dst.kind == Kind::File && (prefix_done > 0 || was_presized) {
+        let want = if prefix_done == 0 {
+            dst.size
+        } else {
+            (opts.seek + prefix_done).max(dst.size)
+        };
         let now = rustix::fs::fstat(&dst.fd)
             .map(|s| s.st_size as u64)
             .unwrap_or(want);
