@@ -296,6 +296,10 @@ fn endpoints(topo: &Topology, all: bool) -> Vec<FnId> {
         .collect()
 }
 
+fn matrix_with_legend(topo: &Topology, m: &Matrix, fns: &[FnId]) -> String {
+    format!("{}\n{LEGEND}\n", matrix_table(topo, m, fns))
+}
+
 fn notes(topo: &Topology) -> String {
     topo.notes()
         .iter()
@@ -441,10 +445,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                             "DMA endpoints (--all for every function)"
                         }
                     ));
-                    s.push_str(&matrix_table(&topo, &m, &fns));
-                    s.push('\n');
-                    s.push_str(LEGEND);
-                    s.push('\n');
+                    s.push_str(&matrix_with_legend(&topo, &m, &fns));
                 }
                 s.push_str(&notes(&topo));
                 print(&s)?;
@@ -483,10 +484,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 let fns = endpoints(&topo, all);
                 let mut s = header(&topo);
                 s.push('\n');
-                s.push_str(&matrix_table(&topo, &m, &fns));
-                s.push('\n');
-                s.push_str(LEGEND);
-                s.push('\n');
+                s.push_str(&matrix_with_legend(&topo, &m, &fns));
                 s.push_str(&notes(&topo));
                 print(&s)?;
             }
