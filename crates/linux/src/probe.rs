@@ -174,6 +174,33 @@ pub struct Transfer {
     pub micros: u64,
 }
 
+impl Transfer {
+    /// A transfer about to run, expected to end as the verdict predicts.
+    fn new(transfer: &'static str, what: String, verdict: PairReport) -> Transfer {
+        Transfer {
+            transfer,
+            what,
+            expected: Outcome::expected_for(verdict.map_type),
+            verdict,
+            result: Outcome::Ok,
+            step: None,
+            errno: None,
+            message: None,
+            wrong: None,
+            micros: 0,
+        }
+    }
+
+    /// The DMA itself failed at `step`.
+    fn dma_failed(&mut self, step: &'static str, e: &Error) {
+        let (r, errno) = failed(e);
+        self.result = r;
+        self.errno = errno;
+        self.step = Some(step);
+        self.message = Some(e.to_string());
+    }
+}
+
 /// A region the probe writes.
 #[derive(Clone, Debug, Serialize)]
 pub struct Region {
@@ -573,30 +600,17 @@ impl Run<'_> {
 
         // Transfer 1: the client's drive DMA-writes the provider's memory.
         let t0 = Instant::now();
-        let mut tr = Transfer {
-            transfer: "drive_to_p2pmem",
-            what: format!(
+        let mut tr = Transfer::new(
+            "drive_to_p2pmem",
+            format!(
                 "{} [{a:#x}, +{}) -> P2P memory of {provider} (the drive DMA-writes the provider's BAR)",
                 client.dev_path.display(),
                 format_size(size)
             ),
-            expected: Outcome::expected_for(read_verdict.map_type),
-            verdict: read_verdict,
-            result: Outcome::Ok,
-            step: None,
-            errno: None,
-            message: None,
-            wrong: None,
-            micros: 0,
-        };
+            read_verdict,
+        );
         match client_dev.read_into_p2p(&mem, a) {
-            Err(e) => {
-                let (r, errno) = failed(&e);
-                tr.result = r;
-                tr.errno = errno;
-                tr.step = Some("read_to_p2pmem");
-                tr.message = Some(e.to_string());
-            }
+            Err(e) => tr.dma_failed("read_to_p2pmem", &e),
             Ok(()) => {
                 let mut got = vec![0u8; len];
                 match io.read(0, &mut got) {
@@ -643,30 +657,17 @@ impl Run<'_> {
             return;
         }
         let t0 = Instant::now();
-        let mut tr = Transfer {
-            transfer: "p2pmem_to_drive",
-            what: format!(
+        let mut tr = Transfer::new(
+            "p2pmem_to_drive",
+            format!(
                 "P2P memory of {provider} -> {} [{b:#x}, +{}) (the drive DMA-reads the provider's BAR)",
                 to.dev_path.display(),
                 format_size(size)
             ),
-            expected: Outcome::expected_for(write_verdict.map_type),
-            verdict: write_verdict,
-            result: Outcome::Ok,
-            step: None,
-            errno: None,
-            message: None,
-            wrong: None,
-            micros: 0,
-        };
+            write_verdict,
+        );
         match to_dev.write_from_p2p(&mem, b) {
-            Err(e) => {
-                let (r, errno) = failed(&e);
-                tr.result = r;
-                tr.errno = errno;
-                tr.step = Some("write_from_p2pmem");
-                tr.message = Some(e.to_string());
-            }
+            Err(e) => tr.dma_failed("write_from_p2pmem", &e),
             Ok(()) => {
                 let mut back = AlignedBuf::zeroed(len);
                 match to_dev.read_into(&mut back, b) {
