@@ -14,8 +14,8 @@ use crate::scenario::{CopyCase, Scenario};
 use crate::util;
 use crate::verdicts;
 use anyhow::{bail, Context, Result};
-use peerdma_linux::oracle::{self, Comparison, KernelVerdicts};
 use peerdma_mem::Bdf;
+use peerdma_p2p::oracle::{self, Comparison, KernelVerdicts};
 use peerdma_p2p::MapType;
 use peerdma_pci::{Source, Topology};
 use serde::{Deserialize, Serialize};
@@ -221,14 +221,9 @@ impl CopyRun {
     }
 }
 
-/// The kernel's verdict for a provider and a client (the verdicts file has
-/// distinct pairs only; a function reaches its own memory by bus address,
-/// distance 0, in `calc_map_type_and_dist()`).
+/// The kernel's map type for a provider and a client.
 fn kernel_map(k: &KernelVerdicts, provider: Bdf, client: Bdf) -> Option<MapType> {
-    if provider == client {
-        return Some(MapType::BusAddr);
-    }
-    k.pair(provider, client).map(|p| p.map_type)
+    k.verdict(provider, client).map(|(map, _)| map)
 }
 
 /// A copy held against its case and the kernel.
@@ -513,6 +508,8 @@ pub fn smoke_from_report(
 /// Everything known about one scenario's run.
 pub struct Evaluation {
     pub description: String,
+    /// The kernel's verdicts, as read from `verdicts`.
+    pub kernel: KernelVerdicts,
     pub functions: usize,
     pub kernel_pairs: usize,
     pub counts: String,
@@ -637,7 +634,10 @@ pub fn evaluate(dir: &Path, sc: &Scenario) -> Result<Evaluation> {
     }
     let kernel = oracle::parse_verdicts(&util::read_string(&vpath)?, &vpath.display().to_string())?;
     let acs_path = dir.join("acs-warnings.txt");
-    let acs = oracle::parse_acs_warnings(&util::read_string(&acs_path)?);
+    let acs = oracle::parse_acs_warnings(
+        &util::read_string(&acs_path)?,
+        &acs_path.display().to_string(),
+    )?;
     let mut problems: Vec<String> = verdicts::check(&kernel, &sc.expect)
         .into_iter()
         .map(|p| format!("kernel expectation not met: {p}"))
@@ -729,7 +729,8 @@ pub fn evaluate(dir: &Path, sc: &Scenario) -> Result<Evaluation> {
         description: sc.description.clone(),
         functions: kernel.devices.len(),
         kernel_pairs: kernel.pairs.len(),
-        counts: verdicts::counts(&kernel)
+        counts: kernel
+            .counts()
             .iter()
             .map(|(k, n)| format!("{k} {n}"))
             .collect::<Vec<_>>()
@@ -739,6 +740,7 @@ pub fn evaluate(dir: &Path, sc: &Scenario) -> Result<Evaluation> {
         smoke,
         copies,
         problems,
+        kernel,
     })
 }
 
@@ -859,6 +861,9 @@ mod tests {
     }
 
     const VERDICTS: &str = "# peerdma-oracle v1\n# cpu_supports_p2pdma 0\n\
+        dev 0000:03:00.0 acs_redir 0 host_bridge - wl_same 0 wl_cross 0\n\
+        dev 0000:04:00.0 acs_redir 0 host_bridge - wl_same 0 wl_cross 0\n\
+        dev 0000:05:00.0 acs_redir 0 host_bridge - wl_same 0 wl_cross 0\n\
         pair 0000:03:00.0 0000:04:00.0 bus_addr 4\npair 0000:04:00.0 0000:03:00.0 bus_addr 4\n\
         pair 0000:03:00.0 0000:05:00.0 not_supported 6\npair 0000:05:00.0 0000:03:00.0 not_supported 6\n\
         pair 0000:04:00.0 0000:05:00.0 not_supported 6\npair 0000:05:00.0 0000:04:00.0 not_supported 6\n";
@@ -981,6 +986,68 @@ mod tests {
                 .any(|p| p.contains("lets both drives reach")),
             "{:?}",
             e.problems
+        );
+    }
+
+    /// A copy of a fixture with ACS advice, its scenario, and the copy's
+    /// `acs-warnings.txt`.
+    fn fixture_copy() -> (tempfile::TempDir, std::path::PathBuf, Scenario) {
+        let name = "acs-redirect-mfd-amd";
+        let from = crate::capture::fixtures_dir().join(name);
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join(name);
+        crate::capture::copy_tree(&from, &dir).unwrap();
+        let sc = crate::scenario::load_file(&dir.join("scenario.toml"), name).unwrap();
+        assert!(evaluate(&dir, &sc).unwrap().ok());
+        (tmp, dir, sc)
+    }
+
+    #[test]
+    fn an_orphan_acs_line_is_an_error_naming_the_line() {
+        let (_tmp, dir, sc) = fixture_copy();
+        let path = dir.join("acs-warnings.txt");
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.lines().count() >= 2, "{text}");
+        // The provider's line of the first warning goes missing: its advice
+        // is an orphan (the shared parser used to drop it and pass).
+        let cut: String = text.lines().skip(1).map(|l| format!("{l}\n")).collect();
+        std::fs::write(&path, cut).unwrap();
+        let e = format!(
+            "{:#}",
+            evaluate(&dir, &sc).err().expect("an orphan line must fail")
+        );
+        assert!(
+            e.starts_with(&format!("{}:1: orphan line", path.display())),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_malformed_verdicts_line_is_an_error_naming_the_line() {
+        let (_tmp, dir, sc) = fixture_copy();
+        let path = dir.join("verdicts");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let bad: String = text
+            .lines()
+            .zip(1..)
+            .map(|(l, n)| {
+                if n == 4 {
+                    "dev 0000:00:02.0 acs_redir\n".to_string()
+                } else {
+                    format!("{l}\n")
+                }
+            })
+            .collect();
+        std::fs::write(&path, bad).unwrap();
+        let e = format!(
+            "{:#}",
+            evaluate(&dir, &sc)
+                .err()
+                .expect("a malformed line must fail")
+        );
+        assert!(
+            e.starts_with(&format!("{}:4: malformed line", path.display())),
+            "{e}"
         );
     }
 

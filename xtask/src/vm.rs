@@ -775,7 +775,7 @@ fn collect(
     let dmesg = util::read_string(&dir.join("dmesg.txt"))?;
     util::write(
         &dir.join("acs-warnings.txt"),
-        peerdma_linux::oracle::acs_warning_lines(&dmesg),
+        peerdma_p2p::oracle::acs_warning_lines(&dmesg),
     )?;
     let mut probes = Vec::new();
     for (i, p) in sc.probe.iter().enumerate() {
@@ -815,7 +815,7 @@ fn collect(
     )?;
 
     let e = oracle::evaluate(dir, sc)?;
-    let v = peerdma_linux::oracle::parse_verdicts(&util::read_string(&path)?, "verdicts")?;
+    let v = &e.kernel;
     eprintln!(
         "vm: {}: accel {}, boot-to-poweroff {}, cpu_supports_p2pdma {}, {} functions, {} pairs ({}); \
          peerdma agrees on {}/{} (snapshot), {}/{} (root/); smoke: {}; copy: {} -> {}",
@@ -836,7 +836,7 @@ fn collect(
     );
     print_smoke(sc, &smoke.probes);
     print_copies(sc, &e.copies);
-    if !sc.expect.is_empty() && verdicts::check(&v, &sc.expect).is_empty() {
+    if !sc.expect.is_empty() && verdicts::check(v, &sc.expect).is_empty() {
         eprintln!(
             "vm: scenario {}: all {} kernel expectation(s) met",
             sc.name,
