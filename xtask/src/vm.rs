@@ -11,10 +11,10 @@
 //! against the scenario's expectations and the kernel's verdicts.
 
 use crate::cpio::Cpio;
+use crate::kernel;
 use crate::oracle::{self, CopyEval, CopyFile, Evaluation, Smoke, SmokeFile};
 use crate::scenario::{self, Scenario};
 use crate::util::{self, show};
-use crate::{kernel, verdicts};
 use anyhow::{anyhow, bail, Context, Result};
 use std::collections::{BTreeSet, VecDeque};
 use std::fs::File;
@@ -836,7 +836,7 @@ fn collect(
     );
     print_smoke(sc, &smoke.probes);
     print_copies(sc, &e.copies);
-    if !sc.expect.is_empty() && verdicts::check(v, &sc.expect).is_empty() {
+    if !sc.expect.is_empty() && oracle::check_expectations(v, &sc.expect).is_empty() {
         eprintln!(
             "vm: scenario {}: all {} kernel expectation(s) met",
             sc.name,

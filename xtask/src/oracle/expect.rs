@@ -1,5 +1,5 @@
-//! The kernel's `pci_p2pdma/verdicts` file (format in kernel/README.md,
-//! parsed by `peerdma_p2p::oracle`) against a scenario's expectations.
+//! The kernel's verdicts (the `pci_p2pdma/verdicts` file, read by
+//! `peerdma_p2p::oracle`) against the verdicts a scenario expects of it.
 
 use crate::scenario::Expect;
 use peerdma_p2p::oracle::KernelVerdicts;
