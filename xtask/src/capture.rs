@@ -101,7 +101,7 @@ fn store(from: &Path, to: &Path) -> Result<()> {
 }
 
 /// Copy a directory tree; symlinks stay symlinks with the same target.
-fn copy_tree(from: &Path, to: &Path) -> Result<()> {
+pub(crate) fn copy_tree(from: &Path, to: &Path) -> Result<()> {
     util::create_dir_all(to)?;
     let entries =
         std::fs::read_dir(from).with_context(|| format!("cannot list {}", from.display()))?;

@@ -15,7 +15,6 @@ mod kernel;
 mod oracle;
 mod scenario;
 mod util;
-mod verdicts;
 mod vm;
 
 use anyhow::Result;

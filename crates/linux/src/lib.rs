@@ -12,15 +12,12 @@
 //! * [`copy`]: `peerdma copy` — files and block devices, P2P memory or host
 //!   bounce buffers, O_DIRECT with io_uring, the path taken reported;
 //! * [`probe`]: the P2P smoke test — move known bytes through a provider's
-//!   memory with real DMA and hold the result against the kernel's verdict;
-//! * [`oracle`]: the kernel's own P2PDMA verdicts as the oracle kernel's
-//!   debugfs file prints them (kernel/README.md), and their comparison with
-//!   peerdma's.
+//!   memory with real DMA and hold the result against the kernel's verdict
+//!   (read with [`peerdma_p2p::oracle`] where the oracle kernel prints it).
 
 pub mod blockdev;
 pub mod copy;
 pub mod direct;
-pub mod oracle;
 pub mod p2pmem;
 pub mod pattern;
 pub mod probe;
@@ -53,6 +50,9 @@ pub enum Error {
     /// A size, offset or region that cannot be used.
     #[error("{0}")]
     Invalid(String),
+    /// The oracle kernel's verdicts file is there but cannot be used.
+    #[error(transparent)]
+    OracleFile(#[from] peerdma_p2p::oracle::ParseError),
     /// Reading the machine's topology failed.
     #[error(transparent)]
     Topology(#[from] peerdma_pci::Error),

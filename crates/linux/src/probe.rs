@@ -28,14 +28,14 @@
 
 use crate::blockdev::{self, BlockDevice};
 use crate::direct::{AlignedBuf, DirectDev};
-use crate::oracle;
 use crate::p2pmem::{self, P2pMem, P2pMemInfo};
 use crate::pattern::{self, Mismatch};
 use crate::{errno_name, Error, Result};
 use peerdma_mem::{format_size, Bdf, PAGE_SIZE};
-use peerdma_p2p::{calc_map_type_and_dist, MapType};
+use peerdma_p2p::{calc_map_type_and_dist, oracle, MapType};
 use peerdma_pci::{FnId, Source, Topology};
 use serde::Serialize;
+use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -378,14 +378,9 @@ fn pair_report(
         client: cb,
         map_type: v.map_type,
         distance: v.distance,
-        kernel: kernel.and_then(|k| {
-            if p == c {
-                Some("bus_addr 0".into())
-            } else {
-                k.pair(pb, cb)
-                    .map(|kp| format!("{} {}", kp.map_type.as_str(), kp.distance))
-            }
-        }),
+        kernel: kernel
+            .and_then(|k| k.verdict(pb, cb))
+            .map(|(map, dist)| format!("{} {dist}", map.as_str())),
     }
 }
 
@@ -400,9 +395,16 @@ pub fn run(opts: &ProbeOptions) -> Result<ProbeReport> {
         None => c,
     };
     let kernel_path = opts.sys_root.join(oracle::VERDICTS_PATH);
-    let kernel = std::fs::read_to_string(&kernel_path)
-        .ok()
-        .and_then(|text| oracle::parse_verdicts(&text, &kernel_path.display().to_string()).ok());
+    // Only the oracle kernel prints it (and only root reads debugfs); when
+    // it is there it must parse, or the report would hide the kernel's word.
+    let kernel = match std::fs::read_to_string(&kernel_path) {
+        Ok(text) => Some(oracle::parse_verdicts(
+            &text,
+            &kernel_path.display().to_string(),
+        )?),
+        Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::PermissionDenied) => None,
+        Err(e) => return Err(Error::io("read", &kernel_path, e)),
+    };
     let seed = opts.seed.unwrap_or_else(default_seed);
     let read_verdict = pair_report(&topo, kernel.as_ref(), p, c);
     let write_verdict = pair_report(&topo, kernel.as_ref(), p, t);

@@ -4,11 +4,15 @@
 //! plus what peerdma adds beside it without changing it: a link class like
 //! `nvidia-smi topo`'s, the hop-by-hop path, the narrowest link, and an
 //! explanation with the fixes that would change the verdict.
+//!
+//! [`oracle`] reads the kernel's own verdicts (the oracle kernel's debugfs
+//! file and its ACS advice) and holds peerdma's against them.
 
 mod calc;
 mod explain;
 mod index;
 mod many;
+pub mod oracle;
 mod path;
 mod provider;
 pub mod refcore;

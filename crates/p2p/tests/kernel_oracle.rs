@@ -13,9 +13,12 @@
 //!
 //! A missing or empty fixture directory fails: no silent pass.
 
-use peerdma_p2p::{calc_map_type_and_dist, explain, host_bridge_whitelisted, matrix, MapType};
-use peerdma_pci::{Bdf, Source, Topology};
-use std::collections::{BTreeMap, BTreeSet};
+use peerdma_p2p::oracle::{
+    self, compare, parse_acs_warnings, parse_verdicts, AcsWarning, KernelVerdicts, ParseErrorKind,
+};
+use peerdma_p2p::MapType;
+use peerdma_pci::{Source, Topology};
+use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -35,234 +38,26 @@ fn say(line: &str) {
     let _ = writeln!(std::io::stderr(), "{line}");
 }
 
-struct Dev {
-    bdf: Bdf,
-    acs_redir: bool,
-    host_bridge: Option<Bdf>,
-    wl_same: bool,
-    wl_cross: bool,
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
 }
 
-struct Kernel {
-    cpu_supports_p2pdma: Option<bool>,
-    devs: Vec<Dev>,
-    /// (provider, client) -> (map type, raw distance), in file order.
-    pairs: Vec<((Bdf, Bdf), (MapType, u32))>,
+/// A fixture's `verdicts`, through the one parser; its errors name the line.
+fn kernel_verdicts(dir: &Path) -> KernelVerdicts {
+    let path = dir.join("verdicts");
+    parse_verdicts(&read(&path), &path.display().to_string()).unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn parse_verdicts(path: &Path) -> Kernel {
-    let text = std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    let mut lines = text.lines().enumerate();
-    assert_eq!(
-        lines.next().map(|l| l.1),
-        Some("# peerdma-oracle v1"),
-        "{}:1: not an oracle verdicts file",
-        path.display()
-    );
-    let mut k = Kernel {
-        cpu_supports_p2pdma: None,
-        devs: Vec::new(),
-        pairs: Vec::new(),
-    };
-    for (i, line) in lines {
-        let at = || format!("{}:{}: {line:?}", path.display(), i + 1);
-        let bdf = |s: &str| s.parse::<Bdf>().unwrap_or_else(|e| panic!("{}: {e}", at()));
-        let flag = |s: &str| match s {
-            "0" => false,
-            "1" => true,
-            _ => panic!("{}: expected 0 or 1", at()),
-        };
-        let f: Vec<&str> = line.split_whitespace().collect();
-        match f.as_slice() {
-            [] => {}
-            ["#", "cpu_supports_p2pdma", b] => k.cpu_supports_p2pdma = Some(flag(b)),
-            ["#", ..] => {}
-            ["dev", d, "acs_redir", a, "host_bridge", h, "wl_same", s, "wl_cross", c] => {
-                k.devs.push(Dev {
-                    bdf: bdf(d),
-                    acs_redir: flag(a),
-                    host_bridge: (*h != "-").then(|| bdf(h)),
-                    wl_same: flag(s),
-                    wl_cross: flag(c),
-                })
-            }
-            ["pair", p, c, m, d] => {
-                let map = MapType::from_name(m)
-                    .filter(|m| *m != MapType::None)
-                    .unwrap_or_else(|| panic!("{}: unknown map type", at()));
-                let dist = d
-                    .parse()
-                    .unwrap_or_else(|_| panic!("{}: bad distance", at()));
-                k.pairs.push(((bdf(p), bdf(c)), (map, dist)));
-            }
-            _ => panic!("{}: malformed line", at()),
-        }
-    }
-    k
+/// A fixture's `acs-warnings.txt`, through the one parser.
+fn acs_warnings(dir: &Path) -> Vec<AcsWarning> {
+    let path = dir.join("acs-warnings.txt");
+    parse_acs_warnings(&read(&path), &path.display().to_string()).unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// The kernel's advice per (provider, client): from client C,
-/// "ACS redirect is set between the client and provider (P)" and then
-/// "... pci=disable_acs_redir=LIST".
-fn parse_acs_warnings(path: &Path) -> BTreeMap<(Bdf, Bdf), String> {
-    const SET: &str = ": ACS redirect is set between the client and provider (";
-    const LIST: &str =
-        ": to disable ACS redirect for this path, add the kernel parameter: pci=disable_acs_redir=";
-    let text = std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    let subject = |line: &str, marker: &str| -> Option<(Bdf, String)> {
-        let at = line.find(marker)?;
-        let dev = line[..at].split_whitespace().last()?.parse().ok()?;
-        Some((dev, line[at + marker.len()..].trim().to_string()))
-    };
-    let mut out = BTreeMap::new();
-    let mut pending: Option<(Bdf, Bdf)> = None;
-    for (i, line) in text.lines().enumerate() {
-        if let Some((client, rest)) = subject(line, SET) {
-            let provider = rest
-                .trim_end_matches(')')
-                .parse()
-                .unwrap_or_else(|e| panic!("{}:{}: bad provider: {e}", path.display(), i + 1));
-            pending = Some((provider, client));
-        } else if let Some((client, list)) = subject(line, LIST) {
-            match pending.take() {
-                Some((p, c)) if c == client => {
-                    out.insert((p, c), list);
-                }
-                _ => panic!(
-                    "{}:{}: advice without its \"redirect is set\" line",
-                    path.display(),
-                    i + 1
-                ),
-            }
-        }
-    }
-    out
-}
-
-struct Checked {
-    functions: usize,
-    pairs_compared: usize,
-    pairs_agreeing: usize,
-    devs_compared: usize,
-    acs_compared: usize,
-    problems: Vec<String>,
-}
-
-fn check(label: &str, topo: &Topology, k: &Kernel, acs: &BTreeMap<(Bdf, Bdf), String>) -> Checked {
-    let mut problems = Vec::new();
-    let ours: BTreeSet<Bdf> = topo.functions().iter().map(|f| f.bdf).collect();
-    let theirs: BTreeSet<Bdf> = k.devs.iter().map(|d| d.bdf).collect();
-    if ours != theirs {
-        problems.push(format!(
-            "{label}: function sets differ: only the kernel has {:?}, only peerdma has {:?}",
-            theirs
-                .difference(&ours)
-                .map(Bdf::to_string)
-                .collect::<Vec<_>>(),
-            ours.difference(&theirs)
-                .map(Bdf::to_string)
-                .collect::<Vec<_>>()
-        ));
-    }
-    if let Some(cpu) = k.cpu_supports_p2pdma {
-        if cpu != topo.cpu().supports_p2pdma() {
-            problems.push(format!(
-                "{label}: cpu_supports_p2pdma: kernel {cpu}, peerdma {} ({} family {:#x})",
-                topo.cpu().supports_p2pdma(),
-                topo.cpu().vendor_id,
-                topo.cpu().family
-            ));
-        }
-    }
-
-    for d in &k.devs {
-        let Some(id) = topo.find(d.bdf) else { continue };
-        let f = topo.function(id);
-        let hb = topo
-            .host_bridge_device(f.host_bridge)
-            .map(|h| topo.function(h).bdf);
-        let ours = (
-            f.acs.redirects(),
-            hb,
-            host_bridge_whitelisted(topo, f.host_bridge, true),
-            host_bridge_whitelisted(topo, f.host_bridge, false),
-        );
-        let theirs = (Some(d.acs_redir), d.host_bridge, d.wl_same, d.wl_cross);
-        if ours != theirs {
-            problems.push(format!(
-                "{label}: dev {}: kernel (acs_redir, host_bridge, wl_same, wl_cross) = {theirs:?}, peerdma {ours:?}",
-                d.bdf
-            ));
-        }
-    }
-
-    let m = matrix(topo);
-    let mut agreeing = 0;
-    for &((p, c), (map, dist)) in &k.pairs {
-        let (Some(pi), Some(ci)) = (topo.find(p), topo.find(c)) else {
-            problems.push(format!(
-                "{label}: pair {p} -> {c}: kernel {} {dist}, peerdma has no such function",
-                map.as_str()
-            ));
-            continue;
-        };
-        let v = calc_map_type_and_dist(topo, pi, ci);
-        let mv = m.get(pi, ci);
-        if (v.map_type, v.raw_distance) == (map, dist) && mv == (map, dist) {
-            agreeing += 1;
-        } else {
-            let e = explain(topo, pi, ci);
-            problems.push(format!(
-                "{label}: DISAGREE provider {p} client {c}: kernel {} {dist}, peerdma {} {} (matrix {} {})\n  path: {}\n{}",
-                map.as_str(),
-                v.map_type.as_str(),
-                v.raw_distance,
-                mv.0.as_str(),
-                mv.1,
-                e.path.join(" -> "),
-                e.render()
-                    .lines()
-                    .map(|l| format!("    {l}"))
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            ));
-        }
-    }
-
-    // The kernel's pci=disable_acs_redir= advice, pair by pair, both ways.
-    let mut ours_acs = BTreeMap::new();
-    for a in topo.ids() {
-        for b in topo.ids().filter(|&b| b != a) {
-            if let Some(s) = explain(topo, a, b).disable_acs_redir {
-                let list = s.strip_prefix("pci=disable_acs_redir=").unwrap_or(&s);
-                ours_acs.insert(
-                    (topo.function(a).bdf, topo.function(b).bdf),
-                    list.to_string(),
-                );
-            }
-        }
-    }
-    let keys: BTreeSet<&(Bdf, Bdf)> = acs.keys().chain(ours_acs.keys()).collect();
-    for key in &keys {
-        let (kl, ol) = (acs.get(key), ours_acs.get(key));
-        if kl != ol {
-            problems.push(format!(
-                "{label}: disable_acs_redir for provider {} client {}: kernel {:?}, peerdma explain() {:?}",
-                key.0, key.1, kl, ol
-            ));
-        }
-    }
-
-    Checked {
-        functions: topo.len(),
-        pairs_compared: k.pairs.len(),
-        pairs_agreeing: agreeing,
-        devs_compared: k.devs.len(),
-        acs_compared: keys.len(),
-        problems,
-    }
+fn load(label: &str, source: Source) -> Topology {
+    source
+        .load()
+        .unwrap_or_else(|e| panic!("{label}: peerdma cannot read it: {e}"))
 }
 
 /// The fixture directories, sorted; fails when there are none.
@@ -290,38 +85,33 @@ fn fixture_dirs() -> Vec<PathBuf> {
 
 #[test]
 fn peerdma_agrees_with_the_kernel_on_every_pair() {
-    let mut problems = Vec::new();
+    let mut problems = String::new();
     let (mut total, mut agree) = (0, 0);
     for dir in fixture_dirs() {
         let name = dir.file_name().unwrap().to_string_lossy().into_owned();
-        let k = parse_verdicts(&dir.join("verdicts"));
+        let k = kernel_verdicts(&dir);
         assert!(
-            !k.pairs.is_empty() && !k.devs.is_empty(),
+            !k.pairs.is_empty() && !k.devices.is_empty(),
             "{}: no pairs or no devices",
             dir.join("verdicts").display()
         );
-        let acs = parse_acs_warnings(&dir.join("acs-warnings.txt"));
+        let acs = acs_warnings(&dir);
         for (label, source) in [
             ("snapshot.json", Source::Snapshot(dir.join("snapshot.json"))),
             ("root/", Source::Root(dir.join("root"))),
         ] {
             let label = format!("{name}/{label}");
-            let topo = source
-                .load()
-                .unwrap_or_else(|e| panic!("{label}: peerdma cannot read it: {e}"));
-            let c = check(&label, &topo, &k, &acs);
+            let topo = load(&label, source);
+            let c = compare(&topo, &k, Some(&acs), &label);
             say(&format!(
-                "kernel oracle {label}: {} functions, {}/{} pairs agree, {} dev lines, {} disable_acs_redir lists, {} problem(s)",
-                c.functions,
-                c.pairs_agreeing,
-                c.pairs_compared,
-                c.devs_compared,
-                c.acs_compared,
-                c.problems.len()
+                "kernel oracle {}, {} dev lines{}",
+                c.summary(),
+                c.devices_compared,
+                if c.ok() { "" } else { ": DISAGREES" }
             ));
             total += c.pairs_compared;
             agree += c.pairs_agreeing;
-            problems.extend(c.problems);
+            problems.push_str(&c.render_problems());
         }
     }
     say(&format!(
@@ -329,11 +119,123 @@ fn peerdma_agrees_with_the_kernel_on_every_pair() {
     ));
     assert!(
         problems.is_empty(),
-        "peerdma disagrees with the kernel ({} problem(s)):\n{}",
-        problems.len(),
-        problems.join("\n")
+        "peerdma disagrees with the kernel:\n{problems}"
     );
     assert_eq!(agree, total);
+}
+
+#[test]
+fn every_fixture_parses_with_every_pair_and_paired_acs_lines() {
+    for dir in fixture_dirs() {
+        let k = kernel_verdicts(&dir);
+        let n = k.devices.len();
+        assert!(n > 1, "{}: {n} functions", dir.display());
+        assert_eq!(k.pairs.len(), n * (n - 1), "{}", dir.display());
+        assert!(k.cpu_supports_p2pdma.is_some(), "{}", dir.display());
+        // Two lines per warning; repeats collapse.
+        let lines = read(&dir.join("acs-warnings.txt")).lines().count();
+        let acs = acs_warnings(&dir);
+        assert!(2 * acs.len() <= lines && (lines == 0) == acs.is_empty());
+        for w in &acs {
+            assert!(k.pair(w.provider, w.client).is_some(), "{w:?}");
+        }
+    }
+}
+
+/// The first fixture with ACS advice, its verdicts and acs-warnings.txt.
+fn fixture_with_acs_advice() -> (PathBuf, String, String) {
+    fixture_dirs()
+        .into_iter()
+        .map(|d| {
+            let v = read(&d.join("verdicts"));
+            let a = read(&d.join("acs-warnings.txt"));
+            (d, v, a)
+        })
+        .find(|(_, _, a)| !a.trim().is_empty())
+        .expect("some fixture has ACS advice")
+}
+
+/// `text` with its line `n` (1-based) replaced by `f(line)`.
+fn replace_line(text: &str, n: usize, f: impl Fn(&str) -> String) -> String {
+    text.lines()
+        .zip(1..)
+        .map(|(l, i)| if i == n { f(l) } else { l.to_string() } + "\n")
+        .collect()
+}
+
+#[test]
+fn a_corrupted_fixture_is_refused_naming_the_line() {
+    let (dir, verdicts, acs) = fixture_with_acs_advice();
+    let vfile = dir.join("verdicts").display().to_string();
+    let afile = dir.join("acs-warnings.txt").display().to_string();
+    assert!(parse_verdicts(&verdicts, &vfile).is_ok());
+    assert!(parse_acs_warnings(&acs, &afile).is_ok());
+
+    // A pair line with a map type the kernel never prints.
+    let n = verdicts
+        .lines()
+        .position(|l| l.starts_with("pair "))
+        .unwrap()
+        + 3;
+    let bad = replace_line(&verdicts, n, |l| {
+        l.replace("thru_host_bridge", "sideways")
+            .replace("not_supported", "sideways")
+            .replace("bus_addr", "sideways")
+    });
+    let e = parse_verdicts(&bad, &vfile).unwrap_err();
+    assert_eq!(e.line, n);
+    assert!(
+        e.to_string()
+            .starts_with(&format!("{vfile}:{n}: malformed line \"pair ")),
+        "{e}"
+    );
+    assert!(e.to_string().contains("\"sideways\""), "{e}");
+
+    // A dev line cut short.
+    let bad = replace_line(&verdicts, 3, |l| l.split(" wl_same").next().unwrap().into());
+    let e = parse_verdicts(&bad, &vfile).unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with(&format!("{vfile}:3: malformed line \"dev ")),
+        "{e}"
+    );
+
+    // A verdicts file cut off before its last pair.
+    let cut: String = verdicts
+        .lines()
+        .map(|l| format!("{l}\n"))
+        .take(verdicts.lines().count() - 1)
+        .collect();
+    let e = parse_verdicts(&cut, &vfile).unwrap_err();
+    assert!(
+        matches!(e.kind, ParseErrorKind::Incomplete { missing: 1, .. }),
+        "{e}"
+    );
+
+    // The ACS advice without the line that names its provider: an orphan,
+    // at the advice's line.
+    let bad = replace_line(&acs, 1, |_| String::new());
+    let e = parse_acs_warnings(&bad, &afile).unwrap_err();
+    assert_eq!(e.line, 2, "{e}");
+    assert!(matches!(e.kind, ParseErrorKind::Orphan { .. }), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with(&format!("{afile}:2: orphan line")),
+        "{e}"
+    );
+    // And the provider's line without its advice.
+    let bad = replace_line(&acs, 2, |_| String::new());
+    let e = parse_acs_warnings(&bad, &afile).unwrap_err();
+    assert_eq!(e.line, 1, "{e}");
+    assert!(matches!(e.kind, ParseErrorKind::Orphan { .. }), "{e}");
+    // A line that is neither.
+    let bad = replace_line(&acs, 2, |l| l.replace("pci=disable_acs_redir=", "pci=acs="));
+    let e = parse_acs_warnings(&bad, &afile).unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with(&format!("{afile}:2: malformed line")),
+        "{e}"
+    );
 }
 
 #[test]
@@ -384,22 +286,31 @@ fn every_scenario_has_a_complete_fixture() {
 fn the_checks_catch_a_disagreement() {
     // Guard against a comparison that passes everything: a doctored copy of
     // a real fixture must fail.
-    let dir = fixture_dirs().into_iter().next().unwrap();
-    let mut k = parse_verdicts(&dir.join("verdicts"));
-    let acs = parse_acs_warnings(&dir.join("acs-warnings.txt"));
+    let (dir, _, _) = fixture_with_acs_advice();
+    let mut k = kernel_verdicts(&dir);
+    let mut acs = acs_warnings(&dir);
     let topo = Source::Root(dir.join("root")).load().unwrap();
-    let ((p, c), (map, dist)) = k.pairs[0];
-    let other = if map == MapType::BusAddr {
+    assert!(compare(&topo, &k, Some(&acs), "real").ok());
+    let (p, c, map) = (k.pairs[0].provider, k.pairs[0].client, k.pairs[0].map_type);
+    k.pairs[0].map_type = if map == MapType::BusAddr {
         MapType::NotSupported
     } else {
         MapType::BusAddr
     };
-    k.pairs[0].1 = (other, dist);
-    k.pairs[1].1 .1 += 1;
-    k.devs[0].wl_cross = !k.devs[0].wl_cross;
-    let c2 = check("doctored", &topo, &k, &acs);
-    assert_eq!(c2.pairs_agreeing, c2.pairs_compared - 2);
-    assert_eq!(c2.problems.len(), 3, "{:#?}", c2.problems);
-    assert!(c2.problems[1].contains(&format!("provider {p} client {c}")));
-    assert!(c2.problems[1].contains("path: "), "{}", c2.problems[1]);
+    k.pairs[1].distance += 1;
+    k.devices[0].wl_cross = !k.devices[0].wl_cross;
+    acs.pop();
+    let d = compare(&topo, &k, Some(&acs), "doctored");
+    assert!(!d.ok());
+    assert_eq!(d.pairs_agreeing, d.pairs_compared - 2);
+    assert_eq!(d.disagreements.len(), 2);
+    assert_eq!(d.device_mismatches.len(), 1, "{:?}", d.device_mismatches);
+    assert_eq!(d.acs_mismatches.len(), 1, "{:?}", d.acs_mismatches);
+    let text = d.render_problems();
+    assert!(text.contains(&format!("DISAGREE {p} -> {c}")), "{text}");
+    assert!(text.contains("path: "), "{text}");
+    assert_eq!(
+        oracle::VERDICTS_PATH,
+        "sys/kernel/debug/pci_p2pdma/verdicts"
+    );
 }

@@ -1,18 +1,8 @@
-//! The kernel's `pci_p2pdma/verdicts` file (format in kernel/README.md,
-//! parsed by `peerdma_linux::oracle`) against a scenario's expectations.
+//! The kernel's verdicts (the `pci_p2pdma/verdicts` file, read by
+//! `peerdma_p2p::oracle`) against the verdicts a scenario expects of it.
 
 use crate::scenario::Expect;
-use peerdma_linux::oracle::KernelVerdicts;
-use std::collections::BTreeMap;
-
-/// Count of pairs per map type.
-pub fn counts(v: &KernelVerdicts) -> BTreeMap<&'static str, usize> {
-    let mut counts = BTreeMap::new();
-    for p in &v.pairs {
-        *counts.entry(p.map_type.as_str()).or_insert(0) += 1;
-    }
-    counts
-}
+use peerdma_p2p::oracle::KernelVerdicts;
 
 /// Check expectations in both directions; one message per mismatch.
 pub fn check(v: &KernelVerdicts, expect: &[Expect]) -> Vec<String> {
@@ -53,7 +43,7 @@ pub fn check(v: &KernelVerdicts, expect: &[Expect]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use peerdma_linux::oracle::parse_verdicts;
+    use peerdma_p2p::oracle::parse_verdicts;
 
     #[test]
     fn parse_and_check() {
@@ -65,7 +55,7 @@ mod tests {
         let v = parse_verdicts(text, "t").unwrap();
         assert_eq!(v.cpu_supports_p2pdma, Some(false));
         assert_eq!(v.devices.len(), 2);
-        assert_eq!(counts(&v).get("not_supported"), Some(&2));
+        assert_eq!(v.counts().get("not_supported"), Some(&2));
         let mut e = Expect {
             pair: ["0000:00:00.0".into(), "0000:01:00.0".into()],
             map: "bus_addr".into(),
