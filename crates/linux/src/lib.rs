@@ -53,6 +53,10 @@ pub enum Error {
     /// A size, offset or region that cannot be used.
     #[error("{0}")]
     Invalid(String),
+    /// The copy pipeline was given a job it cannot run (a bug in the
+    /// caller, reported rather than asserted).
+    #[error("copy pipeline: {0}")]
+    Pipeline(String),
     /// Reading the machine's topology failed.
     #[error(transparent)]
     Topology(#[from] peerdma_pci::Error),

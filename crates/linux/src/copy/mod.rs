@@ -19,7 +19,9 @@
 
 pub mod buffer;
 pub mod endpoint;
-pub mod ring;
+mod ring;
+
+pub use ring::{IoFailure, MAX_CHUNK};
 
 use crate::p2pmem::{self, P2pMem};
 use crate::{Error, Result};
@@ -28,7 +30,7 @@ use endpoint::{Endpoint, Kind};
 use peerdma_mem::{format_size, Bdf, PAGE_SIZE};
 use peerdma_p2p::{calc_map_type_and_dist, explain, find_many, MapType};
 use peerdma_pci::{Source, Topology};
-use ring::{Body, IoFailure};
+use ring::Body;
 use serde::Serialize;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -618,9 +620,9 @@ pub fn copy(
     stop: &AtomicBool,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<CopyReport> {
-    if opts.chunk == 0 || opts.chunk % PAGE_SIZE != 0 {
+    if opts.chunk == 0 || opts.chunk % PAGE_SIZE != 0 || opts.chunk > MAX_CHUNK {
         return Err(Error::Invalid(format!(
-            "--chunk {} is not a non-zero multiple of {PAGE_SIZE}",
+            "--chunk {} is not a non-zero multiple of {PAGE_SIZE} of at most {MAX_CHUNK} (1 GiB)",
             opts.chunk
         )));
     }
@@ -838,25 +840,25 @@ pub fn copy(
             let base_done = done_edges;
             loop {
                 let d = report.depth.min(staging.len() / chunk as usize).max(1);
+                // The run owns the staging memory: it frees it only when no
+                // I/O points into it any more.
                 let out = ring::run(
                     &ring::Job {
                         src: &src,
                         dst: &dst,
-                        staging: &staging,
                         body,
                         chunk,
                         depth: d,
                     },
+                    staging,
                     stop,
                     &mut |b| progress(base_done + b, total),
-                );
+                )?;
                 report.engine = out.engine;
                 let copied = out.done_prefix;
                 match out.error {
                     Some(e)
-                        if e.is_eremoteio()
-                            && matches!(staging, Staging::P2p(_))
-                            && !opts.no_bounce =>
+                        if e.is_eremoteio() && report.staging.kind == "p2p" && !opts.no_bounce =>
                     {
                         // The kernel refused peer-to-peer DMA: redo from the
                         // first incomplete chunk through host memory.
