@@ -278,5 +278,13 @@ fn copy_reports_its_path_and_exit_status() {
         "{first}"
     );
     fails(&["copy", s, s, "--seek", "10"], &["same file", "overlap"]);
+    // A cause is said once: "ENOENT (No such file or directory)", not that
+    // and "No such file or directory (os error 2)" again.
+    let missing = dir.path().join("missing");
+    let err = fails(
+        &["copy", missing.to_str().unwrap(), d],
+        &["cannot open", "missing", "ENOENT (No such file or directory)"],
+    );
+    assert!(!err.contains("os error"), "{err}");
     fails(&["copy", "--preset", "epyc", s, d], &["real I/O"]);
 }

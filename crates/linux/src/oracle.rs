@@ -75,16 +75,22 @@ pub fn parse_verdicts(text: &str, origin: &str) -> Result<KernelVerdicts> {
     match lines.next() {
         Some((_, l)) if l.trim() == "# peerdma-oracle v1" => {}
         other => {
-            return Err(Error::Invalid(format!(
-                "{origin}:1: expected \"# peerdma-oracle v1\", found {:?}",
-                other.map(|l| l.1).unwrap_or("")
-            )))
+            return Err(Error::Malformed {
+                origin: format!("{origin}:1"),
+                detail: format!(
+                    "expected \"# peerdma-oracle v1\", found {:?}",
+                    other.map(|l| l.1).unwrap_or("")
+                ),
+            })
         }
     }
     let mut v = KernelVerdicts::default();
     for (i, line) in lines {
         let f: Vec<&str> = line.split_whitespace().collect();
-        let bad = || Error::Invalid(format!("{origin}:{}: malformed line {line:?}", i + 1));
+        let bad = || Error::Malformed {
+            origin: format!("{origin}:{}", i + 1),
+            detail: format!("malformed line {line:?}"),
+        };
         let bdf = |s: &str| s.parse::<Bdf>().map_err(|_| bad());
         match f.as_slice() {
             [] => {}

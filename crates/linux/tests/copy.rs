@@ -1,7 +1,8 @@
 //! `peerdma copy` on this machine's disk, on tmpfs and on loop devices:
 //! every flag and every refusal.
 
-use peerdma_linux::copy::{copy, CopyOptions, CopyPath, CopyReport};
+use peerdma_linux::copy::{copy, CopyOptions, CopyPath, CopyReport, Refusal};
+use peerdma_linux::Error;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -22,6 +23,11 @@ fn random(len: usize, seed: u64) -> Vec<u8> {
 fn run(o: &CopyOptions) -> Result<CopyReport, String> {
     let stop = AtomicBool::new(false);
     copy(o, false, &stop, &mut |_, _| {}).map_err(|e| e.to_string())
+}
+
+fn run_err(o: &CopyOptions) -> Error {
+    let stop = AtomicBool::new(false);
+    copy(o, false, &stop, &mut |_, _| {}).expect_err("the copy fails")
 }
 
 /// Whether `dst` holds `src[skip..skip+count]` at `seek` and `before`
@@ -392,4 +398,84 @@ fn a_disk_holding_a_mounted_partition_is_refused() {
     let e = run(&o).unwrap_err();
     let _ = Command::new("umount").arg(&mnt).status();
     assert!(e.contains("p1 is mounted on"), "{e}");
+}
+
+#[test]
+fn errors_are_typed_and_keep_their_cause() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("src");
+    let data = random(100_000, 10);
+    fs::write(&src, &data).unwrap();
+    let dst = d.path().join("dst");
+    let mut o = CopyOptions::new(&src, &dst);
+    o.count = Some(200_000);
+    let e = run_err(&o);
+    assert!(matches!(e, Error::BadArgument { .. }), "{e:?}");
+    assert!(!e.is_refusal());
+    let mut o = CopyOptions::new(&src, &src);
+    o.seek = 10;
+    let e = run_err(&o);
+    assert!(
+        matches!(e, Error::Refused(Refusal::Overlap { .. })),
+        "{e:?}"
+    );
+    assert!(e.is_refusal());
+    let mut o = CopyOptions::new(&src, &dst);
+    o.no_bounce = true;
+    let e = run_err(&o);
+    assert!(
+        matches!(e, Error::Refused(Refusal::NoBounce { .. })),
+        "{e:?}"
+    );
+    let e = run_err(&CopyOptions::new(d.path().join("missing"), &dst));
+    assert_eq!(e.errno(), Some(libc_enoent()));
+    let cause = std::error::Error::source(&e).expect("the cause is kept");
+    assert!(
+        cause.downcast_ref::<std::io::Error>().is_some(),
+        "{cause:?}"
+    );
+    let e = run_err(&CopyOptions::new("/dev/null", &dst));
+    assert!(matches!(e, Error::WrongFileType { .. }), "{e:?}");
+}
+
+fn libc_enoent() -> i32 {
+    std::io::Error::from(std::io::ErrorKind::NotFound)
+        .raw_os_error()
+        .unwrap_or(2)
+}
+
+#[test]
+fn a_failed_verify_is_an_error_with_the_report_and_the_first_difference() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("src");
+    let data = random(3 << 20, 11);
+    fs::write(&src, &data).unwrap();
+    let dst = d.path().join("dst");
+    let mut o = CopyOptions::new(&src, &dst);
+    o.verify = true;
+    let stop = AtomicBool::new(false);
+    // Once every byte is copied, the source changes under the copy: the
+    // destination no longer holds what the source does.
+    let e = copy(&o, false, &stop, &mut |done, total| {
+        if done == total {
+            use std::os::unix::fs::FileExt;
+            let f = fs::OpenOptions::new().write(true).open(&src).unwrap();
+            f.write_all_at(b"changed", 1_234_567).unwrap();
+        }
+    })
+    .expect_err("verify fails");
+    let Error::VerifyFailed(report) = &e else {
+        panic!("{e:?}");
+    };
+    let v = report.verify.as_ref().unwrap();
+    assert!(!v.equal);
+    assert_eq!(v.first_difference, Some(1_234_567));
+    let line = e.to_string();
+    assert!(
+        line.contains("VERIFY FAILED")
+            && line.contains("bounced through host memory")
+            && line.contains("first difference at byte 1234567"),
+        "{line}"
+    );
+    assert_eq!(report.path, CopyPath::Bounced);
 }

@@ -164,10 +164,11 @@ impl Endpoint {
                 (dev_id(st.stx_dev_major, st.stx_dev_minor), st.stx_ino),
             ),
             other => {
-                return Err(Error::Invalid(format!(
-                    "{} is a {other:?}, not a regular file or a block device",
-                    path.display()
-                )))
+                return Err(Error::WrongFileType {
+                    path: path.to_path_buf(),
+                    found: format!("{other:?}"),
+                    expected: "a regular file or a block device",
+                })
             }
         };
         let size = match (&kind, &backing) {
@@ -242,11 +243,12 @@ pub fn check_block_dst(
         return Ok(());
     }
     if !force {
-        return Err(Error::Invalid(format!(
-            "refusing to write block device {} without --force-device (it would overwrite {} at offset {seek})",
-            path.display(),
-            peerdma_mem::format_size(count)
-        )));
+        return Err(super::Refusal::NeedsForceDevice {
+            device: path.to_path_buf(),
+            bytes: count,
+            offset: seek,
+        }
+        .into());
     }
     let (major, minor) = (rustix::fs::major(st.st_rdev), rustix::fs::minor(st.st_rdev));
     if let Some(b) = backing_of(sys_root, major, minor) {

@@ -62,16 +62,19 @@ pub struct CopyOptions {
     pub fsync: bool,
     /// Where sysfs is (`/` on a live machine).
     pub sys_root: PathBuf,
-    /// Stage through `via` even where peerdma's verdict says a drive
-    /// cannot reach it, and let the kernel decide: it refuses with
-    /// EREMOTEIO and the copy falls back to host memory (or fails, with
-    /// `no_bounce`). A test hook for the fallback; also set by
-    /// `PEERDMA_COPY_UNCHECKED_VIA=1`.
-    pub unchecked_via: bool,
 }
 
-/// The environment variable that sets [`CopyOptions::unchecked_via`].
+/// `PEERDMA_COPY_UNCHECKED_VIA=1` in the environment: stage through
+/// `--via` even where peerdma's verdict says a drive cannot reach it, and
+/// let the kernel decide: it refuses with EREMOTEIO and the copy falls back
+/// to host memory (or fails, with `--no-bounce`). A test hook for the
+/// fallback (the QEMU scenarios use it against a real kernel), kept out of
+/// [`CopyOptions`] so that no program sets it by accident.
 pub const UNCHECKED_VIA_ENV: &str = "PEERDMA_COPY_UNCHECKED_VIA";
+
+fn unchecked_via() -> bool {
+    std::env::var_os(UNCHECKED_VIA_ENV).is_some_and(|v| v == "1")
+}
 
 impl CopyOptions {
     pub fn new(src: impl Into<PathBuf>, dst: impl Into<PathBuf>) -> CopyOptions {
@@ -89,7 +92,6 @@ impl CopyOptions {
             verify: false,
             fsync: false,
             sys_root: PathBuf::from("/"),
-            unchecked_via: false,
         }
     }
 }
@@ -113,6 +115,71 @@ impl CopyPath {
             CopyPath::P2pThruHostBridge => "P2P through the host bridge",
             CopyPath::Bounced => "bounced through host memory",
         }
+    }
+}
+
+/// A copy refused before anything was written, to protect data.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    /// The two ends share bytes.
+    #[error("refusing to copy {src} -> {dst}: {detail}")]
+    Overlap {
+        src: String,
+        dst: String,
+        detail: String,
+    },
+    /// A block device destination without `--force-device`.
+    #[error(
+        "refusing to write block device {} without --force-device (it would overwrite {} at offset {offset})",
+        device.display(), format_size(*bytes)
+    )]
+    NeedsForceDevice {
+        device: PathBuf,
+        bytes: u64,
+        offset: u64,
+    },
+    /// Peer to peer is impossible and `--no-bounce` forbids host memory.
+    #[error("cannot copy {src} -> {dst} peer to peer: {reason}; without --no-bounce the data would go through host memory")]
+    NoBounce {
+        src: String,
+        dst: String,
+        reason: String,
+    },
+}
+
+/// An I/O that failed during a copy (or its verification), and how far the
+/// copy had got: the first `copied` bytes of the range are in place.
+#[derive(Debug, thiserror::Error)]
+#[error("{failure}; {} of {} were copied{}", format_size(*copied), format_size(*total),
+    resume.as_ref().map(|r| format!(" (resume with {r})")).unwrap_or_default())]
+pub struct TransferError {
+    #[source]
+    pub failure: IoFailure,
+    /// Bytes from the start of the range copied and kept.
+    pub copied: u64,
+    pub total: u64,
+    /// The arguments that copy the rest.
+    pub resume: Option<String>,
+}
+
+impl TransferError {
+    /// The error of the right kind: EREMOTEIO, ENOSPC or another.
+    pub(crate) fn into_error(self) -> Error {
+        match self.failure.errno {
+            libc::EREMOTEIO => Error::P2pRefused(Box::new(self)),
+            libc::ENOSPC => Error::NoSpace(Box::new(self)),
+            _ => Error::Transfer(Box::new(self)),
+        }
+    }
+
+    fn verify(failure: IoFailure, total: u64) -> Error {
+        TransferError {
+            failure,
+            copied: total,
+            total,
+            resume: None,
+        }
+        .into_error()
     }
 }
 
@@ -243,18 +310,19 @@ fn choose(
     let Some(topo) = topo else {
         return Ok(none("the machine's PCI topology could not be read".into()));
     };
-    let sf = topo.find(s).ok_or_else(|| {
-        Error::Invalid(format!(
-            "{s} (behind {}) is not in sysfs",
-            src.path.display()
-        ))
-    })?;
-    let df = topo.find(d).ok_or_else(|| {
-        Error::Invalid(format!(
-            "{d} (behind {}) is not in sysfs",
-            dst.path.display()
-        ))
-    })?;
+    let missing = |b: Bdf, e: &Endpoint| Error::Malformed {
+        origin: opts
+            .sys_root
+            .join("sys/bus/pci/devices")
+            .display()
+            .to_string(),
+        detail: format!(
+            "{b} (behind {}) is not among the PCI functions",
+            e.path.display()
+        ),
+    };
+    let sf = topo.find(s).ok_or_else(|| missing(s, src))?;
+    let df = topo.find(d).ok_or_else(|| missing(d, dst))?;
     let candidates: Vec<_> = match &opts.via {
         Some(v) => vec![topo.lookup(v)?],
         None => match find_many(topo, &[sf, df]) {
@@ -288,7 +356,7 @@ fn choose(
             }
         },
     };
-    let unchecked = opts.via.is_some() && opts.unchecked_via;
+    let unchecked = opts.via.is_some() && unchecked_via();
     let mut last_reason = String::new();
     let mut override_reason = None;
     for p in candidates {
@@ -338,7 +406,7 @@ fn choose(
 /// Refusals that protect data, before anything is written.
 fn refuse(opts: &CopyOptions, src: &Endpoint, dst: &Endpoint, count: u64) -> Result<()> {
     if dst.kind == Kind::BlockDevice && opts.seek.checked_add(count).is_none_or(|e| e > dst.size) {
-        return Err(Error::Invalid(format!(
+        return Err(Error::bad(format!(
             "{} bytes at offset {} do not fit {} ({} bytes)",
             count,
             opts.seek,
@@ -350,16 +418,19 @@ fn refuse(opts: &CopyOptions, src: &Endpoint, dst: &Endpoint, count: u64) -> Res
         let (a0, a1) = (opts.skip, opts.skip + count);
         let (b0, b1) = (opts.seek, opts.seek + count);
         if a0 < b1 && b0 < a1 {
-            return Err(Error::Invalid(format!(
-                "{} and {} are the same {} and the ranges [{a0}, {a1}) and [{b0}, {b1}) overlap",
-                src.path.display(),
-                dst.path.display(),
-                if src.kind == Kind::File {
-                    "file"
-                } else {
-                    "device"
-                }
-            )));
+            return Err(Refusal::Overlap {
+                src: src.path.display().to_string(),
+                dst: dst.path.display().to_string(),
+                detail: format!(
+                    "they are the same {} and the ranges [{a0}, {a1}) and [{b0}, {b1}) overlap",
+                    if src.kind == Kind::File {
+                        "file"
+                    } else {
+                        "device"
+                    }
+                ),
+            }
+            .into());
         }
     }
     Ok(())
@@ -621,20 +692,20 @@ pub fn copy(
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<CopyReport> {
     if opts.chunk == 0 || opts.chunk % PAGE_SIZE != 0 || opts.chunk > MAX_CHUNK {
-        return Err(Error::Invalid(format!(
+        return Err(Error::bad(format!(
             "--chunk {} is not a non-zero multiple of {PAGE_SIZE} of at most {MAX_CHUNK} (1 GiB)",
             opts.chunk
         )));
     }
     if opts.depth == 0 || opts.depth > 256 {
-        return Err(Error::Invalid(format!(
+        return Err(Error::bad(format!(
             "--depth {} is not between 1 and 256",
             opts.depth
         )));
     }
     let src = Endpoint::open_src(&opts.src, &opts.sys_root)?;
     if opts.skip > src.size {
-        return Err(Error::Invalid(format!(
+        return Err(Error::bad(format!(
             "--skip {} is beyond the end of {} ({} bytes)",
             opts.skip,
             opts.src.display(),
@@ -644,7 +715,7 @@ pub fn copy(
     let count = match opts.count {
         Some(c) => {
             if opts.skip.checked_add(c).is_none_or(|e| e > src.size) {
-                return Err(Error::Invalid(format!(
+                return Err(Error::bad(format!(
                     "--count {c} at --skip {} runs past the end of {} ({} bytes)",
                     opts.skip,
                     opts.src.display(),
@@ -679,12 +750,12 @@ pub fn copy(
     let choice = choose(opts, &src, &dst, topo.as_ref())?;
     if opts.no_bounce && choice.provider.is_none() {
         cleanup_new_dst(true);
-        return Err(Error::Invalid(format!(
-            "cannot copy {} -> {} peer to peer: {}; without --no-bounce the data would go through host memory",
-            src.describe_end(),
-            dst.describe_end(),
-            choice.reason.clone().unwrap_or_default()
-        )));
+        return Err(Refusal::NoBounce {
+            src: src.describe_end(),
+            dst: dst.describe_end(),
+            reason: choice.reason.clone().unwrap_or_default(),
+        }
+        .into());
     }
     let align = src.align.max(dst.align).max(512);
     let lay = layout(opts.skip, opts.seek, count, align);
@@ -739,10 +810,12 @@ pub fn copy(
         ));
         if opts.no_bounce {
             cleanup_new_dst(true);
-            return Err(Error::Invalid(format!(
-                "cannot copy peer to peer: {}",
-                report.reason.clone().unwrap_or_default()
-            )));
+            return Err(Refusal::NoBounce {
+                src: src.describe_end(),
+                dst: dst.describe_end(),
+                reason: report.reason.clone().unwrap_or_default(),
+            }
+            .into());
         }
     }
     if dry_run {
@@ -925,14 +998,17 @@ pub fn copy(
         }
     }
     if let Some(e) = failure {
-        return Err(Error::Invalid(format!(
-            "{e}; {} of {} were copied (resume with --skip {} --seek {} --count {})",
-            format_size(prefix_done),
-            format_size(count),
-            opts.skip + prefix_done,
-            opts.seek + prefix_done,
-            count - prefix_done
-        )));
+        return Err(TransferError::into_error(TransferError {
+            failure: e,
+            copied: prefix_done,
+            total: count,
+            resume: Some(format!(
+                "--skip {} --seek {} --count {}",
+                opts.skip + prefix_done,
+                opts.seek + prefix_done,
+                count - prefix_done
+            )),
+        }));
     }
     if opts.fsync {
         rustix::fs::fdatasync(&dst.fd)
@@ -963,9 +1039,9 @@ pub fn copy(
     if opts.verify {
         let mut hb = HostBuf::new((4 << 20) + 2 * align as usize, node)?;
         let hs = hash_range(&src, opts.skip, count, align, &mut hb)
-            .map_err(|e| Error::Invalid(format!("verify: {e}")))?;
+            .map_err(|e| TransferError::verify(e, count))?;
         let hd = hash_range(&dst, opts.seek, count, align, &mut hb)
-            .map_err(|e| Error::Invalid(format!("verify: {e}")))?;
+            .map_err(|e| TransferError::verify(e, count))?;
         let equal = hs == hd;
         report.verify = Some(Verify {
             src_blake3: hs.to_hex().to_string(),
@@ -977,11 +1053,41 @@ pub fn copy(
                 first_difference(&src, opts.skip, &dst, opts.seek, count, align)
             },
         });
+        if !equal {
+            return Err(Error::VerifyFailed(Box::new(report)));
+        }
     }
     Ok(report)
 }
 
 impl CopyReport {
+    /// One line for a failed `--verify`: the path the data took and where
+    /// the destination first differs.
+    pub fn verify_failure(&self) -> String {
+        let Some(v) = self.verify.as_ref().filter(|v| !v.equal) else {
+            return "the copy verified".into();
+        };
+        format!(
+            "VERIFY FAILED: the copy took the path {}{} and the destination's data is wrong: {}source blake3 {}, destination {}",
+            self.path.describe(),
+            match (self.read_leg, self.write_leg) {
+                (Some(r), Some(w)) => format!(" (read {r}, write {w})"),
+                _ => String::new(),
+            },
+            v.first_difference
+                .map(|o| format!(
+                    "first difference at byte {o} of the range ({} offset {}, {} offset {}); ",
+                    self.src.path,
+                    self.src.offset + o,
+                    self.dst.path,
+                    self.dst.offset + o
+                ))
+                .unwrap_or_default(),
+            v.src_blake3,
+            v.dst_blake3
+        )
+    }
+
     /// The report for people.
     pub fn render(&self) -> String {
         let mut s = String::new();
