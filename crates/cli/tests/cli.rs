@@ -283,7 +283,11 @@ fn copy_reports_its_path_and_exit_status() {
     let missing = dir.path().join("missing");
     let err = fails(
         &["copy", missing.to_str().unwrap(), d],
-        &["cannot open", "missing", "ENOENT (No such file or directory)"],
+        &[
+            "cannot open",
+            "missing",
+            "ENOENT (No such file or directory)",
+        ],
     );
     assert!(!err.contains("os error"), "{err}");
     fails(&["copy", "--preset", "epyc", s, d], &["real I/O"]);

@@ -1,7 +1,7 @@
 //! `peerdma copy` on this machine's disk, on tmpfs and on loop devices:
 //! every flag and every refusal.
 
-use peerdma_linux::copy::{copy, CopyOptions, CopyPath, CopyReport, Refusal};
+use peerdma_linux::copy::{copy, plan, CopyOptions, CopyPath, CopyReport, Refusal};
 use peerdma_linux::Error;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -195,6 +195,31 @@ fn dry_run_plans_and_writes_nothing() {
     assert_eq!(r.bytes, 100_000);
     assert!(!dst.exists());
     assert!(r.render().contains("dry run: nothing was written"));
+}
+
+#[test]
+fn the_plan_is_what_a_dry_run_shows_and_what_the_copy_does() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("src");
+    fs::write(&src, random(300_000, 12)).unwrap();
+    let mut o = CopyOptions::new(&src, d.path().join("dst"));
+    o.seek = 4096;
+    o.chunk = 64 << 10;
+    let p = plan(&o).unwrap();
+    let planned = p.report();
+    assert!(planned.dry_run);
+    let stop = AtomicBool::new(false);
+    let dry = copy(&o, true, &stop, &mut |_, _| {}).unwrap();
+    assert_eq!(
+        serde_json::to_value(&dry).unwrap(),
+        serde_json::to_value(&planned).unwrap()
+    );
+    let done = p.execute(&stop, &mut |_, _| {}).unwrap();
+    assert!(!done.dry_run);
+    assert_eq!(
+        (done.path, done.bytes, done.mode, done.chunk),
+        (planned.path, planned.bytes, planned.mode, planned.chunk)
+    );
 }
 
 #[test]

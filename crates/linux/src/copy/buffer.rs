@@ -97,11 +97,8 @@ impl HostBuf {
         self.len
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     /// The bytes (host memory: the CPU may read and write them).
+    #[cfg(test)]
     pub fn as_slice(&self) -> &[u8] {
         // SAFETY: a live private mapping of `len` bytes owned by `self`;
         // the borrow of `self` prevents concurrent mutation through us, and
@@ -165,10 +162,6 @@ impl Staging {
             Staging::Host(h) => h.len(),
             Staging::P2p(p) => p.len(),
         }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// Base address for the kernel (never dereferenced by Rust for P2P).
