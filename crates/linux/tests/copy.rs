@@ -223,6 +223,34 @@ fn the_plan_is_what_a_dry_run_shows_and_what_the_copy_does() {
 }
 
 #[test]
+fn a_new_file_appears_only_with_data_in_it() {
+    for d in dirs() {
+        let src = d.path().join("src");
+        fs::write(&src, random(1 << 20, 13)).unwrap();
+        let dst = d.path().join("dst");
+        let o = CopyOptions::new(&src, &dst);
+        // Stopped before anything was copied: nothing to keep, no file.
+        let stop = AtomicBool::new(true);
+        let r = copy(&o, false, &stop, &mut |_, _| {}).unwrap();
+        assert_eq!(r.interrupted.unwrap().copied, 0);
+        assert!(!dst.exists(), "an interrupted copy left an empty file");
+        // Fails before writing (the source shrank after the plan): no file.
+        let p = plan(&o).unwrap();
+        fs::write(&src, b"").unwrap();
+        let stop = AtomicBool::new(false);
+        let e = p.execute(&stop, &mut |_, _| {}).unwrap_err();
+        assert!(matches!(e, Error::Transfer(_)), "{e:?}");
+        assert!(e.to_string().contains("0 B of 1 MiB were copied"), "{e}");
+        assert!(!dst.exists(), "a failed copy left an empty file");
+        // An empty source makes an empty file, as cp does.
+        copy(&o, false, &stop, &mut |_, _| {}).unwrap();
+        assert_eq!(fs::metadata(&dst).unwrap().len(), 0);
+        let names: Vec<_> = fs::read_dir(d.path()).unwrap().collect();
+        assert_eq!(names.len(), 2, "nothing else is left in the directory");
+    }
+}
+
+#[test]
 fn an_interrupted_copy_says_how_far_it_got_and_that_prefix_is_right() {
     let d = tempfile::tempdir().unwrap();
     let src = d.path().join("src");

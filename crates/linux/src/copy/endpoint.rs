@@ -1,6 +1,7 @@
 //! One end of a copy: a regular file or a block device, opened for O_DIRECT
 //! where the file system allows it, with the device behind it.
 
+use super::newfile::NewFile;
 use crate::blockdev::BlockDevice;
 use crate::{Error, Result};
 use peerdma_mem::Bdf;
@@ -45,6 +46,9 @@ pub struct Endpoint {
     /// with the same identity share their bytes.
     pub identity: (u64, u64),
     pub backing: Option<Backing>,
+    /// A destination file that did not exist: it has no name until
+    /// [`Endpoint::name_new_file`].
+    pub(crate) new_file: Option<NewFile>,
 }
 
 fn dev_id(major: u32, minor: u32) -> u64 {
@@ -119,17 +123,23 @@ impl Endpoint {
     }
 
     /// Open the destination for reading and writing (edges are read,
-    /// patched and written back). Files are created if missing; block
-    /// devices are claimed exclusively, which fails while anything holds
-    /// them.
+    /// patched and written back). A missing file is created without a name
+    /// (see [`NewFile`]); block devices are claimed exclusively, which
+    /// fails while anything holds them.
     pub fn open_dst(path: &Path, sys_root: &Path) -> Result<Endpoint> {
+        if fs::symlink_metadata(path).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound) {
+            let (fd, direct, new_file) = NewFile::create(path)?;
+            let mut e = Endpoint::describe(path, fd, direct, sys_root)?;
+            e.new_file = Some(new_file);
+            return Ok(e);
+        }
         let is_block = fs::metadata(path).map(|m| {
             use std::os::unix::fs::FileTypeExt;
             m.file_type().is_block_device()
         });
         let flags = match is_block {
             Ok(true) => OFlags::RDWR | OFlags::EXCL,
-            _ => OFlags::RDWR | OFlags::CREATE,
+            _ => OFlags::RDWR,
         };
         let (fd, direct) = open(path, flags).map_err(|e| match e {
             Error::Io { source, .. } if source.raw_os_error() == Some(libc::EBUSY) => {
@@ -196,7 +206,22 @@ impl Endpoint {
             align,
             identity,
             backing,
+            new_file: None,
         })
+    }
+
+    /// Give a new destination file its name (nothing for an existing one).
+    pub(crate) fn name_new_file(&mut self) -> Result<()> {
+        match &mut self.new_file {
+            Some(n) => n.name(&self.fd),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether this end is a file the copy is creating.
+    #[cfg(test)]
+    pub(crate) fn is_new(&self) -> bool {
+        self.new_file.is_some()
     }
 
     /// The PCI function behind this end.
@@ -293,6 +318,10 @@ mod tests {
         assert!(e.align.is_power_of_two() && e.align >= 512);
         let d = Endpoint::open_dst(&dir.path().join("new"), Path::new("/")).unwrap();
         assert_eq!(d.size, 0, "created");
+        assert!(
+            d.is_new() && !dir.path().join("new").exists(),
+            "not named yet"
+        );
         assert_ne!(e.identity, d.identity);
         let again = Endpoint::open_src(&p, Path::new("/")).unwrap();
         assert_eq!(again.identity, e.identity);

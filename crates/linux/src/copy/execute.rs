@@ -39,13 +39,25 @@ impl Plan {
             Ok(m) => m,
             Err(e) => {
                 // Nothing is known to be in place: a presized file gets its
-                // old size back, a created one goes (Created's drop).
-                let _ = self.finish_dst(0);
+                // old size back, a new one stays unnamed and goes.
+                let _ = self.settle_size(0);
                 return Err(e);
             }
         };
-        self.finish_dst(moved.prefix)?;
-        let (opts, count) = (&self.opts, self.count);
+        self.settle_size(moved.prefix)?;
+        let count = self.count;
+        let complete = moved.failure.is_none() && moved.prefix == count;
+        if complete && self.opts.fsync {
+            rustix::fs::fdatasync(&self.dst.fd)
+                .map_err(|e| Error::io("flush (fdatasync)", &self.dst.path, e.into()))?;
+        }
+        // A new file gets its name once it holds data (what was copied
+        // before a failure or an interruption is kept, for the resume
+        // arguments to go on from), or when the copy is complete.
+        if moved.prefix > 0 || complete {
+            self.dst.name_new_file()?;
+        }
+        let opts = &self.opts;
         if let Some(e) = moved.failure {
             return Err(TransferError {
                 failure: e,
@@ -54,10 +66,6 @@ impl Plan {
                 resume: Some(resume(opts.skip, opts.seek, count, moved.prefix)),
             }
             .into_error());
-        }
-        if opts.fsync {
-            rustix::fs::fdatasync(&self.dst.fd)
-                .map_err(|e| Error::io("flush (fdatasync)", &self.dst.path, e.into()))?;
         }
         let secs = t0.elapsed().as_secs_f64();
         let (u1, s1) = cpu_times();
@@ -124,7 +132,9 @@ impl Plan {
         // takes the inode lock exclusively and waits for each one; with
         // io_uring every such write is punted to a worker thread): writes
         // inside the file run concurrently. On error or interruption the
-        // size is set back (finish_dst); only a crash leaves the full size.
+        // size is set back (settle_size). A new file has no name meanwhile,
+        // so a crash leaves nothing that looks complete; an existing file
+        // keeps the full size after a crash (see the module's docs).
         let dst = &self.dst;
         if dst.kind == Kind::File && dst.direct && lay.body.len > 0 && opts.seek + count > dst.size
         {
@@ -256,9 +266,8 @@ impl Plan {
         }
     }
 
-    /// A file DST ends at the end of what was written (or where it was);
-    /// a file the copy created and wrote nothing to is removed.
-    fn finish_dst(&mut self, prefix: u64) -> Result<()> {
+    /// A file DST ends at the end of what was written (or where it was).
+    fn settle_size(&mut self, prefix: u64) -> Result<()> {
         let (dst, opts) = (&self.dst, &self.opts);
         if dst.kind != Kind::File {
             return Ok(());
@@ -275,11 +284,6 @@ impl Plan {
             if now != want {
                 rustix::fs::ftruncate(&dst.fd, want)
                     .map_err(|e| Error::io("truncate", &dst.path, e.into()))?;
-            }
-        }
-        if prefix > 0 {
-            if let Some(c) = &mut self.created {
-                c.armed = false;
             }
         }
         Ok(())

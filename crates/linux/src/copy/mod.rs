@@ -12,14 +12,33 @@
 //! If the kernel refuses a P2P DMA anyway (`EREMOTEIO`), the copy goes on
 //! from the first incomplete chunk through host memory and says so
 //! (`fallback`). peerdma's verdicts are the kernel's, so this only happens
-//! when they are bypassed: [`CopyOptions::unchecked_via`] (or
-//! `PEERDMA_COPY_UNCHECKED_VIA=1` in the environment) tries `--via`'s
-//! memory without holding it to peerdma's verdict, which is how the QEMU
-//! scenarios exercise the fallback against a real kernel.
+//! when they are bypassed: `PEERDMA_COPY_UNCHECKED_VIA=1` in the
+//! environment ([`UNCHECKED_VIA_ENV`]) tries `--via`'s memory without
+//! holding it to peerdma's verdict, which is how the QEMU scenarios
+//! exercise the fallback against a real kernel.
+//!
+//! # What an interrupted, failed or killed copy leaves
+//!
+//! * Stopped (Ctrl-C, SIGTERM) or failed (an I/O error, ENOSPC): the first
+//!   bytes of the range, as many as the report or the error says, are in
+//!   place and a file destination ends where they end (or where it ended
+//!   before, if that was further); the printed `--skip --seek --count`
+//!   arguments copy the rest.
+//! * A new destination file has no name until it holds data (see
+//!   `newfile.rs`): killed (SIGKILL, a crash), the copy leaves nothing, and
+//!   a failure before anything was written leaves nothing either. Run the
+//!   copy again.
+//! * An existing file or a block device is written in place: killed, the
+//!   range holds new bytes up to some point and old ones (or, in a file
+//!   extended for the copy, zeros up to the new end) after it, with no
+//!   record of where. Run the same command again: a copy's result does not
+//!   depend on what the destination held, and overlapping ranges are
+//!   refused, so the source is unchanged.
 
 mod buffer;
 mod endpoint;
 mod execute;
+mod newfile;
 mod plan;
 mod report;
 mod ring;

@@ -12,8 +12,6 @@ use crate::{Error, Result};
 use peerdma_mem::{Bdf, PAGE_SIZE};
 use peerdma_p2p::{choose_staging, MapType, Memory, NoStaging};
 use peerdma_pci::{Source, Topology};
-use std::fs;
-use std::path::PathBuf;
 
 /// A copy, planned: what [`Plan::execute`] will do, and what a dry run
 /// reports ([`Plan::report`]).
@@ -21,10 +19,10 @@ use std::path::PathBuf;
 pub struct Plan {
     pub(crate) opts: CopyOptions,
     pub(crate) src: Endpoint,
+    /// A destination file that did not exist has no name until the copy
+    /// has written to it (see `newfile.rs`): a plan dropped unexecuted, or
+    /// a copy that fails before writing, leaves nothing.
     pub(crate) dst: Endpoint,
-    /// The destination file did not exist: it is removed again unless the
-    /// copy writes to it.
-    pub(crate) created: Option<Created>,
     pub(crate) count: u64,
     pub(crate) layout: Layout,
     pub(crate) choice: Choice,
@@ -34,21 +32,6 @@ pub struct Plan {
     pub(crate) node: Option<u32>,
     /// The destination file was extended to its final size (execute).
     pub(crate) presized: bool,
-}
-
-/// A destination file the plan created: removed on drop while armed.
-#[derive(Debug)]
-pub(crate) struct Created {
-    pub path: PathBuf,
-    pub armed: bool,
-}
-
-impl Drop for Created {
-    fn drop(&mut self) {
-        if self.armed {
-            let _ = fs::remove_file(&self.path);
-        }
-    }
 }
 
 /// The decision about staging memory.
@@ -282,14 +265,13 @@ fn choose(
 }
 
 /// Plan a copy: check the options, open both ends (a missing destination
-/// file is created, and removed again unless the copy writes to it),
+/// file is created without a name),
 /// refuse what would lose data, choose the staging memory and lay out the
 /// ranges.
 pub fn plan(opts: &CopyOptions) -> Result<Plan> {
     check_options(opts)?;
     let src = Endpoint::open_src(&opts.src, &opts.sys_root)?;
     let count = source_range(opts, &src)?;
-    let dst_existed = opts.dst.exists();
     // A block device is checked before it is opened: the exclusive open
     // itself fails on a mounted device, with a less helpful message.
     endpoint::check_block_dst(
@@ -300,10 +282,6 @@ pub fn plan(opts: &CopyOptions) -> Result<Plan> {
         opts.seek,
     )?;
     let dst = Endpoint::open_dst(&opts.dst, &opts.sys_root)?;
-    let created = (!dst_existed).then(|| Created {
-        path: opts.dst.clone(),
-        armed: true,
-    });
     refuse(opts, &src, &dst, count)?;
     let topo = Source::Root(opts.sys_root.clone()).load().ok();
     let mut choice = choose(opts, &src, &dst, topo.as_ref())?;
@@ -338,7 +316,6 @@ pub fn plan(opts: &CopyOptions) -> Result<Plan> {
         opts: opts.clone(),
         src,
         dst,
-        created,
         count,
         layout: lay,
         choice,

@@ -426,7 +426,7 @@ pub(crate) fn run_ring<R: RingOps, B: StagingMem>(
         };
 
     for (i, s) in slots.iter_mut().enumerate() {
-        if next >= steps.n {
+        if next >= steps.n || stop.load(Ordering::Relaxed) {
             break;
         }
         *s = Slot {
