@@ -288,6 +288,14 @@ fn copy_reports_its_path_and_exit_status() {
         &["--count 4194304", "runs past the end"],
     );
     fails(&["copy", s, d, "--chunk", "1000"], &["--chunk 1000"]);
+    fails(
+        &["copy", s, d, "--chunk", "0xfffffffffffff000"],
+        &["--chunk 18446744073709547520", "at most 1073741824 (1 GiB)"],
+    );
+    fails(
+        &["copy", s, d, "--seek", "18446744073709551104"],
+        &["--seek 18446744073709551104", "largest file offset"],
+    );
     // Argument syntax is clap's: the first line names the flag and the value.
     let o = peerdma(&["copy", s, d, "--count", "12Q"]);
     assert_eq!(o.status.code(), Some(2));
@@ -424,6 +432,12 @@ fn a_copy_that_fails_or_stops_before_writing_leaves_no_new_file() {
     fs::write(&src, vec![1u8; 1 << 20]).unwrap();
     let dst = dir.path().join("dst");
     let (s, d) = (src.to_str().unwrap(), dst.to_str().unwrap());
+    // Errors after the destination is opened.
+    fails(
+        &["copy", s, d, "--via", "0000:99:00.0"],
+        &["--via 0000:99:00.0: no PCI function 0000:99:00.0"],
+    );
+    assert!(!dst.exists(), "an empty destination was left behind");
     fails(&["copy", s, d, "--no-bounce"], &["cannot copy"]);
     assert!(!dst.exists(), "an empty destination was left behind");
 }

@@ -150,6 +150,70 @@ fn bad_ranges_and_options_are_refused() {
 }
 
 #[test]
+fn ranges_past_the_largest_offset_and_oversized_chunks_are_refused_up_front() {
+    for d in dirs() {
+        let src = d.path().join("src");
+        fs::write(&src, random(100_000, 16)).unwrap();
+        let dst = d.path().join("dst");
+        let mut o = CopyOptions::new(&src, &dst);
+        o.seek = 18446744073709551104;
+        let e = run_err(&o);
+        assert!(matches!(e, Error::BadArgument { .. }), "{e:?}");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("--seek 18446744073709551104") && msg.contains("largest file offset"),
+            "{msg}"
+        );
+        o.seek = i64::MAX as u64 - 50_000;
+        assert!(run_err(&o).to_string().contains("largest file offset"));
+        assert!(!dst.exists());
+        let mut o = CopyOptions::new(&src, &dst);
+        o.chunk = 0xfffffffffffff000;
+        let msg = run_err(&o).to_string();
+        assert!(
+            msg.contains("--chunk 18446744073709547520") && msg.contains("at most 1073741824"),
+            "{msg}"
+        );
+        o.chunk = 2 << 30;
+        assert!(run_err(&o).to_string().contains("at most 1073741824"));
+        assert!(!dst.exists());
+    }
+}
+
+#[test]
+fn a_bad_via_is_an_error_whatever_the_ends_are_on() {
+    for d in dirs() {
+        let src = d.path().join("src");
+        fs::write(&src, random(100_000, 17)).unwrap();
+        let dst = d.path().join("dst");
+        let mut o = CopyOptions::new(&src, &dst);
+        o.via = Some("0000:99:00.0".into());
+        let e = run_err(&o);
+        assert!(matches!(e, Error::BadArgument { .. }), "{e:?}");
+        assert!(e.to_string().starts_with("--via 0000:99:00.0: "), "{e}");
+        assert!(std::error::Error::source(&e).is_some(), "the cause is kept");
+        o.via = Some("not-a-device".into());
+        assert!(run_err(&o).to_string().contains("--via not-a-device"));
+        // A function that exists but publishes no P2P memory.
+        let first = fs::read_dir("/sys/bus/pci/devices")
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok())
+            .find(|e| !e.path().join("p2pmem").exists());
+        if let Some(f) = first {
+            let bdf = f.file_name().to_string_lossy().into_owned();
+            o.via = Some(bdf.clone());
+            let msg = run_err(&o).to_string();
+            assert!(
+                msg.contains(&format!("--via {bdf}")) && msg.contains("publishes no P2P memory"),
+                "{msg}"
+            );
+        }
+        assert!(!dst.exists());
+    }
+}
+
+#[test]
 fn no_bounce_names_the_pair_and_the_reason() {
     let d = tempfile::tempdir().unwrap();
     let src = d.path().join("src");
@@ -240,7 +304,10 @@ fn a_new_file_appears_only_with_data_in_it() {
         let stop = AtomicBool::new(false);
         let e = p.execute(&stop, &mut |_, _| {}).unwrap_err();
         assert!(matches!(e, Error::Transfer(_)), "{e:?}");
-        assert!(e.to_string().contains("0 B of 1 MiB were copied"), "{e}");
+        assert!(
+            e.to_string().contains("nothing of the 1 MiB was copied"),
+            "{e}"
+        );
         assert!(!dst.exists(), "a failed copy left an empty file");
         // An empty source makes an empty file, as cp does.
         copy(&o, false, &stop, &mut |_, _| {}).unwrap();
@@ -521,6 +588,54 @@ fn a_disk_holding_a_mounted_partition_is_refused() {
     o.force_device = true;
     let e = run(&o).unwrap_err();
     assert!(e.contains("p1 is mounted on"), "{e}");
+}
+
+#[test]
+#[ignore = "needs root and mount (a 16 MiB tmpfs): run with --ignored"]
+fn a_full_destination_reports_the_bytes_copied_and_kept() {
+    if !privileged(&["mount"]) {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("src");
+    let data = random(32 << 20, 15);
+    fs::write(&src, &data).unwrap();
+    let mnt = Mount::new(
+        &["-t", "tmpfs", "-o", "size=16M", "tmpfs"],
+        &d.path().join("small"),
+    );
+    // Aligned (the pipeline) and shifted by one byte (the CPU copy).
+    for skip in [0usize, 1] {
+        let dst = mnt.0.join(format!("dst{skip}"));
+        let mut o = CopyOptions::new(&src, &dst);
+        o.skip = skip as u64;
+        let e = run_err(&o);
+        let Error::NoSpace(t) = &e else {
+            panic!("skip {skip}: {e:?}");
+        };
+        let kept = fs::read(&dst).unwrap();
+        // The CPU copy writes in order, so nearly all the space is used;
+        // the pipeline's writes in flight past the first failure are cut
+        // off with the file.
+        assert!(
+            t.copied > if skip == 1 { 8 << 20 } else { 0 },
+            "skip {skip}: {e}"
+        );
+        assert_eq!(kept.len() as u64, t.copied, "skip {skip}");
+        assert!(
+            kept[..] == data[skip..skip + kept.len()],
+            "skip {skip}: the bytes kept are the source's"
+        );
+        let msg = e.to_string();
+        assert!(
+            msg.contains("ENOSPC")
+                && msg.contains(&format!("the first {} bytes", t.copied))
+                && msg.contains(&format!("kept in {}", dst.display()))
+                && msg.contains(&format!("--skip {}", skip as u64 + t.copied)),
+            "{msg}"
+        );
+        fs::remove_file(&dst).unwrap();
+    }
 }
 
 #[test]

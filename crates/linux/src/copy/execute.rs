@@ -63,6 +63,7 @@ impl Plan {
                 failure: e,
                 copied: moved.prefix,
                 total: count,
+                dst: Some(self.dst.path.display().to_string()),
                 resume: Some(resume(opts.skip, opts.seek, count, moved.prefix)),
             }
             .into_error());
@@ -113,19 +114,10 @@ impl Plan {
         };
         if !lay.congruent {
             report.engine = "pread/pwrite";
-            let r = shifter.copy(opts.skip, opts.seek, count, stop, &mut |d| {
+            let (prefix, failure) = shifter.copy(opts.skip, opts.seek, count, stop, &mut |d| {
                 progress(d, count)
             });
-            return Ok(match r {
-                Ok(d) => Moved {
-                    prefix: d,
-                    failure: None,
-                },
-                Err(e) => Moved {
-                    prefix: 0,
-                    failure: Some(e),
-                },
-            });
+            return Ok(Moved { prefix, failure });
         }
         // A file DST gets its final size first. O_DIRECT writes past the
         // end of a file extend it, and file systems serialize those (ext4
@@ -144,24 +136,17 @@ impl Plan {
         }
         // Head first (so an interruption leaves a clean prefix), then the
         // body through the pipeline, then the tail.
-        let mut moved = Moved {
-            prefix: 0,
-            failure: None,
-        };
-        match shifter.copy(opts.skip, opts.seek, lay.head, stop, &mut |_| {}) {
-            Ok(d) => moved.prefix = d,
-            Err(e) => moved.failure = Some(e),
-        }
+        let (prefix, failure) = shifter.copy(opts.skip, opts.seek, lay.head, stop, &mut |_| {});
+        let mut moved = Moved { prefix, failure };
         if moved.failure.is_none() && lay.body.len > 0 {
             self.body(report, &mut moved, stop, progress)?;
         }
         if moved.failure.is_none() && moved.prefix == lay.head + lay.body.len && lay.tail > 0 {
             let t_src = lay.body.src_off + lay.body.len;
             let t_dst = lay.body.dst_off + lay.body.len;
-            match shifter.copy(t_src, t_dst, lay.tail, stop, &mut |_| {}) {
-                Ok(d) => moved.prefix += d,
-                Err(e) => moved.failure = Some(e),
-            }
+            let (d, failure) = shifter.copy(t_src, t_dst, lay.tail, stop, &mut |_| {});
+            moved.prefix += d;
+            moved.failure = failure;
         }
         progress(moved.prefix, count);
         Ok(moved)

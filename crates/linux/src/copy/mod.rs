@@ -147,14 +147,15 @@ pub enum Refusal {
 /// An I/O that failed during a copy (or its verification), and how far the
 /// copy had got: the first `copied` bytes of the range are in place.
 #[derive(Debug, thiserror::Error)]
-#[error("{failure}; {} of {} were copied{}", format_size(*copied), format_size(*total),
-    resume.as_ref().map(|r| format!(" (resume with {r})")).unwrap_or_default())]
+#[error("{failure}; {}", self.progress())]
 pub struct TransferError {
     #[source]
     pub failure: IoFailure,
     /// Bytes from the start of the range copied and kept.
     pub copied: u64,
     pub total: u64,
+    /// The destination, for a failure of the copy itself (not `--verify`).
+    pub dst: Option<String>,
     /// The arguments that copy the rest.
     pub resume: Option<String>,
 }
@@ -175,9 +176,32 @@ impl TransferError {
             failure,
             copied: total,
             total,
+            dst: None,
             resume: None,
         }
         .into_error()
+    }
+
+    /// How far the copy got, in words.
+    fn progress(&self) -> String {
+        let resume = self
+            .resume
+            .as_ref()
+            .map(|r| format!(" (resume with {r})"))
+            .unwrap_or_default();
+        match &self.dst {
+            None => format!("the copy of {} had completed", format_size(self.total)),
+            Some(_) if self.copied == 0 => format!(
+                "nothing of the {} was copied{resume}",
+                format_size(self.total)
+            ),
+            Some(d) => format!(
+                "the first {} bytes ({}) of {} were copied and are kept in {d}{resume}",
+                self.copied,
+                format_size(self.copied),
+                format_size(self.total)
+            ),
+        }
     }
 }
 

@@ -148,6 +148,36 @@ fn source_range(opts: &CopyOptions, src: &Endpoint) -> Result<u64> {
     }
 }
 
+/// The largest file offset the kernel takes (`loff_t` is signed).
+const MAX_OFFSET: u64 = i64::MAX as u64;
+
+/// The destination range fits the kernel's file offsets.
+fn destination_range(opts: &CopyOptions, count: u64) -> Result<()> {
+    if opts.seek.checked_add(count).is_none_or(|e| e > MAX_OFFSET) {
+        return Err(Error::bad(format!(
+            "--seek {} with {count} bytes to copy ends past the largest file offset, {MAX_OFFSET} (2^63 - 1)",
+            opts.seek
+        )));
+    }
+    Ok(())
+}
+
+/// `--via` names a provider of this machine, whatever the ends are on.
+fn check_via(via: &str, topo: &Topology) -> Result<()> {
+    let bad =
+        |message: String, source: Option<crate::Cause>| Error::BadArgument { message, source };
+    let f = topo
+        .lookup(via)
+        .map_err(|e| bad(format!("--via {via}: {e}"), Some(Box::new(e))))?;
+    if !peerdma_p2p::providers(topo).contains(&f) {
+        let e = NoStaging::NotAProvider {
+            provider: topo.function(f).bdf,
+        };
+        return Err(bad(format!("--via {via}: {e}"), Some(Box::new(e))));
+    }
+    Ok(())
+}
+
 /// Refusals that protect data, before anything is written.
 fn refuse(opts: &CopyOptions, src: &Endpoint, dst: &Endpoint, count: u64) -> Result<()> {
     if dst.kind == Kind::BlockDevice && opts.seek.checked_add(count).is_none_or(|e| e > dst.size) {
@@ -272,6 +302,22 @@ pub fn plan(opts: &CopyOptions) -> Result<Plan> {
     check_options(opts)?;
     let src = Endpoint::open_src(&opts.src, &opts.sys_root)?;
     let count = source_range(opts, &src)?;
+    destination_range(opts, count)?;
+    let topo = match (Source::Root(opts.sys_root.clone()).load(), &opts.via) {
+        (Ok(t), Some(v)) => {
+            check_via(v, &t)?;
+            Some(t)
+        }
+        (Err(e), Some(v)) => {
+            return Err(Error::BadArgument {
+                message: format!(
+                    "--via {v}: the machine's PCI topology cannot be read to check it: {e}"
+                ),
+                source: Some(Box::new(e)),
+            })
+        }
+        (t, None) => t.ok(),
+    };
     // A block device is checked before it is opened: the exclusive open
     // itself fails on a mounted device, with a less helpful message.
     endpoint::check_block_dst(
@@ -283,7 +329,6 @@ pub fn plan(opts: &CopyOptions) -> Result<Plan> {
     )?;
     let dst = Endpoint::open_dst(&opts.dst, &opts.sys_root)?;
     refuse(opts, &src, &dst, count)?;
-    let topo = Source::Root(opts.sys_root.clone()).load().ok();
     let mut choice = choose(opts, &src, &dst, topo.as_ref())?;
     if opts.no_bounce && choice.provider.is_none() {
         return Err(Refusal::NoBounce {

@@ -82,6 +82,9 @@ pub(crate) struct Shifter<'a> {
 }
 
 impl Shifter<'_> {
+    /// Copy `len` bytes from `src_off` to `dst_off`: the bytes in place
+    /// from the start (all of them unless stopped or failed), and the
+    /// failure that ended the copy early, if any.
     pub fn copy(
         &mut self,
         src_off: u64,
@@ -89,10 +92,10 @@ impl Shifter<'_> {
         len: u64,
         stop: &AtomicBool,
         progress: &mut dyn FnMut(u64),
-    ) -> std::result::Result<u64, IoFailure> {
-        let (src, dst, align) = (self.src, self.dst, self.align);
+    ) -> (u64, Option<IoFailure>) {
+        let align = self.align;
         if len == 0 {
-            return Ok(0);
+            return (0, None);
         }
         let end = (dst_off + len).div_ceil(align) * align;
         let mut p0 = dst_off / align * align;
@@ -102,35 +105,52 @@ impl Shifter<'_> {
                 break;
             }
             let p1 = (p0 + self.piece).min(end);
-            let o0 = p0.max(dst_off);
-            let o1 = p1.min(dst_off + len);
-            let wbuf = &mut self.write_buf.as_mut_slice()[..(p1 - p0) as usize];
-            if o0 > p0 || o1 < p1 {
-                // Partial block(s): keep DST's other bytes (zeros past its end).
-                let got = pread_full(dst, wbuf, p0)?;
-                wbuf[got..].fill(0);
+            match self.piece(p0, p1, src_off, dst_off, len) {
+                Ok(n) => done += n,
+                Err(e) => return (done, Some(e)),
             }
-            let s0 = o0 - dst_off + src_off;
-            let s1 = o1 - dst_off + src_off;
-            let a0 = s0 / align * align;
-            let a1 = s1.div_ceil(align) * align;
-            let rbuf = &mut self.read_buf.as_mut_slice()[..(a1 - a0) as usize];
-            let got = pread_full(src, rbuf, a0)? as u64;
-            if got < s1 - a0 {
-                return Err(errno_failure(
-                    "read",
-                    &src.path,
-                    a0 + got,
-                    std::io::Error::from_raw_os_error(libc::ENODATA),
-                ));
-            }
-            wbuf[(o0 - p0) as usize..(o1 - p0) as usize]
-                .copy_from_slice(&rbuf[(s0 - a0) as usize..(s1 - a0) as usize]);
-            pwrite_full(dst, wbuf, p0)?;
-            done += o1 - o0;
             progress(done);
             p0 = p1;
         }
-        Ok(done)
+        (done, None)
+    }
+
+    /// One piece: DST's aligned `[p0, p1)`, of which the copy's bytes are
+    /// written and the rest kept. Returns the copy's bytes in it.
+    fn piece(
+        &mut self,
+        p0: u64,
+        p1: u64,
+        src_off: u64,
+        dst_off: u64,
+        len: u64,
+    ) -> std::result::Result<u64, IoFailure> {
+        let (src, dst, align) = (self.src, self.dst, self.align);
+        let o0 = p0.max(dst_off);
+        let o1 = p1.min(dst_off + len);
+        let wbuf = &mut self.write_buf.as_mut_slice()[..(p1 - p0) as usize];
+        if o0 > p0 || o1 < p1 {
+            // Partial block(s): keep DST's other bytes (zeros past its end).
+            let got = pread_full(dst, wbuf, p0)?;
+            wbuf[got..].fill(0);
+        }
+        let s0 = o0 - dst_off + src_off;
+        let s1 = o1 - dst_off + src_off;
+        let a0 = s0 / align * align;
+        let a1 = s1.div_ceil(align) * align;
+        let rbuf = &mut self.read_buf.as_mut_slice()[..(a1 - a0) as usize];
+        let got = pread_full(src, rbuf, a0)? as u64;
+        if got < s1 - a0 {
+            return Err(errno_failure(
+                "read",
+                &src.path,
+                a0 + got,
+                std::io::Error::from_raw_os_error(libc::ENODATA),
+            ));
+        }
+        wbuf[(o0 - p0) as usize..(o1 - p0) as usize]
+            .copy_from_slice(&rbuf[(s0 - a0) as usize..(s1 - a0) as usize]);
+        pwrite_full(dst, wbuf, p0)?;
+        Ok(o1 - o0)
     }
 }
