@@ -591,6 +591,95 @@ fn a_disk_holding_a_mounted_partition_is_refused() {
 }
 
 #[test]
+#[ignore = "needs root, losetup and addpart: run with --ignored"]
+fn devices_sharing_a_medium_are_judged_on_its_bytes() {
+    if !privileged(&["losetup", "addpart"]) {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let img = d.path().join("disk.img");
+    // Partition 1 at 1 MiB (8 MiB long), partition 2 at 9 MiB to the end.
+    let before = image(&img, 32 << 20, &[(2048, 16384), (18432, 47104)], 14);
+    let Some(lo) = Loop::new(&img, true) else {
+        return;
+    };
+    let (Some(p1), Some(p2)) = (lo.partition(1, 2048, 16384), lo.partition(2, 18432, 47104)) else {
+        return;
+    };
+    let read_disk = || {
+        let mut o = CopyOptions::new(&lo.0, d.path().join("snapshot"));
+        o.verify = true;
+        let _ = fs::remove_file(d.path().join("snapshot"));
+        run(&o).unwrap();
+        fs::read(d.path().join("snapshot")).unwrap()
+    };
+    assert_eq!(read_disk(), before);
+    // The case: 4 MiB of partition 1 onto its own disk at 1.5 MiB,
+    // where partition 1's bytes are. Refused, naming both ends and ranges.
+    let mut o = CopyOptions::new(&p1, &lo.0);
+    o.force_device = true;
+    o.count = Some(4 << 20);
+    o.seek = 1536 << 10;
+    let e = run_err(&o);
+    assert!(
+        matches!(e, Error::Refused(Refusal::Overlap { .. })),
+        "{e:?}"
+    );
+    let msg = e.to_string();
+    for want in [
+        p1.display().to_string(),
+        lo.0.display().to_string(),
+        "[1048576, 5242880)".into(),
+        "[1572864, 5767168)".into(),
+        "starts at byte 1048576".into(),
+    ] {
+        assert!(msg.contains(&want), "{want:?} missing: {msg}");
+    }
+    assert_eq!(read_disk(), before, "a refused copy wrote nothing");
+    // The other way round too: the disk onto its own partition.
+    let mut o = CopyOptions::new(&lo.0, &p1);
+    o.force_device = true;
+    o.count = Some(1 << 20);
+    o.skip = 2 << 20;
+    o.seek = 512 << 10;
+    assert!(matches!(
+        run_err(&o),
+        Error::Refused(Refusal::Overlap { .. })
+    ));
+    // Where the bytes do not meet on the disk, the copy runs: partition 1
+    // to the disk at 12 MiB (inside partition 2), and partition 1 to
+    // partition 2.
+    let mut o = CopyOptions::new(&p1, &lo.0);
+    o.force_device = true;
+    o.count = Some(4 << 20);
+    o.seek = 12 << 20;
+    o.verify = true;
+    assert!(run(&o).unwrap().verify.unwrap().equal);
+    let mut o = CopyOptions::new(&p1, &p2);
+    o.force_device = true;
+    o.count = Some(2 << 20);
+    o.verify = true;
+    assert!(run(&o).unwrap().verify.unwrap().equal);
+    let after = read_disk();
+    assert_eq!(&after[12 << 20..16 << 20], &before[1 << 20..5 << 20]);
+    assert_eq!(&after[9 << 20..11 << 20], &before[1 << 20..3 << 20]);
+    assert_eq!(&after[..9 << 20], &before[..9 << 20]);
+    // A loop device over a file that is the other end: the file's bytes.
+    drop(lo);
+    let plain = Loop::new(&img, false).unwrap();
+    let mut o = CopyOptions::new(&img, &plain.0);
+    o.force_device = true;
+    o.count = Some(1 << 20);
+    o.seek = 512 << 10;
+    let e = run_err(&o);
+    assert!(
+        matches!(e, Error::Refused(Refusal::Overlap { .. })),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains(&img.display().to_string()), "{e}");
+}
+
+#[test]
 #[ignore = "needs root and mount (a 16 MiB tmpfs): run with --ignored"]
 fn a_full_destination_reports_the_bytes_copied_and_kept() {
     if !privileged(&["mount"]) {

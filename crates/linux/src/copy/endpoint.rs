@@ -45,13 +45,15 @@ pub struct Endpoint {
     /// (device, inode) for files, (rdev, 0) for block devices: two ends
     /// with the same identity share their bytes.
     pub identity: (u64, u64),
+    /// A block device's number (major, minor).
+    pub rdev: Option<(u32, u32)>,
     pub backing: Option<Backing>,
     /// A destination file that did not exist: it has no name until
     /// [`Endpoint::name_new_file`].
     pub(crate) new_file: Option<NewFile>,
 }
 
-fn dev_id(major: u32, minor: u32) -> u64 {
+pub(crate) fn dev_id(major: u32, minor: u32) -> u64 {
     (u64::from(major) << 32) | u64::from(minor)
 }
 
@@ -205,6 +207,7 @@ impl Endpoint {
             size,
             align,
             identity,
+            rdev: (kind == Kind::BlockDevice).then_some((st.stx_rdev_major, st.stx_rdev_minor)),
             backing,
             new_file: None,
         })

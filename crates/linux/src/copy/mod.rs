@@ -38,6 +38,7 @@
 mod buffer;
 mod endpoint;
 mod execute;
+mod medium;
 mod newfile;
 mod plan;
 mod report;

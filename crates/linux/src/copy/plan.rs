@@ -4,6 +4,7 @@
 
 use super::buffer::Pages;
 use super::endpoint::{self, Endpoint, Kind};
+use super::medium;
 use super::report::{end_report, CopyPath, CopyReport, StagingReport};
 use super::ring::{Body, MAX_CHUNK};
 use super::{unchecked_via, CopyOptions, Refusal, UNCHECKED_VIA_ENV};
@@ -189,23 +190,36 @@ fn refuse(opts: &CopyOptions, src: &Endpoint, dst: &Endpoint, count: u64) -> Res
             dst.size
         )));
     }
+    let (a0, a1) = (opts.skip, opts.skip + count);
+    let (b0, b1) = (opts.seek, opts.seek + count);
+    let refused = |detail: String| -> Result<()> {
+        Err(Refusal::Overlap {
+            src: src.path.display().to_string(),
+            dst: dst.path.display().to_string(),
+            detail,
+        }
+        .into())
+    };
     if src.identity == dst.identity {
-        let (a0, a1) = (opts.skip, opts.skip + count);
-        let (b0, b1) = (opts.seek, opts.seek + count);
-        if a0 < b1 && b0 < a1 {
-            return Err(Refusal::Overlap {
-                src: src.path.display().to_string(),
-                dst: dst.path.display().to_string(),
-                detail: format!(
-                    "they are the same {} and the ranges [{a0}, {a1}) and [{b0}, {b1}) overlap",
-                    if src.kind == Kind::File {
-                        "file"
-                    } else {
-                        "device"
-                    }
-                ),
-            }
-            .into());
+        if a0 < a1 && a0 < b1 && b0 < a1 {
+            return refused(format!(
+                "they are the same {} and the ranges [{a0}, {a1}) and [{b0}, {b1}) overlap",
+                if src.kind == Kind::File {
+                    "file"
+                } else {
+                    "device"
+                }
+            ));
+        }
+        return Ok(());
+    }
+    // Different files or devices may still share a medium: a partition and
+    // its disk, a loop device and its file, device mapper and what is below.
+    let s = medium::extents(&opts.sys_root, src, a0, count, &medium::dmsetup_table);
+    let d = medium::extents(&opts.sys_root, dst, b0, count, &medium::dmsetup_table);
+    if count > 0 {
+        if let Some((x, y)) = medium::overlap(&s, &d) {
+            return refused(medium::describe((a0, a1), x, (b0, b1), y));
         }
     }
     Ok(())
