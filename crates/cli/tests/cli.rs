@@ -261,6 +261,8 @@ fn copy_reports_its_path_and_exit_status() {
     assert_eq!(j["path"], "bounced");
     assert_eq!(j["bytes"], 3_000_000);
     assert_eq!(j["verify"]["equal"], true);
+    assert_eq!(j["path_known"], "decided");
+    assert_eq!(j["verified"], true);
     assert!(j["reason"].as_str().unwrap().len() > 10);
     assert_eq!(fs::read(&dst).unwrap(), data);
     let text = ok(&["copy", s, d, "--skip", "1K", "--seek", "3", "--count", "1M"]);
@@ -269,6 +271,11 @@ fn copy_reports_its_path_and_exit_status() {
         "{text}"
     );
     assert!(text.contains("moved: 1 MiB"), "{text}");
+    assert!(text.contains("known: decided before the copy"), "{text}");
+    assert!(
+        text.contains("bytes: not verified (--verify checks them)"),
+        "{text}"
+    );
     let plan = ok(&[
         "copy",
         s,

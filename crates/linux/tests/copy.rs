@@ -68,8 +68,10 @@ fn whole_files_on_disk_and_tmpfs_verified() {
         assert_eq!(r.bytes, data.len() as u64);
         assert_eq!(r.path, CopyPath::Bounced, "no P2P provider here");
         assert!(r.reason.is_some());
-        let v = r.verify.unwrap();
+        let v = r.verify.clone().unwrap();
         assert!(v.equal && v.first_difference.is_none());
+        assert!(r.verified);
+        assert!(r.render().contains("bytes: verified"), "{}", r.render());
         assert_eq!(fs::read(d.path().join("dst")).unwrap(), data);
         assert!(r.seconds > 0.0 && r.bytes_per_sec > 0.0);
     }
@@ -799,10 +801,19 @@ fn a_failed_verify_is_an_error_with_the_report_and_the_first_difference() {
     assert_eq!(v.first_difference, Some(1_234_567));
     let line = e.to_string();
     assert!(
-        line.contains("VERIFY FAILED")
-            && line.contains("bounced through host memory")
-            && line.contains("first difference at byte 1234567"),
+        line.contains("VERIFY FAILED: the copy took the path bounced through host memory")
+            && line.contains("and the data is wrong")
+            && line.contains(&format!(
+                "{} differs from {} first at byte 1234567",
+                dst.display(),
+                src.display()
+            )),
         "{line}"
     );
     assert_eq!(report.path, CopyPath::Bounced);
+    assert!(
+        !report.verified,
+        "a path is verified only when the bytes are"
+    );
+    assert!(report.render().contains("VERIFY FAILED"));
 }

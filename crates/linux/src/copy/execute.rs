@@ -5,7 +5,7 @@
 
 use super::buffer::{HostBuf, Staging};
 use super::plan::Plan;
-use super::report::{CopyPath, CopyReport, Interrupted, Verify};
+use super::report::{CopyPath, CopyReport, Interrupted, PathKnown, Verify};
 use super::ring::{self, Body, IoFailure};
 use super::shift::Shifter;
 use super::verify::{first_difference, hash_range};
@@ -86,8 +86,10 @@ impl Plan {
             return Ok(report);
         }
         if opts.verify {
-            report.verify = Some(self.verify()?);
-            if report.verify.as_ref().is_some_and(|v| !v.equal) {
+            let v = self.verify()?;
+            report.verified = v.equal;
+            report.verify = Some(v);
+            if !report.verified {
                 return Err(Error::VerifyFailed(Box::new(report)));
             }
         }
@@ -193,6 +195,7 @@ impl Plan {
                             "could not allocate P2P memory of {p} ({e}); bounced through host memory"
                         ));
                         report.path = CopyPath::Bounced;
+                        report.path_known = PathKnown::Observed;
                         self.host_staging(report, depth)?
                     }
                     Err(e) => return Err(e),
@@ -234,6 +237,7 @@ impl Plan {
                         format_size(body.len - copied)
                     ));
                     report.path = CopyPath::Bounced;
+                    report.path_known = PathKnown::Observed;
                     // Host memory is not limited by the provider's size.
                     staging = self.host_staging(report, depth)?;
                     body = Body {
@@ -313,4 +317,132 @@ fn cpu_times() -> (f64, f64) {
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
     let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
     (t(ru.ru_utime), t(ru.ru_stime))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::endpoint::Endpoint;
+    use super::super::plan::{layout, Choice};
+    use super::super::ring::inject;
+    use super::super::CopyOptions;
+    use super::*;
+    use peerdma_mem::Bdf;
+    use peerdma_p2p::MapType;
+    use std::fs;
+    use std::path::Path;
+
+    /// A plan that stages through the P2P memory of `0000:04:00.0`, whose
+    /// `p2pmem/allocate` under a fake sysfs root is a regular file (mapping
+    /// it works the same way), as if the kernel's verdict were bus address
+    /// for both legs.
+    fn p2p_plan(root: &Path, dir: &Path, len: usize) -> (Plan, Vec<u8>) {
+        let bdf: Bdf = "0000:04:00.0".parse().unwrap();
+        let p2p = root.join(format!("sys/bus/pci/devices/{bdf}/p2pmem"));
+        fs::create_dir_all(&p2p).unwrap();
+        for (f, v) in [
+            ("size", "67108864"),
+            ("available", "67108864"),
+            ("published", "1"),
+        ] {
+            fs::write(p2p.join(f), v).unwrap();
+        }
+        fs::File::create(p2p.join("allocate"))
+            .unwrap()
+            .set_len(64 << 20)
+            .unwrap();
+        let data: Vec<u8> = (0..len).map(|i| (i * 13 + i / 4099) as u8).collect();
+        fs::write(dir.join("src"), &data).unwrap();
+        let mut opts = CopyOptions::new(dir.join("src"), dir.join("dst"));
+        opts.sys_root = root.to_path_buf();
+        opts.verify = true;
+        opts.depth = 2;
+        let src = Endpoint::open_src(&opts.src, root).unwrap();
+        let dst = Endpoint::open_dst(&opts.dst, root).unwrap();
+        let align = src.align.max(dst.align);
+        let plan = Plan {
+            layout: layout(0, 0, len as u64, align),
+            choice: Choice {
+                provider: Some(bdf),
+                read_leg: Some(MapType::BusAddr),
+                write_leg: Some(MapType::BusAddr),
+                reason: None,
+            },
+            count: len as u64,
+            chunk: opts.chunk,
+            depth: opts.depth,
+            node: None,
+            presized: false,
+            src,
+            dst,
+            opts,
+        };
+        (plan, data)
+    }
+
+    #[test]
+    fn a_p2p_copy_reports_a_decided_path_and_verified_bytes() {
+        let (root, dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (plan, data) = p2p_plan(root.path(), dir.path(), 5 << 20);
+        let stop = AtomicBool::new(false);
+        let r = plan.execute(&stop, &mut |_, _| {}).unwrap();
+        assert_eq!(r.path, CopyPath::P2pBusAddr);
+        assert_eq!(r.staging.kind, "p2p");
+        assert_eq!(r.path_known, PathKnown::Decided);
+        assert!(r.verified && r.verify.as_ref().unwrap().equal);
+        assert_eq!(fs::read(dir.path().join("dst")).unwrap(), data);
+        let text = r.render();
+        assert!(
+            text.contains("known: decided by the kernel's rule")
+                && text.contains("not observable from user space")
+                && text.contains("bytes: verified"),
+            "{text}"
+        );
+        let j = serde_json::to_value(&r).unwrap();
+        assert_eq!(j["path"], "p2p_bus_addr");
+        assert_eq!(j["path_known"], "decided");
+        assert_eq!(j["verified"], true);
+    }
+
+    #[test]
+    fn eremoteio_mid_copy_falls_back_and_reports_an_observed_path() {
+        let (root, dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (plan, data) = p2p_plan(root.path(), dir.path(), 5 << 20);
+        // The kernel refuses the third write out of the P2P memory.
+        inject::fail_write(3, libc::EREMOTEIO);
+        let stop = AtomicBool::new(false);
+        let r = plan.execute(&stop, &mut |_, _| {}).unwrap();
+        assert_eq!(r.path, CopyPath::Bounced);
+        assert_eq!(r.path_known, PathKnown::Observed);
+        assert_eq!(r.staging.kind, "host");
+        let f = r.fallback.clone().unwrap();
+        assert!(
+            f.contains("the kernel refused P2P DMA through the memory of 0000:04:00.0")
+                && f.contains("EREMOTEIO"),
+            "{f}"
+        );
+        assert!(r.verified, "the bytes were checked");
+        assert_eq!(fs::read(dir.path().join("dst")).unwrap(), data);
+        assert!(r.render().contains("known: observed"), "{}", r.render());
+    }
+
+    #[test]
+    fn eremoteio_with_no_bounce_is_its_own_error() {
+        let (root, dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (mut plan, data) = p2p_plan(root.path(), dir.path(), 5 << 20);
+        plan.opts.no_bounce = true;
+        // The fourth write: the first chunk's (one of the first two) is
+        // in place by then.
+        inject::fail_write(4, libc::EREMOTEIO);
+        let stop = AtomicBool::new(false);
+        let e = plan.execute(&stop, &mut |_, _| {}).unwrap_err();
+        let Error::P2pRefused(t) = &e else {
+            panic!("{e:?}");
+        };
+        assert_eq!(e.errno(), Some(libc::EREMOTEIO));
+        // What was copied before the refusal is kept and right.
+        assert!(t.copied >= 1 << 20, "{e}");
+        let kept = fs::read(dir.path().join("dst")).unwrap();
+        assert_eq!(kept.len() as u64, t.copied);
+        assert!(kept[..] == data[..kept.len()]);
+    }
 }

@@ -49,7 +49,7 @@ mod verify;
 pub use buffer::Pages;
 pub use endpoint::Kind;
 pub use plan::{plan, Plan};
-pub use report::{CopyPath, CopyReport, EndReport, Interrupted, StagingReport, Verify};
+pub use report::{CopyPath, CopyReport, EndReport, Interrupted, PathKnown, StagingReport, Verify};
 pub use ring::{IoFailure, MAX_CHUNK};
 
 use crate::Error;

@@ -5,7 +5,7 @@
 use super::buffer::Pages;
 use super::endpoint::{self, Endpoint, Kind};
 use super::medium;
-use super::report::{end_report, CopyPath, CopyReport, StagingReport};
+use super::report::{end_report, CopyPath, CopyReport, PathKnown, StagingReport};
 use super::ring::{Body, MAX_CHUNK};
 use super::{unchecked_via, CopyOptions, Refusal, UNCHECKED_VIA_ENV};
 use crate::p2pmem;
@@ -409,6 +409,8 @@ impl Plan {
             },
             reason: self.choice.reason.clone(),
             fallback: None,
+            path_known: PathKnown::Decided,
+            verified: false,
             mode: if lay.congruent { "direct" } else { "shifted" },
             edge_bytes: lay.head + lay.tail,
             chunk: self.chunk,

@@ -29,6 +29,21 @@ impl CopyPath {
     }
 }
 
+/// How the path in a report is known (DESIGN.md rule 4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PathKnown {
+    /// Chosen before the copy by the kernel's rule (its verdict for the
+    /// provider and each device, or no P2P memory to use), and nothing
+    /// during the copy contradicted it: the kernel accepted every DMA. The
+    /// route itself is not observable from user space.
+    Decided,
+    /// Seen during the copy: the kernel refused peer-to-peer DMA
+    /// (EREMOTEIO), or the provider's memory could not be had, and the
+    /// rest of the data bounced through host memory.
+    Observed,
+}
+
 /// One end in the report.
 #[derive(Clone, Debug, Serialize)]
 pub struct EndReport {
@@ -87,6 +102,11 @@ pub struct CopyReport {
     pub reason: Option<String>,
     /// The kernel refused P2P during the copy and the rest bounced.
     pub fallback: Option<String>,
+    /// Whether `path` was decided by the kernel's rule or observed.
+    pub path_known: PathKnown,
+    /// The bytes were checked (`--verify`) and both ends are equal. A
+    /// path is called verified only then.
+    pub verified: bool,
     /// "direct": the aligned middle moved by the pipeline; "shifted": SRC
     /// and DST offsets differ modulo the alignment, so every byte went
     /// through a CPU copy in host memory.
@@ -126,24 +146,47 @@ impl CopyReport {
             return "the copy verified".into();
         };
         format!(
-            "VERIFY FAILED: the copy took the path {}{} and the destination's data is wrong: {}source blake3 {}, destination {}",
+            "VERIFY FAILED: the copy took the path {}{}, {}, and the data is wrong: {}; source blake3 {}, destination {}",
             self.path.describe(),
-            match (self.read_leg, self.write_leg) {
-                (Some(r), Some(w)) => format!(" (read {r}, write {w})"),
-                _ => String::new(),
+            self.legs(),
+            match self.path_known {
+                PathKnown::Decided => "as the kernel's rule decided it and the kernel accepted every DMA",
+                PathKnown::Observed => "after the fallback the kernel's refusal caused",
             },
-            v.first_difference
-                .map(|o| format!(
-                    "first difference at byte {o} of the range ({} offset {}, {} offset {}); ",
+            match v.first_difference {
+                Some(o) => format!(
+                    "{} differs from {} first at byte {o} of the range ({} offset {}, {} offset {})",
+                    self.dst.path,
+                    self.src.path,
                     self.src.path,
                     self.src.offset + o,
                     self.dst.path,
                     self.dst.offset + o
-                ))
-                .unwrap_or_default(),
+                ),
+                None => format!("{} differs from {}", self.dst.path, self.src.path),
+            },
             v.src_blake3,
             v.dst_blake3
         )
+    }
+
+    /// ` (read bus_addr, write bus_addr)`, or nothing without P2P legs.
+    fn legs(&self) -> String {
+        match (self.read_leg, self.write_leg) {
+            (Some(r), Some(w)) => format!(" (read {r}, write {w})"),
+            _ => String::new(),
+        }
+    }
+
+    /// How the path is known, in words.
+    fn known(&self) -> String {
+        match (self.path_known, self.path) {
+            (PathKnown::Observed, _) => "observed during the copy (see the note)".into(),
+            (PathKnown::Decided, CopyPath::Bounced) => {
+                "decided before the copy: the data goes through host memory".into()
+            }
+            (PathKnown::Decided, _) => "decided by the kernel's rule (its verdict for the provider and each device); the kernel accepted every DMA, the route itself is not observable from user space".into(),
+        }
     }
 
     /// The report for people.
@@ -171,11 +214,10 @@ impl CopyReport {
         }
         s.push_str(&format!("from:  {}\n", end(&self.src)));
         s.push_str(&format!("to:    {}\n", end(&self.dst)));
-        let legs = match (self.read_leg, self.write_leg) {
-            (Some(r), Some(w)) => format!(" (read {r}, write {w})"),
-            _ => String::new(),
-        };
-        s.push_str(&format!("path:  {}{legs}\n", self.path.describe()));
+        s.push_str(&format!("path:  {}{}\n", self.path.describe(), self.legs()));
+        if !self.dry_run {
+            s.push_str(&format!("known: {}\n", self.known()));
+        }
         match (self.staging.kind, self.staging.provider) {
             ("p2p", Some(p)) => s.push_str(&format!(
                 "via:   {} of P2P memory of {p}\n",
@@ -227,22 +269,19 @@ impl CopyReport {
                 i.resume
             ));
         }
-        if let Some(v) = &self.verify {
-            if v.equal {
-                s.push_str(&format!(
-                    "verify: both ends hash to blake3 {}\n",
-                    v.src_blake3
-                ));
-            } else {
-                s.push_str(&format!(
-                    "VERIFY FAILED: source blake3 {} but destination {}{}\n",
-                    v.src_blake3,
-                    v.dst_blake3,
-                    v.first_difference
-                        .map(|o| format!(", first difference at byte {o}"))
-                        .unwrap_or_default()
-                ));
+        match &self.verify {
+            Some(v) if v.equal => s.push_str(&format!(
+                "bytes: verified, both ends hash to blake3 {}\n",
+                v.src_blake3
+            )),
+            Some(_) => {
+                s.push_str(&self.verify_failure());
+                s.push('\n');
             }
+            None if !self.dry_run && self.interrupted.is_none() => {
+                s.push_str("bytes: not verified (--verify checks them)\n")
+            }
+            None => {}
         }
         s
     }

@@ -449,6 +449,8 @@ pub(crate) fn run_ring<R: RingOps, B: StagingMem>(
         for &(ud, res) in &cqes {
             let i = ud as usize;
             let mut s = slots[i];
+            #[cfg(test)]
+            let res = inject::result(s.phase == Phase::Writing, res);
             if res < 0 {
                 error.get_or_insert(steps.failure(&s, -res));
                 slots[i].phase = Phase::Idle;
@@ -573,6 +575,36 @@ fn run_sync<B: StagingMem>(
         done_prefix: steps.prefix(&completed),
         error,
         engine: "pread/pwrite",
+    }
+}
+
+/// Tests of the layers above make a write fail as the kernel would (the
+/// n-th write completion of this thread's next runs gets `-errno`).
+#[cfg(test)]
+pub(crate) mod inject {
+    use std::cell::Cell;
+
+    thread_local! {
+        static WRITE_FAILS: Cell<Option<(u32, i32)>> = const { Cell::new(None) };
+    }
+
+    /// Make the `nth` write completion from now on (from 1) fail with `errno`.
+    pub fn fail_write(nth: u32, errno: i32) {
+        WRITE_FAILS.with(|w| w.set(Some((nth, errno))));
+    }
+
+    pub(super) fn result(write: bool, res: i32) -> i32 {
+        WRITE_FAILS.with(|w| match w.get() {
+            Some((1, errno)) if write => {
+                w.set(None);
+                -errno
+            }
+            Some((n, errno)) if write => {
+                w.set(Some((n - 1, errno)));
+                res
+            }
+            _ => res,
+        })
     }
 }
 
