@@ -92,9 +92,17 @@ enum Cmd {
     /// when both ends' devices can reach a provider, else host memory.
     ///
     /// Reports the path taken (P2P by bus address, through the host bridge,
-    /// or bounced), bytes, throughput and CPU time. Exit status 0 on
-    /// success, 1 when interrupted or --verify found a difference, 2 on
+    /// or bounced), how it is known (decided by the kernel's rule, or
+    /// observed when the kernel refused P2P DMA), bytes, throughput and CPU
+    /// time; the bytes count as verified only with --verify. Exit status 0
+    /// on success, 1 when interrupted or --verify found a difference, 2 on
     /// error or refusal.
+    ///
+    /// Interrupted (Ctrl-C) or failed, the copied prefix is kept and the
+    /// report prints the arguments that copy the rest. A new destination
+    /// file gets its name only once it holds data, so a killed copy leaves
+    /// none; a killed copy into an existing file or a device leaves the
+    /// range partly written: run the same command again.
     Copy(CopyArgs),
     /// Smoke-test P2P DMA on this machine with real I/O: write a pattern to
     /// CLIENT's drive, O_DIRECT-read it into PROVIDER's P2P memory, write that

@@ -297,7 +297,7 @@ fn copy_reports_its_path_and_exit_status() {
     fails(&["copy", s, d, "--chunk", "1000"], &["--chunk 1000"]);
     fails(
         &["copy", s, d, "--chunk", "0xfffffffffffff000"],
-        &["--chunk 18446744073709547520", "at most 1073741824 (1 GiB)"],
+        &["--chunk 18446744073709547520", "up to 1073741824 (1 GiB)"],
     );
     fails(
         &["copy", s, d, "--seek", "18446744073709551104"],

@@ -173,11 +173,11 @@ fn ranges_past_the_largest_offset_and_oversized_chunks_are_refused_up_front() {
         o.chunk = 0xfffffffffffff000;
         let msg = run_err(&o).to_string();
         assert!(
-            msg.contains("--chunk 18446744073709547520") && msg.contains("at most 1073741824"),
+            msg.contains("--chunk 18446744073709547520") && msg.contains("up to 1073741824"),
             "{msg}"
         );
         o.chunk = 2 << 30;
-        assert!(run_err(&o).to_string().contains("at most 1073741824"));
+        assert!(run_err(&o).to_string().contains("up to 1073741824"));
         assert!(!dst.exists());
     }
 }

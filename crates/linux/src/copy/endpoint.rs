@@ -248,7 +248,10 @@ impl Endpoint {
                 Some(p) => format!(" on {p}"),
                 None => format!(" on {}", b.block.name),
             },
-            None => " (no block device: memory-backed file system)".into(),
+            None if self.kind == Kind::File => {
+                " on a file system without a block device, e.g. tmpfs".into()
+            }
+            None => String::new(),
         };
         format!("{} ({what}{on})", self.path.display())
     }

@@ -110,7 +110,7 @@ pub(crate) fn layout(skip: u64, seek: u64, count: u64, align: u64) -> Layout {
 fn check_options(opts: &CopyOptions) -> Result<()> {
     if opts.chunk == 0 || opts.chunk % PAGE_SIZE != 0 || opts.chunk > MAX_CHUNK {
         return Err(Error::bad(format!(
-            "--chunk {} is not a non-zero multiple of {PAGE_SIZE} of at most {MAX_CHUNK} (1 GiB)",
+            "--chunk {} is out of range: give a multiple of {PAGE_SIZE} from {PAGE_SIZE} up to {MAX_CHUNK} (1 GiB)",
             opts.chunk
         )));
     }
@@ -238,7 +238,7 @@ fn choose(
         let which = if src.pci().is_none() { src } else { dst };
         return Ok(Choice::none(format!(
             "{} is not on a PCI device, so there is no peer to DMA from or to",
-            which.describe_end()
+            which.path.display()
         )));
     };
     if !src.direct || !dst.direct {
