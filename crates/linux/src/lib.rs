@@ -96,13 +96,13 @@ pub enum Error {
     /// The kernel refused peer-to-peer DMA (EREMOTEIO) where bouncing
     /// through host memory was not allowed.
     #[error("{0}")]
-    P2pRefused(Box<copy::TransferError>),
+    P2pRefused(#[source] Box<copy::TransferError>),
     /// The destination is full (ENOSPC); what was copied is kept.
     #[error("{0}")]
-    NoSpace(Box<copy::TransferError>),
+    NoSpace(#[source] Box<copy::TransferError>),
     /// Another I/O of a copy failed; what was copied is kept.
     #[error("{0}")]
-    Transfer(Box<copy::TransferError>),
+    Transfer(#[source] Box<copy::TransferError>),
     /// `--verify` found the destination different from the source: the
     /// report says which path the data took and where it first differs.
     #[error("{}", .0.verify_failure())]

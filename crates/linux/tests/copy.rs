@@ -306,6 +306,13 @@ fn a_new_file_appears_only_with_data_in_it() {
         let stop = AtomicBool::new(false);
         let e = p.execute(&stop, &mut |_, _| {}).unwrap_err();
         assert!(matches!(e, Error::Transfer(_)), "{e:?}");
+        // The cause chain ends at the failed system call.
+        let t = std::error::Error::source(&e).expect("the cause is kept");
+        let io = t.source().expect("the failed I/O");
+        let io = io
+            .downcast_ref::<peerdma_linux::copy::IoFailure>()
+            .expect("an IoFailure");
+        assert_eq!((io.op, io.errno), ("read", 61), "ENODATA");
         assert!(
             e.to_string().contains("nothing of the 1 MiB was copied"),
             "{e}"
