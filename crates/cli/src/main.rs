@@ -92,9 +92,17 @@ enum Cmd {
     /// when both ends' devices can reach a provider, else host memory.
     ///
     /// Reports the path taken (P2P by bus address, through the host bridge,
-    /// or bounced), bytes, throughput and CPU time. Exit status 0 on
-    /// success, 1 when interrupted or --verify found a difference, 2 on
+    /// or bounced), how it is known (decided by the kernel's rule, or
+    /// observed when the kernel refused P2P DMA), bytes, throughput and CPU
+    /// time; the bytes count as verified only with --verify. Exit status 0
+    /// on success, 1 when interrupted or --verify found a difference, 2 on
     /// error or refusal.
+    ///
+    /// Interrupted (Ctrl-C) or failed, the copied prefix is kept and the
+    /// report prints the arguments that copy the rest. A new destination
+    /// file gets its name only once it holds data, so a killed copy leaves
+    /// none; a killed copy into an existing file or a device leaves the
+    /// range partly written: run the same command again.
     Copy(CopyArgs),
     /// Smoke-test P2P DMA on this machine with real I/O: write a pattern to
     /// CLIENT's drive, O_DIRECT-read it into PROVIDER's P2P memory, write that
@@ -168,11 +176,6 @@ struct CopyArgs {
     /// Print the plan (path, buffer, ranges) and stop.
     #[arg(long)]
     dry_run: bool,
-    /// Testing: try --via's provider even where peerdma's model says a
-    /// drive cannot reach it, and let the kernel refuse (also set by
-    /// PEERDMA_COPY_UNCHECKED_VIA=1).
-    #[arg(long, hide = true)]
-    unchecked_via: bool,
 }
 
 fn run_copy(a: &CopyArgs, json: bool) -> Result<ExitCode> {
@@ -189,8 +192,6 @@ fn run_copy(a: &CopyArgs, json: bool) -> Result<ExitCode> {
     opts.force_device = a.force_device;
     opts.verify = a.verify;
     opts.fsync = a.fsync;
-    opts.unchecked_via = a.unchecked_via
-        || std::env::var_os(peerdma_linux::copy::UNCHECKED_VIA_ENV).is_some_and(|v| v == "1");
     // Ctrl-C stops submitting I/O; what is in flight completes and the
     // report says how far the copy got.
     let stop = Arc::new(AtomicBool::new(false));
@@ -216,21 +217,51 @@ fn run_copy(a: &CopyArgs, json: bool) -> Result<ExitCode> {
             b.set_position(done);
         }
     };
-    let report = peerdma_linux::copy::copy(&opts, a.dry_run, &stop, &mut progress)?;
+    let result = peerdma_linux::copy::copy(&opts, a.dry_run, &stop, &mut progress);
     if let Some(b) = bar {
         b.finish_and_clear();
     }
+    // A copy whose bytes did not verify still has its report: print it,
+    // then the failure, and exit 1.
+    let (report, verify_failed) = match result {
+        Ok(r) => (r, None),
+        Err(peerdma_linux::Error::VerifyFailed(r)) => {
+            let line = r.verify_failure();
+            (*r, Some(line))
+        }
+        Err(e) => return Err(anyhow::anyhow!(error_line(&e))),
+    };
     if json {
         print_json(&serde_json::to_value(&report)?)?;
     } else {
         print(&report.render())?;
     }
-    let failed = report.interrupted.is_some() || report.verify.as_ref().is_some_and(|v| !v.equal);
-    Ok(if failed {
+    if let Some(line) = &verify_failed {
+        eprintln!("peerdma: {line}");
+    }
+    Ok(if verify_failed.is_some() || report.interrupted.is_some() {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// An error and its causes on one line, each cause once: a cause whose
+/// text the message already carries (`EACCES (Permission denied)` and
+/// `Permission denied (os error 13)`) is not repeated.
+fn error_line(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        let core = text.split(" (os error").next().unwrap_or(&text);
+        if !line.contains(core) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        cause = c.source();
+    }
+    line
 }
 
 fn parse_bytes(s: &str) -> Result<u64, String> {

@@ -42,11 +42,9 @@ fn read_trim(path: &Path) -> Result<String> {
 }
 
 fn parse_dev(text: &str, path: &Path) -> Result<(u32, u32)> {
-    let bad = || {
-        Error::Invalid(format!(
-            "{}: expected MAJOR:MINOR, found {text:?}",
-            path.display()
-        ))
+    let bad = || Error::Malformed {
+        origin: path.display().to_string(),
+        detail: format!("expected MAJOR:MINOR, found {text:?}"),
     };
     let (a, b) = text.split_once(':').ok_or_else(bad)?;
     Ok((
@@ -56,11 +54,9 @@ fn parse_dev(text: &str, path: &Path) -> Result<(u32, u32)> {
 }
 
 fn parse_u64(text: &str, path: &Path) -> Result<u64> {
-    text.trim().parse().map_err(|_| {
-        Error::Invalid(format!(
-            "{}: expected a number, found {text:?}",
-            path.display()
-        ))
+    text.trim().parse().map_err(|_| Error::Malformed {
+        origin: path.display().to_string(),
+        detail: format!("expected a number, found {text:?}"),
     })
 }
 
@@ -301,21 +297,19 @@ pub fn check_node(path: &Path, dev: (u32, u32)) -> Result<()> {
     let st = rustix::fs::stat(path).map_err(|e| Error::io("stat", path, e.into()))?;
     let ty = rustix::fs::FileType::from_raw_mode(st.st_mode);
     if ty != rustix::fs::FileType::BlockDevice {
-        return Err(Error::Invalid(format!(
-            "{} is not a block device ({ty:?})",
-            path.display()
-        )));
+        return Err(Error::WrongFileType {
+            path: path.to_path_buf(),
+            found: format!("{ty:?}"),
+            expected: "a block device",
+        });
     }
     let got = (rustix::fs::major(st.st_rdev), rustix::fs::minor(st.st_rdev));
     if got != dev {
-        return Err(Error::Invalid(format!(
-            "{} is block device {}:{}, but sysfs says {}:{}",
-            path.display(),
-            got.0,
-            got.1,
-            dev.0,
-            dev.1
-        )));
+        return Err(Error::StaleNode {
+            path: path.to_path_buf(),
+            found: got,
+            expected: dev,
+        });
     }
     Ok(())
 }
@@ -455,7 +449,8 @@ mod tests {
     fn node_check_rejects_non_block_files() {
         let t = tempfile::NamedTempFile::new().unwrap();
         let e = check_node(t.path(), (259, 0)).unwrap_err();
-        assert!(e.to_string().contains("is not a block device"), "{e}");
+        assert!(e.to_string().contains("not a block device"), "{e}");
+        assert!(matches!(e, Error::WrongFileType { .. }), "{e:?}");
         let e = check_node(Path::new("/nonexistent/nvme9n9"), (259, 0)).unwrap_err();
         assert!(
             e.to_string().contains("cannot stat /nonexistent/nvme9n9"),

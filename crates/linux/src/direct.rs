@@ -133,7 +133,7 @@ impl DirectDev {
         let mut done = 0usize;
         while done < len {
             let off = libc::off_t::try_from(offset + done as u64)
-                .map_err(|_| Error::Invalid(format!("offset {offset:#x} is too large")))?;
+                .map_err(|_| Error::bad(format!("offset {offset:#x} is too large")))?;
             // SAFETY: `base + done .. base + len` lies inside the live
             // mapping that `mem` owns and the borrow of `mem` keeps mapped
             // for the whole call. The kernel, not Rust, reads or writes the
@@ -160,11 +160,14 @@ impl DirectDev {
         Ok(())
     }
 
-    fn short(&self, what: &str, offset: u64, done: usize, len: usize) -> Error {
-        Error::Invalid(format!(
-            "{what} on {} at {offset:#x}: end of device after {done} of {len} bytes",
-            self.path.display()
-        ))
+    fn short(&self, what: &'static str, offset: u64, done: usize, len: usize) -> Error {
+        Error::ShortIo {
+            op: what,
+            path: self.path.clone(),
+            offset,
+            done,
+            len,
+        }
     }
 }
 

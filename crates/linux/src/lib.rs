@@ -26,8 +26,20 @@ use peerdma_mem::Bdf;
 use std::io;
 use std::path::{Path, PathBuf};
 
+/// A boxed cause, kept for [`std::error::Error::source`].
+pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 /// What can go wrong on the live machine. Every message names the device or
-/// file concerned (DESIGN.md, rule 6).
+/// file concerned (DESIGN.md, rule 6), and every error that has a cause
+/// keeps it ([`std::error::Error::source`]).
+///
+/// The variants tell apart what a caller may act on: a refusal that
+/// protected data ([`Error::Refused`], [`Error::InUse`]), a bad argument
+/// ([`Error::BadArgument`]), the kernel refusing peer-to-peer DMA
+/// ([`Error::P2pRefused`], EREMOTEIO), a full destination
+/// ([`Error::NoSpace`], ENOSPC), another I/O error during a copy
+/// ([`Error::Transfer`]) and a copy whose bytes did not verify
+/// ([`Error::VerifyFailed`]).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A system call on a file failed.
@@ -41,21 +53,95 @@ pub enum Error {
     /// The PCI function has no block device below it.
     #[error("{bdf} has no block device: {detail}")]
     NoBlockDevice { bdf: Bdf, detail: String },
-    /// The block device (or one of its partitions) is in use.
+    /// Refused: the block device (or one of its partitions) is in use.
     #[error("refusing to write to {}: {detail}", device.display())]
     InUse { device: PathBuf, detail: String },
     /// The provider publishes no P2P memory.
     #[error("{bdf} has no P2P memory: {detail}")]
     NoP2pMem { bdf: Bdf, detail: String },
-    /// A size, offset or region that cannot be used.
-    #[error("{0}")]
-    Invalid(String),
     /// The oracle kernel's verdicts file is there but cannot be used.
     #[error(transparent)]
     OracleFile(#[from] peerdma_p2p::oracle::ParseError),
     /// Reading the machine's topology failed.
     #[error(transparent)]
     Topology(#[from] peerdma_pci::Error),
+    /// An option or argument that cannot be used: the message names it and
+    /// says why.
+    #[error("{message}")]
+    BadArgument {
+        message: String,
+        #[source]
+        source: Option<Cause>,
+    },
+    /// A path that is not the kind of file asked for.
+    #[error("{} is a {found}, not {expected}", path.display())]
+    WrongFileType {
+        path: PathBuf,
+        found: String,
+        expected: &'static str,
+    },
+    /// A device node whose number is not the one sysfs gives (stale /dev).
+    #[error(
+        "{} is block device {}:{}, but sysfs says {}:{}",
+        path.display(), found.0, found.1, expected.0, expected.1
+    )]
+    StaleNode {
+        path: PathBuf,
+        found: (u32, u32),
+        expected: (u32, u32),
+    },
+    /// A copy refused to protect data.
+    #[error(transparent)]
+    Refused(#[from] copy::Refusal),
+    /// The kernel refused peer-to-peer DMA (EREMOTEIO) where bouncing
+    /// through host memory was not allowed.
+    #[error("{0}")]
+    P2pRefused(#[source] Box<copy::TransferError>),
+    /// The destination is full (ENOSPC); what was copied is kept.
+    #[error("{0}")]
+    NoSpace(#[source] Box<copy::TransferError>),
+    /// Another I/O of a copy failed; what was copied is kept.
+    #[error("{0}")]
+    Transfer(#[source] Box<copy::TransferError>),
+    /// `--verify` found the destination different from the source: the
+    /// report says which path the data took and where it first differs.
+    #[error("{}", .0.verify_failure())]
+    VerifyFailed(Box<copy::CopyReport>),
+    /// A kernel file (sysfs, a verdicts file) that does not hold what it
+    /// should.
+    #[error("{origin}: {detail}")]
+    Malformed { origin: String, detail: String },
+    /// Host memory could not be allocated.
+    #[error("cannot allocate {bytes} bytes for {what}: {}", errno_text(source))]
+    Alloc {
+        what: &'static str,
+        bytes: u64,
+        #[source]
+        source: io::Error,
+    },
+    /// The CPU's access to P2P memory failed.
+    #[error("P2P memory of {provider}: {source}")]
+    P2pAccess {
+        provider: Bdf,
+        #[source]
+        source: Cause,
+    },
+    /// Something does not read back what was written to it.
+    #[error("{what}: {detail}")]
+    Unreliable { what: String, detail: String },
+    /// A read or write that ended early at the end of a device.
+    #[error("{op} on {} at {offset:#x}: end of device after {done} of {len} bytes", path.display())]
+    ShortIo {
+        op: &'static str,
+        path: PathBuf,
+        offset: u64,
+        done: usize,
+        len: usize,
+    },
+    /// The copy pipeline was given a job it cannot run (a bug in the
+    /// caller, reported rather than asserted).
+    #[error("copy pipeline: {0}")]
+    Pipeline(String),
 }
 
 impl Error {
@@ -67,12 +153,26 @@ impl Error {
         }
     }
 
+    pub(crate) fn bad(message: impl Into<String>) -> Error {
+        Error::BadArgument {
+            message: message.into(),
+            source: None,
+        }
+    }
+
     /// The errno behind the error, when a system call failed.
     pub fn errno(&self) -> Option<i32> {
         match self {
-            Error::Io { source, .. } => source.raw_os_error(),
+            Error::Io { source, .. } | Error::Alloc { source, .. } => source.raw_os_error(),
+            Error::P2pRefused(t) | Error::NoSpace(t) | Error::Transfer(t) => Some(t.failure.errno),
             _ => None,
         }
+    }
+
+    /// A refusal that protected data: overlapping ends, a block device
+    /// without `--force-device`, a device in use, `--no-bounce`.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, Error::Refused(_) | Error::InUse { .. })
     }
 }
 

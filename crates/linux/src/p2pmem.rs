@@ -29,12 +29,9 @@ pub struct P2pMemInfo {
 
 fn read_u64(path: &Path) -> Result<u64> {
     let text = fs::read_to_string(path).map_err(|e| Error::io("read", path, e))?;
-    text.trim().parse().map_err(|_| {
-        Error::Invalid(format!(
-            "{}: expected a number, found {:?}",
-            path.display(),
-            text.trim()
-        ))
+    text.trim().parse().map_err(|_| Error::Malformed {
+        origin: path.display().to_string(),
+        detail: format!("expected a number, found {:?}", text.trim()),
     })
 }
 
@@ -116,7 +113,7 @@ impl P2pMem {
     /// this code without a P2P provider.)
     pub fn map(path: &Path, provider: Bdf, len: usize) -> Result<P2pMem> {
         if len == 0 || len as u64 % PAGE_SIZE != 0 {
-            return Err(Error::Invalid(format!(
+            return Err(Error::bad(format!(
                 "P2P memory is allocated in pages: {len} bytes is not a non-zero multiple of {PAGE_SIZE}"
             )));
         }
@@ -142,7 +139,7 @@ impl P2pMem {
         // The mapping outlives the descriptor.
         drop(file);
         let ptr = NonNull::new(ptr.cast::<u8>())
-            .ok_or_else(|| Error::Invalid(format!("mmap of {} returned NULL", path.display())))?;
+            .ok_or_else(|| Error::io("mmap", path, std::io::Error::other("mmap returned NULL")))?;
         Ok(P2pMem {
             ptr,
             len,

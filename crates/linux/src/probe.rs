@@ -269,14 +269,14 @@ pub fn scratch_offsets(
         .max(client.logical_block_size)
         .max(to.logical_block_size);
     if size == 0 || size % align != 0 {
-        return Err(Error::Invalid(format!(
+        return Err(Error::bad(format!(
             "size {size} must be a non-zero multiple of {align} (the page size and the drives' logical block size)"
         )));
     }
     let round = |x: u64, lbs: u64| x / lbs * lbs;
     let need = if same { 2 * size } else { size };
     if client.size < need || to.size < size {
-        return Err(Error::Invalid(format!(
+        return Err(Error::bad(format!(
             "{} ({}) is too small for {} of scratch space",
             client.dev_path.display(),
             format_size(client.size),
@@ -294,14 +294,14 @@ pub fn scratch_offsets(
     };
     for (what, dev, off) in [("source", client, a), ("destination", to, b)] {
         if off % dev.logical_block_size != 0 {
-            return Err(Error::Invalid(format!(
+            return Err(Error::bad(format!(
                 "{what} offset {off:#x} on {} is not a multiple of its logical block size {}",
                 dev.dev_path.display(),
                 dev.logical_block_size
             )));
         }
         if off.checked_add(size).is_none_or(|end| end > dev.size) {
-            return Err(Error::Invalid(format!(
+            return Err(Error::bad(format!(
                 "{what} region [{off:#x}, +{}) lies beyond the end of {} ({} bytes)",
                 format_size(size),
                 dev.dev_path.display(),
@@ -310,7 +310,7 @@ pub fn scratch_offsets(
         }
     }
     if same && a < b + size && b < a + size {
-        return Err(Error::Invalid(format!(
+        return Err(Error::bad(format!(
             "source [{a:#x}, +{size:#x}) and destination [{b:#x}, +{size:#x}) overlap on {}",
             client.dev_path.display()
         )));
@@ -570,11 +570,13 @@ impl Run<'_> {
             client_dev.read_into(&mut back, a)?;
             match pattern::compare(&want, back.as_slice(), None) {
                 None => Ok(()),
-                Some(m) => Err(Error::Invalid(format!(
-                    "{} does not keep what is written to it (host memory, no P2P involved): {}",
-                    client.dev_path.display(),
-                    m.describe()
-                ))),
+                Some(m) => Err(Error::Unreliable {
+                    what: format!(
+                        "{} does not keep what is written to it (host memory, no P2P involved)",
+                        client.dev_path.display()
+                    ),
+                    detail: m.describe(),
+                }),
             }
         });
         if verified.is_none() {
@@ -592,8 +594,10 @@ impl Run<'_> {
         let io = mem.io();
         if self
             .step("prepare_p2pmem", || {
-                io.write(0, &mem_canary)
-                    .map_err(|e| Error::Invalid(e.to_string()))
+                io.write(0, &mem_canary).map_err(|e| Error::P2pAccess {
+                    provider,
+                    source: Box::new(e),
+                })
             })
             .is_none()
         {
@@ -641,17 +645,21 @@ impl Run<'_> {
         // Transfer 2 on its own footing: the CPU puts the pattern in place.
         if self
             .step("fill_p2pmem", || {
-                io.write(0, &want)
-                    .map_err(|e| Error::Invalid(e.to_string()))?;
+                io.write(0, &want).map_err(|e| Error::P2pAccess {
+                    provider,
+                    source: Box::new(e),
+                })?;
                 let mut got = vec![0u8; len];
-                io.read(0, &mut got)
-                    .map_err(|e| Error::Invalid(e.to_string()))?;
+                io.read(0, &mut got).map_err(|e| Error::P2pAccess {
+                    provider,
+                    source: Box::new(e),
+                })?;
                 match pattern::compare(&want, &got, Some(&mem_canary)) {
                     None => Ok(()),
-                    Some(m) => Err(Error::Invalid(format!(
-                        "the CPU cannot even write the P2P memory of {provider}: {}",
-                        m.describe()
-                    ))),
+                    Some(m) => Err(Error::Unreliable {
+                        what: format!("the CPU cannot even write the P2P memory of {provider}"),
+                        detail: m.describe(),
+                    }),
                 }
             })
             .is_none()

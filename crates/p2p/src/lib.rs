@@ -17,6 +17,7 @@ mod path;
 mod provider;
 pub mod refcore;
 pub mod render;
+mod staging;
 mod whitelist;
 
 pub use calc::{calc_map_type_and_dist, Verdict};
@@ -28,6 +29,7 @@ pub use provider::{
     Allocation, DmaTicket, Importer, ImporterHandle, P2pError, Provider, ProviderRef,
     ProviderState, RevokeError, RevokeReport,
 };
+pub use staging::{choose_staging, Memory, NoStaging, StagingChoice};
 pub use whitelist::{host_bridge_whitelisted, whitelist_entry, WhitelistEntry, WHITELIST};
 
 use serde::Serialize;

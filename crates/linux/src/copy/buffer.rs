@@ -61,8 +61,10 @@ impl HostBuf {
                     // SAFETY: unmapping exactly what was mapped just above.
                     let _ = unsafe { rustix::mm::munmap(p, huge_len) };
                 }
-                let p = map_anon(len, MapFlags::empty()).map_err(|e| {
-                    Error::Invalid(format!("cannot allocate a {len}-byte copy buffer: {e}"))
+                let p = map_anon(len, MapFlags::empty()).map_err(|e| Error::Alloc {
+                    what: "a copy buffer",
+                    bytes: len as u64,
+                    source: e.into(),
                 })?;
                 // SAFETY: advice on our own fresh mapping.
                 let thp = unsafe { rustix::mm::madvise(p, len, Advice::LinuxHugepage) }.is_ok();
@@ -77,8 +79,11 @@ impl HostBuf {
                 )
             }
         };
-        let ptr = NonNull::new(ptr.cast::<u8>())
-            .ok_or_else(|| Error::Invalid("mmap returned NULL".into()))?;
+        let ptr = NonNull::new(ptr.cast::<u8>()).ok_or_else(|| Error::Alloc {
+            what: "a copy buffer",
+            bytes: len as u64,
+            source: std::io::Error::other("mmap returned NULL"),
+        })?;
         let bound = node.filter(|&n| bind_preferred(ptr.as_ptr(), len, n));
         Ok(HostBuf {
             ptr,
@@ -92,11 +97,8 @@ impl HostBuf {
         self.len
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     /// The bytes (host memory: the CPU may read and write them).
+    #[cfg(test)]
     pub fn as_slice(&self) -> &[u8] {
         // SAFETY: a live private mapping of `len` bytes owned by `self`;
         // the borrow of `self` prevents concurrent mutation through us, and
@@ -160,10 +162,6 @@ impl Staging {
             Staging::Host(h) => h.len(),
             Staging::P2p(p) => p.len(),
         }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// Base address for the kernel (never dereferenced by Rust for P2P).

@@ -1,6 +1,7 @@
 //! One end of a copy: a regular file or a block device, opened for O_DIRECT
 //! where the file system allows it, with the device behind it.
 
+use super::newfile::NewFile;
 use crate::blockdev::BlockDevice;
 use crate::{Error, Result};
 use peerdma_mem::Bdf;
@@ -44,10 +45,15 @@ pub struct Endpoint {
     /// (device, inode) for files, (rdev, 0) for block devices: two ends
     /// with the same identity share their bytes.
     pub identity: (u64, u64),
+    /// A block device's number (major, minor).
+    pub rdev: Option<(u32, u32)>,
     pub backing: Option<Backing>,
+    /// A destination file that did not exist: it has no name until
+    /// [`Endpoint::name_new_file`].
+    pub(crate) new_file: Option<NewFile>,
 }
 
-fn dev_id(major: u32, minor: u32) -> u64 {
+pub(crate) fn dev_id(major: u32, minor: u32) -> u64 {
     (u64::from(major) << 32) | u64::from(minor)
 }
 
@@ -119,17 +125,23 @@ impl Endpoint {
     }
 
     /// Open the destination for reading and writing (edges are read,
-    /// patched and written back). Files are created if missing; block
-    /// devices are claimed exclusively, which fails while anything holds
-    /// them.
+    /// patched and written back). A missing file is created without a name
+    /// (see [`NewFile`]); block devices are claimed exclusively, which
+    /// fails while anything holds them.
     pub fn open_dst(path: &Path, sys_root: &Path) -> Result<Endpoint> {
+        if fs::symlink_metadata(path).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound) {
+            let (fd, direct, new_file) = NewFile::create(path)?;
+            let mut e = Endpoint::describe(path, fd, direct, sys_root)?;
+            e.new_file = Some(new_file);
+            return Ok(e);
+        }
         let is_block = fs::metadata(path).map(|m| {
             use std::os::unix::fs::FileTypeExt;
             m.file_type().is_block_device()
         });
         let flags = match is_block {
             Ok(true) => OFlags::RDWR | OFlags::EXCL,
-            _ => OFlags::RDWR | OFlags::CREATE,
+            _ => OFlags::RDWR,
         };
         let (fd, direct) = open(path, flags).map_err(|e| match e {
             Error::Io { source, .. } if source.raw_os_error() == Some(libc::EBUSY) => {
@@ -164,10 +176,11 @@ impl Endpoint {
                 (dev_id(st.stx_dev_major, st.stx_dev_minor), st.stx_ino),
             ),
             other => {
-                return Err(Error::Invalid(format!(
-                    "{} is a {other:?}, not a regular file or a block device",
-                    path.display()
-                )))
+                return Err(Error::WrongFileType {
+                    path: path.to_path_buf(),
+                    found: format!("{other:?}"),
+                    expected: "a regular file or a block device",
+                })
             }
         };
         let size = match (&kind, &backing) {
@@ -194,8 +207,24 @@ impl Endpoint {
             size,
             align,
             identity,
+            rdev: (kind == Kind::BlockDevice).then_some((st.stx_rdev_major, st.stx_rdev_minor)),
             backing,
+            new_file: None,
         })
+    }
+
+    /// Give a new destination file its name (nothing for an existing one).
+    pub(crate) fn name_new_file(&mut self) -> Result<()> {
+        match &mut self.new_file {
+            Some(n) => n.name(&self.fd),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether this end is a file the copy is creating.
+    #[cfg(test)]
+    pub(crate) fn is_new(&self) -> bool {
+        self.new_file.is_some()
     }
 
     /// The PCI function behind this end.
@@ -219,7 +248,10 @@ impl Endpoint {
                 Some(p) => format!(" on {p}"),
                 None => format!(" on {}", b.block.name),
             },
-            None => " (no block device: memory-backed file system)".into(),
+            None if self.kind == Kind::File => {
+                " on a file system without a block device, e.g. tmpfs".into()
+            }
+            None => String::new(),
         };
         format!("{} ({what}{on})", self.path.display())
     }
@@ -242,11 +274,12 @@ pub fn check_block_dst(
         return Ok(());
     }
     if !force {
-        return Err(Error::Invalid(format!(
-            "refusing to write block device {} without --force-device (it would overwrite {} at offset {seek})",
-            path.display(),
-            peerdma_mem::format_size(count)
-        )));
+        return Err(super::Refusal::NeedsForceDevice {
+            device: path.to_path_buf(),
+            bytes: count,
+            offset: seek,
+        }
+        .into());
     }
     let (major, minor) = (rustix::fs::major(st.st_rdev), rustix::fs::minor(st.st_rdev));
     if let Some(b) = backing_of(sys_root, major, minor) {
@@ -291,6 +324,10 @@ mod tests {
         assert!(e.align.is_power_of_two() && e.align >= 512);
         let d = Endpoint::open_dst(&dir.path().join("new"), Path::new("/")).unwrap();
         assert_eq!(d.size, 0, "created");
+        assert!(
+            d.is_new() && !dir.path().join("new").exists(),
+            "not named yet"
+        );
         assert_ne!(e.identity, d.identity);
         let again = Endpoint::open_src(&p, Path::new("/")).unwrap();
         assert_eq!(again.identity, e.identity);
