@@ -26,10 +26,10 @@ pub mod swiotlb;
 mod twostep;
 
 pub use error::MapError;
-pub use iommu::{Iommu, IommuFault, IommuMode};
+pub use iommu::{IommuFault, IommuMode};
 pub use map::{
     BouncePolicy, DeviceDma, DmaEntry, DmaSgl, Mapper, MapperConfig, PathTaken, SegMapping,
 };
-pub use memory::{CopyEngine, MemError, TestMemory};
+pub use memory::{CopyEngine, MemError};
 pub use swiotlb::{BounceError, BouncePool};
 pub use twostep::IovaState;

@@ -1,5 +1,6 @@
+use crate::timing::TimingError;
 use peerdma_dma::{IommuFault, MapError};
-use peerdma_mem::Bdf;
+use peerdma_mem::{Bdf, DmaAddr};
 use std::fmt;
 
 /// Why a simulated DMA did not complete. `done` is how many bytes had
@@ -18,6 +19,9 @@ pub enum DmaError {
     Misuse(String),
     /// Mapping failed.
     Map(MapError),
+    /// A list entry's address plus an offset inside it runs past the end
+    /// of the address space.
+    AddressOverflow { addr: DmaAddr, offset: u64 },
 }
 
 impl fmt::Display for DmaError {
@@ -33,6 +37,10 @@ impl fmt::Display for DmaError {
             DmaError::Revoked { provider } => write!(f, "P2P memory of {provider} is revoked"),
             DmaError::Misuse(m) => write!(f, "{m}"),
             DmaError::Map(e) => write!(f, "{e}"),
+            DmaError::AddressOverflow { addr, offset } => write!(
+                f,
+                "DMA address {addr} + {offset:#x} runs past the end of the address space"
+            ),
         }
     }
 }
@@ -54,5 +62,22 @@ impl DmaError {
             | DmaError::Iommu { done, .. } => *done,
             _ => 0,
         }
+    }
+}
+
+/// Why a simulated machine could not be built.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum BuildError {
+    /// A link could not be added.
+    #[error("the machine's links cannot be modelled")]
+    Timing(#[source] TimingError),
+    /// The mapping layer could not be set up.
+    #[error("the machine's DMA mapping layer cannot be set up")]
+    Mapper(#[source] MapError),
+}
+
+impl From<TimingError> for BuildError {
+    fn from(e: TimingError) -> Self {
+        BuildError::Timing(e)
     }
 }

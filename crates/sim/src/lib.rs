@@ -14,7 +14,7 @@ mod machine;
 pub mod memory;
 pub mod timing;
 
-pub use error::DmaError;
+pub use error::{BuildError, DmaError};
 pub use machine::{
     Fault, HostBuffer, Route, SimConfig, SimMachine, SimMemory, Transfer, UrEvent, BOUNCE_BASE,
     DRAM_PER_NODE,

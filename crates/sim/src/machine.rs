@@ -1,13 +1,15 @@
 //! The simulated machine: memories, the fabric that routes each DMA as
 //! PCIe does, DMA engines on endpoints, timing, and faults on demand.
 
-use crate::error::DmaError;
+use crate::error::{BuildError, DmaError};
 use crate::memory::{self, Region};
 use crate::timing::{Dir, Flow, Hop, LinkId, Network, Schedule, SimTime, TimingError};
 use peerdma_dma::{
     BouncePolicy, CopyEngine, DmaSgl, IommuMode, Mapper, MapperConfig, MemError, PathTaken,
 };
-use peerdma_mem::{Bdf, Direction, DmaAddr, MemKind, PhysAddr, PhysVec, RangeAllocator, PAGE_SIZE};
+use peerdma_mem::{
+    Address, Bdf, Direction, DmaAddr, MemKind, PhysAddr, PhysVec, RangeAllocator, PAGE_SIZE,
+};
 use peerdma_p2p::{host_bridge_whitelisted, Provider};
 use peerdma_pci::{FnId, HostBridgeId, PortType, Topology};
 use serde::Serialize;
@@ -277,7 +279,7 @@ impl SimMachine {
     /// Build the machine from any topology: DRAM per NUMA node, the BAR
     /// memory of every function, links from the PCIe link states, and a
     /// P2P provider for every function whose p2pmem is published.
-    pub fn new(topo: Topology, cfg: SimConfig) -> Result<SimMachine, TimingError> {
+    pub fn new(topo: Topology, cfg: SimConfig) -> Result<SimMachine, BuildError> {
         let topo = Arc::new(topo);
         let mut nodes: Vec<u32> = topo
             .host_bridges()
@@ -407,7 +409,8 @@ impl SimMachine {
                 bounce_size: cfg.bounce_size,
             },
             mem.clone(),
-        );
+        )
+        .map_err(BuildError::Mapper)?;
         let mut providers = Vec::new();
         for f in topo.functions() {
             let Some(p2p) = f.p2pmem else { continue };
@@ -803,8 +806,7 @@ impl SimMachine {
         }
         let pieces = self
             .mapper
-            .iommu()
-            .translate(ifn.bdf, addr, len, write)
+            .iommu_translate(ifn.bdf, addr, len, write)
             .map_err(|fault| DmaError::Iommu { fault, done })?;
         let mut out = Vec::new();
         for (phys, n) in pieces {
@@ -978,7 +980,11 @@ impl SimMachine {
             while off < e.len {
                 self.fire_faults(done);
                 let n = (e.len - off).min(STEP - (done % STEP));
-                let pieces = self.route(f, DmaAddr::new(e.addr.raw() + off), n, write, done)?;
+                let addr = e.addr.checked_add(off).ok_or(DmaError::AddressOverflow {
+                    addr: e.addr,
+                    offset: off,
+                })?;
+                let pieces = self.route(f, addr, n, write, done)?;
                 let mut local_off = done;
                 for p in pieces {
                     if !routes.contains(&p.route) {

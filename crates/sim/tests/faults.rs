@@ -145,7 +145,7 @@ fn iommu_fault_mid_transfer_is_an_error() {
     // An access outside the mapping is refused by the IOMMU, not served.
     drop(sgl);
     assert!(
-        m.mapper().iommu().faults().is_empty(),
+        m.mapper().iommu_faults().is_empty(),
         "injected faults are not IOMMU page faults"
     );
 }

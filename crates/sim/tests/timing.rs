@@ -77,7 +77,7 @@ fn two_flows_sharing_a_gen4_x16_link_each_get_half() {
             let hops = m
                 .path_hops(
                     m.device(g).unwrap(),
-                    DmaAddr::new(buf.phys().addr().raw()),
+                    DmaAddr::direct(buf.phys().addr()),
                     4096,
                     true,
                 )
