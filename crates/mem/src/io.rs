@@ -422,33 +422,34 @@ mod tests {
     #[test]
     fn out_of_bounds_is_an_error_not_a_write() {
         let mut backing = Aligned([0u8; 16]);
-        let io = IoMem::from_slice(&mut backing.0);
-        let e = io.write(10, &[1; 7]).unwrap_err();
-        assert_eq!(
-            e,
-            OutOfBounds {
-                offset: 10,
-                len: 7,
-                size: 16
-            }
-        );
-        assert!(e.to_string().contains("outside the 16-byte"));
-        assert!(
-            io.read(usize::MAX, &mut [0; 2]).is_err(),
-            "overflow is caught"
-        );
-        assert!(matches!(io.read_u32(16), Err(AccessError::OutOfBounds(_))));
-        assert!(matches!(
-            io.write_u64(usize::MAX - 3, 0),
-            Err(AccessError::OutOfBounds(_))
-        ));
-        assert!(io.window(8, 9).is_err());
         {
-            let w = io.window(8, 8).unwrap();
-            w.write(0, &[9; 8]).unwrap();
-            assert!(w.write(1, &[9; 8]).is_err());
+            let io = IoMem::from_slice(&mut backing.0);
+            let e = io.write(10, &[1; 7]).unwrap_err();
+            assert_eq!(
+                e,
+                OutOfBounds {
+                    offset: 10,
+                    len: 7,
+                    size: 16
+                }
+            );
+            assert!(e.to_string().contains("outside the 16-byte"));
+            assert!(
+                io.read(usize::MAX, &mut [0; 2]).is_err(),
+                "overflow is caught"
+            );
+            assert!(matches!(io.read_u32(16), Err(AccessError::OutOfBounds(_))));
+            assert!(matches!(
+                io.write_u64(usize::MAX - 3, 0),
+                Err(AccessError::OutOfBounds(_))
+            ));
+            assert!(io.window(8, 9).is_err());
+            {
+                let w = io.window(8, 8).unwrap();
+                w.write(0, &[9; 8]).unwrap();
+                assert!(w.write(1, &[9; 8]).is_err());
+            }
         }
-        drop(io);
         assert_eq!(&backing.0[..8], &[0; 8]);
         assert_eq!(&backing.0[8..], &[9; 8]);
     }

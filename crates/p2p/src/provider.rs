@@ -192,9 +192,9 @@ impl Provider {
         // The pool hands out whole pages, as gen_pool with PAGE_SHIFT does;
         // a partial page at either end is not used.
         // A range ending at 2^64 loses its last page (its end is not a u64).
-        let end = range.end().map_or(u64::MAX & !(PAGE_SIZE - 1), |e| {
-            e.raw() / PAGE_SIZE * PAGE_SIZE
-        });
+        let end = range
+            .end()
+            .map_or(!(PAGE_SIZE - 1), |e| e.raw() / PAGE_SIZE * PAGE_SIZE);
         let start = range.start().align_up(PAGE_SIZE).map_or(end, |s| s.raw());
         if end <= start {
             return Err(P2pError::BadResource {
