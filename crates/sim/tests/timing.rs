@@ -121,7 +121,7 @@ fn a_p2p_flow_under_one_switch_does_not_touch_the_root_complex() {
                 s.channel(l, d).unwrap().bytes,
                 0,
                 "{}",
-                m.network().link(l).name
+                m.network().link(l).unwrap().name
             );
         }
     }
