@@ -65,6 +65,9 @@ pub enum MapError {
     /// Empty request.
     #[error("nothing to map")]
     Empty,
+    /// The segments of a request add up to more than 2^64 bytes.
+    #[error("a request for {device} whose segments add up to more than 2^64 bytes")]
+    TooLong { device: Bdf },
     /// A rule of the two-step API was broken.
     #[error("{0}")]
     TwoStep(String),

@@ -17,6 +17,21 @@
 //! Beside the one-shot [`Mapper::map`], the two-step API of recent kernels is
 //! here too: [`Mapper::iova_try_alloc`] then [`IovaState::link`],
 //! [`IovaState::sync`], [`IovaState::unlink`], [`IovaState::destroy`].
+//!
+//! The IOMMU is the mapper's: callers ask it questions
+//! ([`Mapper::iommu_mode`], [`Mapper::iommu_translate`],
+//! [`Mapper::iommu_faults`], [`Mapper::mapped_pages`]) rather than hold its
+//! lock, and tests bring their own [`CopyEngine`]:
+//!
+//! ```compile_fail
+//! fn faults(m: &peerdma_dma::Mapper) -> usize {
+//!     m.iommu().faults().len()
+//! }
+//! ```
+//!
+//! ```compile_fail
+//! let memory = peerdma_dma::TestMemory::new();
+//! ```
 
 mod error;
 pub mod iommu;

@@ -311,6 +311,13 @@ impl Mapper {
         policy: BouncePolicy,
     ) -> Result<DmaSgl, MapError> {
         let first = vecs.first().ok_or(MapError::Empty)?.kind();
+        if vecs
+            .iter()
+            .try_fold(0u64, |t, v| t.checked_add(v.len()))
+            .is_none()
+        {
+            return Err(MapError::TooLong { device: dev });
+        }
         if let Some((index, v)) = vecs.iter().enumerate().find(|(_, v)| v.kind() != first) {
             return Err(MapError::Mixed {
                 index,

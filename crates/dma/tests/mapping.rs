@@ -506,9 +506,20 @@ fn requests_at_the_end_of_the_address_space_are_errors() {
         .map(gpu, &[huge], Direction::ToDevice, BouncePolicy::Forbid)
         .unwrap_err();
     assert!(matches!(e, MapError::IovaExhausted { .. }), "{e}");
-    // Two segments whose spans overflow when added.
-    let half = PhysVec::new(PhysAddr::new(0), 1 << 63, MemKind::System).unwrap();
+    // Two segments whose IOMMU spans overflow when added (their lengths
+    // do not).
+    let a = PhysVec::new(PhysAddr::new(0xfff), (1 << 63) - 1, MemKind::System).unwrap();
+    let b = PhysVec::new(PhysAddr::new(0xfff), (1 << 63) - 4096, MemKind::System).unwrap();
     let e = r
+        .mapper
+        .map(gpu, &[a, b], Direction::ToDevice, BouncePolicy::Forbid)
+        .unwrap_err();
+    assert!(matches!(e, MapError::IovaExhausted { .. }), "{e}");
+    let half = PhysVec::new(PhysAddr::new(0), 1 << 63, MemKind::System).unwrap();
+    assert_eq!(r.mapper.iova_in_use(gpu), 0);
+    // Segments whose lengths add up past 2^64 (a list's length would wrap).
+    let off = rig("dual-xeon", IommuMode::Off);
+    let e = off
         .mapper
         .map(
             gpu,
@@ -517,8 +528,7 @@ fn requests_at_the_end_of_the_address_space_are_errors() {
             BouncePolicy::Forbid,
         )
         .unwrap_err();
-    assert!(matches!(e, MapError::IovaExhausted { .. }), "{e}");
-    assert_eq!(r.mapper.iova_in_use(gpu), 0);
+    assert_eq!(e, MapError::TooLong { device: gpu });
     // The two-step API: no IOVA space for a size that overflows.
     assert!(r
         .mapper

@@ -43,6 +43,13 @@
 //! assert!(back.iter().all(|&b| b == 7));
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! The machine's stores are its own: memory is reached through
+//! [`SimMachine::cpu_read`], media through [`SimMachine::media_read`].
+//!
+//! ```compile_fail
+//! let store = peerdma_sim::memory::Region::new(0, 4096);
+//! ```
 
 mod engine;
 mod error;
