@@ -242,6 +242,7 @@ impl<'a> Sim<'a> {
 
     /// The earliest finish of any class or the next arrival; `None` when
     /// nothing is left.
+    #[inline(always)]
     fn next_event(&self) -> Result<Option<Event>, TimingError> {
         let mut t_fin = f64::INFINITY;
         let mut fin_k = u32::MAX;
@@ -277,6 +278,7 @@ impl<'a> Sim<'a> {
     }
 
     /// Move every active class to time `t`.
+    #[inline(always)]
     fn advance(&mut self, t: f64) {
         let dt = t - self.now;
         if dt > 0.0 {
@@ -291,11 +293,11 @@ impl<'a> Sim<'a> {
     /// Finish every flow that is done. The class that defined the event
     /// (`forced`) finishes its head flow exactly, so every event makes
     /// progress.
+    #[inline(always)]
     fn finish_due(&mut self, forced: Option<u32>) -> Result<(), TimingError> {
         let now = self.now;
         let mut emptied = false;
-        for i in 0..self.active.len() {
-            let k = self.active[i];
+        for &k in &self.active {
             let cl = &mut self.classes[k as usize];
             if forced == Some(k) {
                 if let Some(&Reverse((target, _))) = cl.queue.peek() {
@@ -333,6 +335,7 @@ impl<'a> Sim<'a> {
 
     /// Admit the flows that arrive by now (including successors released
     /// by the finishes just before). A flow of 0 bytes finishes at once.
+    #[inline(always)]
     fn arrive(&mut self) -> Result<(), TimingError> {
         let now = self.now;
         while let Some(f) = self.book.arrival_by(now) {
@@ -363,6 +366,7 @@ impl<'a> Sim<'a> {
 
     /// Recompute rates if some class's population changed: from the cache
     /// when it has these populations, else by progressive filling.
+    #[inline(always)]
     fn update_rates(&mut self) {
         let mut dirty = false;
         for &k in &self.touched {
