@@ -1,4 +1,4 @@
-//! DMA mapping: from physical vectors ([`PhysVec`]) to DMA-only
+//! DMA mapping: from physical vectors ([`PhysVec`](peerdma_mem::PhysVec)) to DMA-only
 //! scatter-gather lists ([`DmaSgl`]) for one device and one direction.
 //!
 //! Per segment, the decision is the kernel's: host memory goes through the

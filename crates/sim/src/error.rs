@@ -4,7 +4,7 @@
 
 use crate::timing::TimingError;
 use peerdma_dma::{IommuFault, MapError};
-use peerdma_mem::{Bdf, Direction, DmaAddr, PhysAddr};
+use peerdma_mem::{format_size, Bdf, Direction, DmaAddr, PhysAddr};
 
 /// Why a simulated machine could not be built from a topology.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -62,7 +62,8 @@ pub enum AccessError {
     NoMemory { addr: PhysAddr, len: u64 },
     /// A range of a device's media that it does not have (or that wraps).
     #[error(
-        "{device}'s media has {size} bytes: {len} bytes at offset {offset:#x} are not all inside"
+        "{device}'s media holds {} ({size} bytes): {len} bytes at offset {offset:#x} are not all inside",
+        format_size(*size)
     )]
     Media {
         device: Bdf,
