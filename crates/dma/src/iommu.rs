@@ -3,7 +3,7 @@
 //! translating domain; and a fault on any access to an address that is not
 //! mapped (or not yet synced, or mapped without the needed permission).
 
-use peerdma_mem::{Bdf, Direction, DmaAddr, Iova, PhysAddr, RangeAllocator};
+use peerdma_mem::{Address, Bdf, Direction, DmaAddr, Iova, PhysAddr, RangeAllocator};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -50,9 +50,10 @@ impl fmt::Display for IommuFault {
 
 impl std::error::Error for IommuFault {}
 
-/// The IOMMU pages `[iova, iova + len)` touches (at least one).
+/// The IOMMU pages `[iova, iova + len)` touches (at least one; a range
+/// that would run past the end of the address space stops there).
 fn pages(iova: u64, len: u64) -> std::ops::RangeInclusive<u64> {
-    iova / IOMMU_PAGE..=(iova + len.max(1) - 1) / IOMMU_PAGE
+    iova / IOMMU_PAGE..=iova.saturating_add(len.max(1) - 1) / IOMMU_PAGE
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -70,9 +71,10 @@ struct Domain {
     ptes: BTreeMap<u64, Pte>,
 }
 
-/// All IOMMU domains of a machine.
+/// All IOMMU domains of a machine. Owned by the [`crate::Mapper`], which
+/// offers the queries and the root complex's translation.
 #[derive(Debug)]
-pub struct Iommu {
+pub(crate) struct Iommu {
     domains: Vec<Domain>,
     domain_of: HashMap<Bdf, usize>,
     faults: Vec<IommuFault>,
@@ -140,7 +142,7 @@ impl Iommu {
         if d.mode != IommuMode::Translated {
             return None;
         }
-        d.iova.alloc(len, IOMMU_PAGE).map(Iova::new)
+        d.iova.alloc(len, IOMMU_PAGE).map(Iova::from_domain)
     }
 
     /// Give IOVA space back (it must be unmapped).
@@ -187,8 +189,14 @@ impl Iommu {
         if d.mode != IommuMode::Translated {
             return Err(fault("domain does not translate"));
         }
+        if len == 0 {
+            return Err(fault("empty mapping"));
+        }
+        let Some(last_byte) = iova.checked_add(len - 1) else {
+            return Err(fault("mapping wraps the address space"));
+        };
         let first = iova.raw() / IOMMU_PAGE;
-        let last = (iova.raw() + len - 1) / IOMMU_PAGE;
+        let last = last_byte.raw() / IOMMU_PAGE;
         if !d
             .iova
             .is_allocated(first * IOMMU_PAGE, (last - first + 1) * IOMMU_PAGE)
@@ -197,6 +205,9 @@ impl Iommu {
         }
         if d.ptes.range(first..=last).next().is_some() {
             return Err(fault("IOVA already mapped"));
+        }
+        if phys.checked_add(len - 1).is_none() {
+            return Err(fault("physical range wraps the address space"));
         }
         let p0 = phys.raw() / IOMMU_PAGE;
         for (i, page) in (first..=last).enumerate() {
@@ -253,9 +264,16 @@ impl Iommu {
     ) -> Result<Vec<(PhysAddr, u64)>, IommuFault> {
         let mode = self.mode(dev);
         if mode != IommuMode::Translated || len == 0 {
-            return Ok(vec![(PhysAddr::new(addr.raw()), len)]);
+            return Ok(vec![(addr.untranslated(), len)]);
         }
-        let d = self.domain(dev).expect("translated mode implies a domain");
+        let Some(d) = self.domain(dev) else {
+            return Err(self.record(IommuFault {
+                device: dev,
+                addr: addr.raw(),
+                write,
+                reason: "no IOMMU domain",
+            }));
+        };
         let mut out: Vec<(PhysAddr, u64)> = Vec::new();
         let mut a = addr.raw();
         let end = match addr.raw().checked_add(len) {
@@ -290,10 +308,11 @@ impl Iommu {
                     }))
                 }
             };
-            let phys = pte.phys_page * IOMMU_PAGE + a % IOMMU_PAGE;
+            // The page table holds physical page numbers.
+            let phys = PhysAddr::new(pte.phys_page * IOMMU_PAGE + a % IOMMU_PAGE);
             match out.last_mut() {
-                Some((p, l)) if p.raw() + *l == phys => *l += n,
-                _ => out.push((PhysAddr::new(phys), n)),
+                Some((p, l)) if p.checked_add(*l) == Some(phys) => *l += n,
+                _ => out.push((phys, n)),
             }
             a += n;
         }
@@ -338,27 +357,37 @@ mod tests {
         m.map(a, iova, PhysAddr::new(0x5000), 0x2000, Direction::ToDevice)
             .unwrap();
         let e = m
-            .translate(a, DmaAddr::new(iova.raw()), 16, false)
+            .translate(a, DmaAddr::from_iova(iova), 16, false)
             .unwrap_err();
         assert!(e.reason.contains("not synced"), "{e}");
         m.sync(a, iova, 0x2000);
         assert_eq!(
-            m.translate(a, DmaAddr::new(iova.raw() + 0x10), 0x1ff0, false)
-                .unwrap(),
+            m.translate(
+                a,
+                DmaAddr::from_iova(iova.checked_add(0x10).unwrap()),
+                0x1ff0,
+                false
+            )
+            .unwrap(),
             vec![(PhysAddr::new(0x5010), 0x1ff0)]
         );
         let e = m
-            .translate(a, DmaAddr::new(iova.raw()), 16, true)
+            .translate(a, DmaAddr::from_iova(iova), 16, true)
             .unwrap_err();
         assert!(e.reason.contains("read-only"), "{e}");
         let e = m
-            .translate(a, DmaAddr::new(iova.raw() + 0x2000), 1, false)
+            .translate(
+                a,
+                DmaAddr::from_iova(iova.checked_add(0x2000).unwrap()),
+                1,
+                false,
+            )
             .unwrap_err();
         assert!(e.reason.contains("not mapped"));
         assert_eq!(m.faults().len(), 3);
         // Another domain does not see this mapping.
         let b = dev("0000:02:00.0");
-        assert!(m.translate(b, DmaAddr::new(iova.raw()), 1, false).is_err());
+        assert!(m.translate(b, DmaAddr::from_iova(iova), 1, false).is_err());
         assert!(m.free_iova(a, iova, 0x2000).is_err(), "still mapped");
         m.unmap(a, iova, 0x2000).unwrap();
         assert!(m.unmap(a, iova, 0x1000).is_err(), "double unmap");
@@ -371,12 +400,15 @@ mod tests {
         let a = dev("0000:01:00.0");
         let mut m = Iommu::new([(a, 1)], IommuMode::Passthrough);
         assert_eq!(
-            m.translate(a, DmaAddr::new(0x1234), 8, true).unwrap(),
+            m.translate(a, DmaAddr::direct(PhysAddr::new(0x1234)), 8, true)
+                .unwrap(),
             vec![(PhysAddr::new(0x1234), 8)]
         );
         assert!(m.alloc_iova(a, 4096).is_none());
         assert!(m.set_mode(a, IommuMode::Translated));
-        assert!(m.translate(a, DmaAddr::new(0x1234), 8, true).is_err());
+        assert!(m
+            .translate(a, DmaAddr::direct(PhysAddr::new(0x1234)), 8, true)
+            .is_err());
         let unknown = dev("0000:09:00.0");
         assert_eq!(m.mode(unknown), IommuMode::Off);
     }

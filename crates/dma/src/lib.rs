@@ -1,4 +1,4 @@
-//! DMA mapping: from physical vectors ([`PhysVec`]) to DMA-only
+//! DMA mapping: from physical vectors ([`PhysVec`](peerdma_mem::PhysVec)) to DMA-only
 //! scatter-gather lists ([`DmaSgl`]) for one device and one direction.
 //!
 //! Per segment, the decision is the kernel's: host memory goes through the
@@ -17,6 +17,21 @@
 //! Beside the one-shot [`Mapper::map`], the two-step API of recent kernels is
 //! here too: [`Mapper::iova_try_alloc`] then [`IovaState::link`],
 //! [`IovaState::sync`], [`IovaState::unlink`], [`IovaState::destroy`].
+//!
+//! The IOMMU is the mapper's: callers ask it questions
+//! ([`Mapper::iommu_mode`], [`Mapper::iommu_translate`],
+//! [`Mapper::iommu_faults`], [`Mapper::mapped_pages`]) rather than hold its
+//! lock, and tests bring their own [`CopyEngine`]:
+//!
+//! ```compile_fail
+//! fn faults(m: &peerdma_dma::Mapper) -> usize {
+//!     m.iommu().faults().len()
+//! }
+//! ```
+//!
+//! ```compile_fail
+//! let memory = peerdma_dma::TestMemory::new();
+//! ```
 
 mod error;
 pub mod iommu;
@@ -26,10 +41,10 @@ pub mod swiotlb;
 mod twostep;
 
 pub use error::MapError;
-pub use iommu::{Iommu, IommuFault, IommuMode};
+pub use iommu::{IommuFault, IommuMode};
 pub use map::{
     BouncePolicy, DeviceDma, DmaEntry, DmaSgl, Mapper, MapperConfig, PathTaken, SegMapping,
 };
-pub use memory::{CopyEngine, MemError, TestMemory};
+pub use memory::{CopyEngine, MemError};
 pub use swiotlb::{BounceError, BouncePool};
 pub use twostep::IovaState;

@@ -1,15 +1,24 @@
 //! The one-shot mapping API and the DMA-only scatter-gather list.
 
 use crate::error::MapError;
-use crate::iommu::{Iommu, IommuMode, IOMMU_PAGE};
+use crate::iommu::{Iommu, IommuFault, IommuMode, IOMMU_PAGE};
 use crate::memory::CopyEngine;
 use crate::swiotlb::{BouncePool, BounceSlot, MAX_MAPPING};
-use peerdma_mem::{Bdf, Direction, DmaAddr, Iova, MemKind, PhysAddr, PhysVec};
+use peerdma_mem::{Address, Bdf, Direction, DmaAddr, Iova, MemKind, PhysAddr, PhysVec};
 use peerdma_p2p::{calc_map_type_and_dist, explain, MapType, Provider, ProviderRef};
 use peerdma_pci::Topology;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
+
+/// The IOVA space a segment of `len` bytes at `addr` occupies: whole
+/// IOMMU pages, `None` if that does not fit in 64 bits.
+fn iommu_span(addr: PhysAddr, len: u64) -> Option<u64> {
+    let pages = (addr.raw() % IOMMU_PAGE)
+        .checked_add(len)?
+        .div_ceil(IOMMU_PAGE);
+    pages.checked_mul(IOMMU_PAGE)
+}
 
 /// What to do when a device cannot reach P2P memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Default)]
@@ -99,10 +108,25 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 #[derive(Clone)]
 pub struct Mapper(pub(crate) Arc<Shared>);
 
+impl std::fmt::Debug for Mapper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mapper")
+            .field("functions", &self.0.topo.len())
+            .field("providers", &lock(&self.0.providers).len())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Mapper {
     /// A mapper for `topo`. IOMMU domains follow the topology's IOMMU
-    /// groups (a function without a group gets a domain of its own).
-    pub fn new(topo: Arc<Topology>, cfg: MapperConfig, copier: Arc<dyn CopyEngine>) -> Mapper {
+    /// groups (a function without a group gets a domain of its own). Fails
+    /// when the bounce pool cannot be placed as configured.
+    pub fn new(
+        topo: Arc<Topology>,
+        cfg: MapperConfig,
+        copier: Arc<dyn CopyEngine>,
+    ) -> Result<Mapper, MapError> {
+        let pool = BouncePool::new(cfg.bounce_base, cfg.bounce_size)?;
         let groups: Vec<(Bdf, u64)> = topo
             .functions()
             .iter()
@@ -128,15 +152,15 @@ impl Mapper {
                 )
             })
             .collect();
-        Mapper(Arc::new(Shared {
+        Ok(Mapper(Arc::new(Shared {
             iommu: Mutex::new(Iommu::new(groups, cfg.iommu_mode)),
-            pool: Mutex::new(BouncePool::new(cfg.bounce_base, cfg.bounce_size)),
+            pool: Mutex::new(pool),
             devices: Mutex::new(devices),
             providers: Mutex::new(Vec::new()),
             verdicts: Mutex::new(HashMap::new()),
             copier,
             topo,
-        }))
+        })))
     }
 
     pub fn topology(&self) -> &Arc<Topology> {
@@ -153,9 +177,51 @@ impl Mapper {
         lock(&self.0.providers).push(p.clone());
     }
 
-    /// The IOMMU, for the fabric's translation and for inspection.
-    pub fn iommu(&self) -> MutexGuard<'_, Iommu> {
-        lock(&self.0.iommu)
+    /// What the device's IOMMU domain does with its DMA addresses (`Off`
+    /// for a device the mapper does not know).
+    pub fn iommu_mode(&self, dev: Bdf) -> IommuMode {
+        lock(&self.0.iommu).mode(dev)
+    }
+
+    /// Change the mode of the device's IOMMU domain (its whole group), as
+    /// `iommu.passthrough=` or a sysfs domain type change would. Refused
+    /// (false) while anything is mapped in it or for an unknown device.
+    pub fn set_iommu_mode(&self, dev: Bdf, mode: IommuMode) -> bool {
+        lock(&self.0.iommu).set_mode(dev, mode)
+    }
+
+    /// The root complex's translation of a device access of `len` bytes at
+    /// `addr`: the physical ranges it reaches, page by page (identity
+    /// unless the device's domain translates). A refused access is
+    /// recorded (see [`Mapper::iommu_faults`]) and returned.
+    pub fn iommu_translate(
+        &self,
+        dev: Bdf,
+        addr: DmaAddr,
+        len: u64,
+        write: bool,
+    ) -> Result<Vec<(PhysAddr, u64)>, IommuFault> {
+        lock(&self.0.iommu).translate(dev, addr, len, write)
+    }
+
+    /// The accesses the IOMMU refused so far, oldest first.
+    pub fn iommu_faults(&self) -> Vec<IommuFault> {
+        lock(&self.0.iommu).faults().to_vec()
+    }
+
+    /// IOMMU pages mapped in the device's domain.
+    pub fn mapped_pages(&self, dev: Bdf) -> usize {
+        lock(&self.0.iommu).mapped_pages(dev)
+    }
+
+    /// IOVA bytes allocated in the device's domain.
+    pub fn iova_in_use(&self, dev: Bdf) -> u64 {
+        lock(&self.0.iommu).iova_in_use(dev)
+    }
+
+    /// Whether two devices share an IOMMU domain (an IOMMU group).
+    pub fn same_iommu_domain(&self, a: Bdf, b: Bdf) -> bool {
+        lock(&self.0.iommu).same_domain(a, b)
     }
 
     /// Free 2 KiB bounce slots.
@@ -245,6 +311,13 @@ impl Mapper {
         policy: BouncePolicy,
     ) -> Result<DmaSgl, MapError> {
         let first = vecs.first().ok_or(MapError::Empty)?.kind();
+        if vecs
+            .iter()
+            .try_fold(0u64, |t, v| t.checked_add(v.len()))
+            .is_none()
+        {
+            return Err(MapError::TooLong { device: dev });
+        }
         if let Some((index, v)) = vecs.iter().enumerate().find(|(_, v)| v.kind() != first) {
             return Err(MapError::Mixed {
                 index,
@@ -274,7 +347,7 @@ impl Mapper {
                 }
                 sgl.path = PathTaken::BusAddr;
                 for v in vecs {
-                    sgl.push(DmaAddr::new(v.addr().raw()), v.len(), SegMapping::Direct);
+                    sgl.push(DmaAddr::direct(v.addr()), v.len(), SegMapping::Direct);
                 }
                 Ok(())
             }
@@ -296,7 +369,7 @@ impl Mapper {
                             let bus = p
                                 .bus_addr(v.addr())
                                 .ok_or(MapError::OutsideProvider { provider })?;
-                            sgl.push(DmaAddr::new(bus.raw()), v.len(), SegMapping::BusAddr);
+                            sgl.push(DmaAddr::from_bus(bus), v.len(), SegMapping::BusAddr);
                         }
                         Ok(())
                     }
@@ -348,31 +421,40 @@ impl Mapper {
             // One IOVA range for the whole request; segments are placed at
             // page-aligned offsets and merged when they meet (like
             // iommu_dma_map_sg).
-            let total: u64 = vecs
+            let exhausted = |len| MapError::IovaExhausted { device: d.bdf, len };
+            let total = vecs
                 .iter()
-                .map(|v| (v.addr().raw() % IOMMU_PAGE + v.len()).div_ceil(IOMMU_PAGE) * IOMMU_PAGE)
-                .sum();
+                .try_fold(0u64, |t, v| t.checked_add(iommu_span(v.addr(), v.len())?))
+                .ok_or(exhausted(u64::MAX))?;
             let mut iommu = lock(&self.0.iommu);
-            let base = iommu
-                .alloc_iova(d.bdf, total)
-                .ok_or(MapError::IovaExhausted {
-                    device: d.bdf,
-                    len: total,
-                })?;
+            let base = iommu.alloc_iova(d.bdf, total).ok_or(exhausted(total))?;
             let mut off = 0u64;
             let mut pieces: Vec<(Iova, u64)> = Vec::new();
             for v in vecs {
                 let page_off = v.addr().raw() % IOMMU_PAGE;
-                let span = (page_off + v.len()).div_ceil(IOMMU_PAGE) * IOMMU_PAGE;
-                let iova = Iova::new(base.raw() + off + page_off);
-                if let Err(e) = iommu.map(d.bdf, iova, v.addr(), v.len(), dir) {
-                    // Undo what was mapped so far, then give the space back.
-                    for (i, l) in &pieces {
-                        let _ = iommu.unmap(d.bdf, *i, *l);
+                // Both fit: their sum over all segments is `total`.
+                let span = iommu_span(v.addr(), v.len()).unwrap_or(total);
+                let placed = base.checked_add(off + page_off).ok_or(IommuFault {
+                    device: d.bdf,
+                    addr: base.raw(),
+                    write: dir.device_writes(),
+                    reason: "IOVA allocation wraps the address space",
+                });
+                let mapped = placed.and_then(|iova| {
+                    iommu.map(d.bdf, iova, v.addr(), v.len(), dir)?;
+                    Ok(iova)
+                });
+                let iova = match mapped {
+                    Ok(iova) => iova,
+                    Err(e) => {
+                        // Undo what was mapped so far, then give the space back.
+                        for (i, l) in &pieces {
+                            let _ = iommu.unmap(d.bdf, *i, *l);
+                        }
+                        let _ = iommu.free_iova(d.bdf, base, total);
+                        return Err(e.into());
                     }
-                    let _ = iommu.free_iova(d.bdf, base, total);
-                    return Err(e.into());
-                }
+                };
                 iommu.sync(d.bdf, iova, v.len());
                 pieces.push((iova, v.len()));
                 off += span;
@@ -380,27 +462,24 @@ impl Mapper {
             drop(iommu);
             sgl.iova_alloc = Some((base, total));
             for (iova, len) in pieces {
+                let addr = DmaAddr::from_iova(iova);
                 let merge = sgl
                     .entries
                     .last()
-                    .is_some_and(|e| e.addr.raw() + e.len == iova.raw());
+                    .is_some_and(|e| e.addr.checked_add(e.len) == Some(addr));
                 sgl.how.push(SegMapping::Iommu { iova, len });
                 if merge {
                     if let Some(e) = sgl.entries.last_mut() {
                         e.len += len;
                     }
                 } else {
-                    sgl.entries.push(DmaEntry {
-                        addr: DmaAddr::new(iova.raw()),
-                        len,
-                    });
+                    sgl.entries.push(DmaEntry { addr, len });
                 }
             }
             return Ok(());
         }
         for v in vecs {
-            let end = v.addr().raw() + (v.len() - 1);
-            if end > d.dma_mask {
+            if v.range().last().raw() > d.dma_mask {
                 match policy {
                     BouncePolicy::Bounce => {
                         sgl.path = PathTaken::Bounced;
@@ -415,7 +494,7 @@ impl Mapper {
                     }
                 }
             } else {
-                sgl.push(DmaAddr::new(v.addr().raw()), v.len(), SegMapping::Direct);
+                sgl.push(DmaAddr::direct(v.addr()), v.len(), SegMapping::Direct);
             }
         }
         Ok(())
@@ -433,8 +512,9 @@ impl Mapper {
     ) -> Result<(), MapError> {
         let mut off = 0;
         while off < v.len() {
-            let n = (v.len() - off)
-                .min(MAX_MAPPING - (v.addr().raw() + off) % crate::swiotlb::IO_TLB_SIZE);
+            // off < len, so addr + off is inside the vector: no overflow.
+            let at = v.addr().raw() + off;
+            let n = (v.len() - off).min(MAX_MAPPING - at % crate::swiotlb::IO_TLB_SIZE);
             let piece = v.split_at(off).map(|(_, t)| t).unwrap_or(v);
             let piece = piece.split_at(n).map(|(h, _)| h).unwrap_or(piece);
             let slot = lock(&self.0.pool).map(piece.addr(), n, d.min_align_mask, 0)?;
@@ -445,6 +525,7 @@ impl Mapper {
             let mode = lock(&self.0.iommu).mode(d.bdf);
             let (addr, iova) = if mode == IommuMode::Translated {
                 let page_off = slot.tlb_addr.raw() % IOMMU_PAGE;
+                // n <= MAX_MAPPING: no overflow.
                 let span = (page_off + n).div_ceil(IOMMU_PAGE) * IOMMU_PAGE;
                 let mut iommu = lock(&self.0.iommu);
                 let Some(base) = iommu.alloc_iova(d.bdf, span) else {
@@ -455,17 +536,31 @@ impl Mapper {
                         len: span,
                     });
                 };
-                let iova = Iova::new(base.raw() + page_off);
-                if let Err(e) = iommu.map(d.bdf, iova, slot.tlb_addr, n, dir) {
-                    let _ = iommu.free_iova(d.bdf, base, span);
-                    drop(iommu);
-                    let _ = lock(&self.0.pool).release(&slot);
-                    return Err(e.into());
-                }
+                let mapped = base
+                    .checked_add(page_off)
+                    .ok_or(IommuFault {
+                        device: d.bdf,
+                        addr: base.raw(),
+                        write: dir.device_writes(),
+                        reason: "IOVA allocation wraps the address space",
+                    })
+                    .and_then(|iova| {
+                        iommu.map(d.bdf, iova, slot.tlb_addr, n, dir)?;
+                        Ok(iova)
+                    });
+                let iova = match mapped {
+                    Ok(iova) => iova,
+                    Err(e) => {
+                        let _ = iommu.free_iova(d.bdf, base, span);
+                        drop(iommu);
+                        let _ = lock(&self.0.pool).release(&slot);
+                        return Err(e.into());
+                    }
+                };
                 iommu.sync(d.bdf, iova, n);
-                (DmaAddr::new(iova.raw()), Some((iova, span)))
+                (DmaAddr::from_iova(iova), Some((iova, span)))
             } else {
-                (DmaAddr::new(slot.tlb_addr.raw()), None)
+                (DmaAddr::direct(slot.tlb_addr), None)
             };
             sgl.push(
                 addr,
@@ -618,7 +713,7 @@ impl DmaSgl {
                     ..
                 } => {
                     note(iommu.unmap(self.dev, *iova, slot.size).map_err(Into::into));
-                    let base = Iova::new(iova.raw() / IOMMU_PAGE * IOMMU_PAGE);
+                    let base = iova.align_down(IOMMU_PAGE);
                     note(iommu.free_iova(self.dev, base, *span).map_err(Into::into));
                 }
                 _ => {}

@@ -4,9 +4,7 @@
 //! (done by an engine that can reach the BAR, or by volatile MMIO).
 
 use peerdma_mem::{PhysAddr, PhysVec};
-use std::collections::HashMap;
 use std::fmt;
-use std::sync::Mutex;
 
 /// A copy that could not be done.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,48 +28,4 @@ pub trait CopyEngine: Send + Sync {
     fn copy(&self, src: PhysVec, dst: PhysAddr) -> Result<(), MemError>;
     /// Copy `len` bytes from host memory at `src` into `dst`.
     fn copy_back(&self, src: PhysAddr, dst: PhysVec) -> Result<(), MemError>;
-}
-
-/// A sparse byte store keyed by physical address, for tests: every range
-/// reads back what was written, unwritten bytes read as zero.
-#[derive(Default, Debug)]
-pub struct TestMemory {
-    pages: Mutex<HashMap<u64, Box<[u8; 4096]>>>,
-}
-
-impl TestMemory {
-    pub fn new() -> TestMemory {
-        TestMemory::default()
-    }
-
-    pub fn write(&self, addr: PhysAddr, data: &[u8]) {
-        let mut pages = self.pages.lock().unwrap_or_else(|e| e.into_inner());
-        for (i, b) in data.iter().enumerate() {
-            let a = addr.raw() + i as u64;
-            pages.entry(a >> 12).or_insert_with(|| Box::new([0; 4096]))[(a & 0xfff) as usize] = *b;
-        }
-    }
-
-    pub fn read(&self, addr: PhysAddr, len: usize) -> Vec<u8> {
-        let pages = self.pages.lock().unwrap_or_else(|e| e.into_inner());
-        (0..len as u64)
-            .map(|i| {
-                let a = addr.raw() + i;
-                pages.get(&(a >> 12)).map_or(0, |p| p[(a & 0xfff) as usize])
-            })
-            .collect()
-    }
-}
-
-impl CopyEngine for TestMemory {
-    fn copy(&self, src: PhysVec, dst: PhysAddr) -> Result<(), MemError> {
-        let data = self.read(src.addr(), src.len() as usize);
-        self.write(dst, &data);
-        Ok(())
-    }
-    fn copy_back(&self, src: PhysAddr, dst: PhysVec) -> Result<(), MemError> {
-        let data = self.read(src, dst.len() as usize);
-        self.write(dst.addr(), &data);
-        Ok(())
-    }
 }

@@ -7,7 +7,7 @@
 //! for ToDevice/Bidirectional, back on `sync_for_cpu` and at unmap for
 //! FromDevice/Bidirectional.
 
-use peerdma_mem::{PhysAddr, PAGE_SIZE};
+use peerdma_mem::{Address, PhysAddr, PAGE_SIZE};
 use serde::Serialize;
 use std::fmt;
 
@@ -16,6 +16,8 @@ pub const IO_TLB_SIZE: u64 = 1 << IO_TLB_SHIFT;
 pub const IO_TLB_SEGSIZE: usize = 128;
 /// The largest mapping one bounce can hold.
 pub const MAX_MAPPING: u64 = IO_TLB_SIZE * IO_TLB_SEGSIZE as u64;
+/// The largest bounce pool (8 Mi slots).
+pub const MAX_POOL: u64 = 16 << 30;
 
 /// Why a bounce slot could not be had.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -31,6 +33,12 @@ pub enum BounceError {
     NotMapped {
         addr: u64,
     },
+    /// The pool's memory cannot be used as given.
+    BadPool {
+        start: PhysAddr,
+        size: u64,
+        why: &'static str,
+    },
 }
 
 impl fmt::Display for BounceError {
@@ -42,6 +50,9 @@ impl fmt::Display for BounceError {
                 "bounce pool is full: no room for {size} bytes ({free_slots} of {total_slots} 2 KiB slots free, maybe fragmented)"
             ),
             BounceError::NotMapped { addr } => write!(f, "{addr:#x} is not a mapped bounce slot"),
+            BounceError::BadPool { start, size, why } => {
+                write!(f, "bounce pool of {size} bytes at {start}: {why}")
+            }
         }
     }
 }
@@ -71,19 +82,28 @@ pub struct BouncePool {
 
 impl BouncePool {
     /// A pool over `[start, start+size)` of host memory; `size` is rounded
-    /// down to whole segments, `start` must be page aligned.
-    pub fn new(start: PhysAddr, size: u64) -> BouncePool {
-        let segs = (size / MAX_MAPPING).max(1) as usize;
-        let n = segs * IO_TLB_SEGSIZE;
-        assert!(
-            start.raw() % PAGE_SIZE == 0,
-            "bounce pool must be page aligned"
-        );
-        BouncePool {
+    /// down to whole segments (at least one, at most [`MAX_POOL`] bytes),
+    /// `start` must be page aligned.
+    pub fn new(start: PhysAddr, size: u64) -> Result<BouncePool, BounceError> {
+        let bad = |why| BounceError::BadPool { start, size, why };
+        if !start.is_aligned(PAGE_SIZE) {
+            return Err(bad("the start must be page aligned"));
+        }
+        if size < MAX_MAPPING {
+            return Err(bad("smaller than one swiotlb segment (256 KiB)"));
+        }
+        if size > MAX_POOL {
+            return Err(bad("larger than the 16 GiB a bounce pool may have"));
+        }
+        if start.checked_add(size - 1).is_none() {
+            return Err(bad("runs past the end of the physical address space"));
+        }
+        let n = (size / MAX_MAPPING) as usize * IO_TLB_SEGSIZE;
+        Ok(BouncePool {
             start,
             used: vec![false; n],
             free: n,
-        }
+        })
     }
 
     pub fn start(&self) -> PhysAddr {
@@ -100,7 +120,8 @@ impl BouncePool {
         self.used.len()
     }
     pub fn contains(&self, a: PhysAddr) -> bool {
-        a.raw() >= self.start.raw() && a.raw() < self.start.raw() + self.size()
+        a.offset_from(self.start)
+            .is_some_and(|off| off < self.size())
     }
 
     /// Find slots for `size` bytes bounced from `orig` for a device with
@@ -116,9 +137,14 @@ impl BouncePool {
         // swiotlb_align_offset: the part of the original's offset the device
         // needs to see in the bounce address.
         let offset = orig.raw() & min_align_mask & (alloc_align_mask | (IO_TLB_SIZE - 1));
+        let too_large = BounceError::TooLarge { size };
+        if size == 0 || size > MAX_MAPPING || alloc_align_mask >= MAX_MAPPING {
+            return Err(too_large);
+        }
+        // size, offset and the alignment are below MAX_MAPPING: no overflow.
         let total = (size + offset).div_ceil(alloc_align_mask + 1) * (alloc_align_mask + 1);
-        if size == 0 || total > MAX_MAPPING {
-            return Err(BounceError::TooLarge { size });
+        if total > MAX_MAPPING {
+            return Err(too_large);
         }
         let nslots = total.div_ceil(IO_TLB_SIZE) as usize;
         let mut align = alloc_align_mask;
@@ -129,6 +155,7 @@ impl BouncePool {
         let iotlb_align_mask = min_align_mask & !align;
         let mut i = 0;
         while i + nslots <= self.used.len() {
+            // Inside the pool, whose end was checked at creation.
             let addr = self.start.raw() + i as u64 * IO_TLB_SIZE;
             let seg_end = (i / IO_TLB_SEGSIZE + 1) * IO_TLB_SEGSIZE;
             let ok_align =
@@ -177,7 +204,7 @@ mod tests {
 
     #[test]
     fn slots_alignment_and_limits() {
-        let mut p = BouncePool::new(PhysAddr::new(0x100_0000), 4 * MAX_MAPPING);
+        let mut p = BouncePool::new(PhysAddr::new(0x100_0000), 4 * MAX_MAPPING).unwrap();
         assert_eq!(p.total_slots(), 512);
         // Page-sized mappings are page aligned when nothing else is asked.
         let a = p.map(PhysAddr::new(0x7_0000_0123), 8192, 0, 0).unwrap();
@@ -201,9 +228,31 @@ mod tests {
 
     #[test]
     fn full_pool_says_so() {
-        let mut p = BouncePool::new(PhysAddr::new(0), MAX_MAPPING);
+        let mut p = BouncePool::new(PhysAddr::new(0), MAX_MAPPING).unwrap();
         let _x = p.map(PhysAddr::new(0x1000), MAX_MAPPING, 0, 0).unwrap();
         let e = p.map(PhysAddr::new(0x1000), 10, 0, 0).unwrap_err();
         assert!(e.to_string().contains("full"), "{e}");
+    }
+
+    #[test]
+    fn a_pool_that_cannot_be_is_an_error() {
+        for (start, size) in [
+            (0x1001, MAX_MAPPING),
+            (0, MAX_MAPPING - 1),
+            (0, MAX_POOL + 1),
+            (u64::MAX - 0xfff, MAX_MAPPING),
+        ] {
+            let e = BouncePool::new(PhysAddr::new(start), size).unwrap_err();
+            assert!(matches!(e, BounceError::BadPool { .. }), "{e}");
+        }
+        let mut p = BouncePool::new(PhysAddr::new(0), MAX_MAPPING).unwrap();
+        assert!(matches!(
+            p.map(PhysAddr::new(0), 1, 0, u64::MAX),
+            Err(BounceError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            p.map(PhysAddr::new(0), u64::MAX, 0, 0),
+            Err(BounceError::TooLarge { .. })
+        ));
     }
 }

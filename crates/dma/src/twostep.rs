@@ -17,7 +17,7 @@
 use crate::error::MapError;
 use crate::iommu::{IommuMode, IOMMU_PAGE};
 use crate::map::{lock, Mapper};
-use peerdma_mem::{Bdf, Direction, DmaAddr, Iova, MemKind, PhysAddr, PhysVec};
+use peerdma_mem::{Address, Bdf, Direction, DmaAddr, Iova, MemKind, PhysAddr, PhysVec};
 use peerdma_p2p::{MapType, ProviderRef};
 use std::collections::BTreeMap;
 
@@ -27,10 +27,10 @@ pub struct IovaState {
     dev: Bdf,
     /// Start of the allocated IOVA space (page aligned).
     base: Iova,
+    /// The IOVA of offset 0: `base` plus the first byte's offset in its page.
+    start: Iova,
     /// Bytes of IOVA space allocated.
     span: u64,
-    /// Offset of the first byte inside the first page.
-    head: u64,
     size: u64,
     /// offset -> (len, direction) of linked ranges.
     links: BTreeMap<u64, u64>,
@@ -66,14 +66,21 @@ impl Mapper {
             return None;
         }
         let head = phys.raw() % IOMMU_PAGE;
-        let span = (head + size).div_ceil(IOMMU_PAGE) * IOMMU_PAGE;
+        let span = head
+            .checked_add(size)?
+            .div_ceil(IOMMU_PAGE)
+            .checked_mul(IOMMU_PAGE)?;
         let base = iommu.alloc_iova(dev, span)?;
+        let Some(start) = base.checked_add(head) else {
+            let _ = iommu.free_iova(dev, base, span);
+            return None;
+        };
         Some(IovaState {
             mapper: self.clone(),
             dev,
             base,
+            start,
             span,
-            head,
             size,
             links: BTreeMap::new(),
             closed: false,
@@ -86,7 +93,7 @@ impl Mapper {
 impl IovaState {
     /// The DMA address of offset 0 (`state->addr`).
     pub fn addr(&self) -> DmaAddr {
-        DmaAddr::new(self.base.raw() + self.head)
+        DmaAddr::from_iova(self.start)
     }
     pub fn size(&self) -> u64 {
         self.size
@@ -98,6 +105,16 @@ impl IovaState {
 
     fn err(msg: impl Into<String>) -> MapError {
         MapError::TwoStep(msg.into())
+    }
+
+    /// The IOVA of `offset` (inside the allocation, which was placed
+    /// without overflow, so this only fails on a bad offset).
+    fn iova_at(&self, offset: u64) -> Result<Iova, MapError> {
+        self.start.checked_add(offset).ok_or_else(|| {
+            Self::err(format!(
+                "offset {offset:#x} runs past the end of the IOVA space"
+            ))
+        })
     }
 
     /// `dma_iova_link`: map `phys` at `offset` in direction `dir`. Not
@@ -113,16 +130,16 @@ impl IovaState {
         if self.closed {
             return Err(Self::err("a link with a length that is not a multiple of the IOMMU page was already made; only the last link may be unaligned"));
         }
-        let iova = self.base.raw() + self.head + offset;
-        if !self.links.is_empty() && iova % IOMMU_PAGE != 0 {
+        let iova = self.iova_at(offset)?;
+        if !self.links.is_empty() && !iova.is_aligned(IOMMU_PAGE) {
             return Err(Self::err(format!(
                 "link at offset {offset} does not start on an IOMMU page boundary; only the first link may"
             )));
         }
-        if iova % IOMMU_PAGE != phys.addr().raw() % IOMMU_PAGE {
+        if iova.raw() % IOMMU_PAGE != phys.addr().raw() % IOMMU_PAGE {
             return Err(Self::err(format!(
-                "link at offset {offset}: IOVA {iova:#x} and physical {:#x} differ in their page offset",
-                phys.addr().raw()
+                "link at offset {offset}: IOVA {iova} and physical {} differ in their page offset",
+                phys.addr()
             )));
         }
         let overlaps = self
@@ -163,9 +180,12 @@ impl IovaState {
                 }
             }
         };
-        lock(&self.mapper.0.iommu).map(self.dev, Iova::new(iova), phys.addr(), len, dir)?;
+        lock(&self.mapper.0.iommu).map(self.dev, iova, phys.addr(), len, dir)?;
         self.links.insert(offset, len);
-        if (iova + len) % IOMMU_PAGE != 0 {
+        if !iova
+            .checked_add(len)
+            .is_some_and(|e| e.is_aligned(IOMMU_PAGE))
+        {
             self.closed = true;
         }
         self.refs.extend(r);
@@ -177,11 +197,8 @@ impl IovaState {
         if offset.checked_add(size).is_none_or(|e| e > self.size) {
             return Err(Self::err("sync range runs past the IOVA allocation"));
         }
-        lock(&self.mapper.0.iommu).sync(
-            self.dev,
-            Iova::new(self.base.raw() + self.head + offset),
-            size,
-        );
+        let iova = self.iova_at(offset)?;
+        lock(&self.mapper.0.iommu).sync(self.dev, iova, size);
         Ok(())
     }
 
@@ -195,11 +212,8 @@ impl IovaState {
                 )))
             }
         }
-        lock(&self.mapper.0.iommu).unmap(
-            self.dev,
-            Iova::new(self.base.raw() + self.head + offset),
-            size,
-        )?;
+        let iova = self.iova_at(offset)?;
+        lock(&self.mapper.0.iommu).unmap(self.dev, iova, size)?;
         self.links.remove(&offset);
         if self.links.is_empty() {
             self.closed = false;
@@ -215,10 +229,14 @@ impl IovaState {
             // refusing is better than freeing space the device still uses.
             self.freed = true;
             let (dev, base, span) = (self.dev, self.base, self.span);
-            let links: Vec<(u64, u64)> = self.links.iter().map(|(o, l)| (*o, *l)).collect();
+            let links: Vec<(Iova, u64)> = self
+                .links
+                .iter()
+                .filter_map(|(o, l)| Some((self.start.checked_add(*o)?, *l)))
+                .collect();
             let mut iommu = lock(&self.mapper.0.iommu);
-            for (o, l) in links {
-                let _ = iommu.unmap(dev, Iova::new(base.raw() + self.head + o), l);
+            for (iova, l) in links {
+                let _ = iommu.unmap(dev, iova, l);
             }
             let _ = iommu.free_iova(dev, base, span);
             return Err(Self::err(format!(

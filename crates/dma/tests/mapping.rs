@@ -2,14 +2,55 @@
 //! lifetimes, on the presets.
 
 use peerdma_dma::{
-    BouncePolicy, DeviceDma, IommuMode, MapError, Mapper, MapperConfig, PathTaken, SegMapping,
-    TestMemory,
+    BouncePolicy, CopyEngine, DeviceDma, IommuMode, MapError, Mapper, MapperConfig, MemError,
+    PathTaken, SegMapping,
 };
 use peerdma_mem::{Bdf, Direction, DmaAddr, MemKind, PhysAddr, PhysVec};
 use peerdma_p2p::Provider;
 use peerdma_pci::{Source, Topology};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+/// A sparse byte store keyed by physical address: every range reads back
+/// what was written, unwritten bytes read as zero.
+#[derive(Default, Debug)]
+struct TestMemory {
+    pages: Mutex<HashMap<u64, Box<[u8; 4096]>>>,
+}
+
+impl TestMemory {
+    fn write(&self, addr: PhysAddr, data: &[u8]) {
+        let mut pages = self.pages.lock().unwrap();
+        for (i, b) in data.iter().enumerate() {
+            let a = addr.raw() + i as u64;
+            pages.entry(a >> 12).or_insert_with(|| Box::new([0; 4096]))[(a & 0xfff) as usize] = *b;
+        }
+    }
+
+    fn read(&self, addr: PhysAddr, len: usize) -> Vec<u8> {
+        let pages = self.pages.lock().unwrap();
+        (0..len as u64)
+            .map(|i| {
+                let a = addr.raw() + i;
+                pages.get(&(a >> 12)).map_or(0, |p| p[(a & 0xfff) as usize])
+            })
+            .collect()
+    }
+}
+
+impl CopyEngine for TestMemory {
+    fn copy(&self, src: PhysVec, dst: PhysAddr) -> Result<(), MemError> {
+        let data = self.read(src.addr(), src.len() as usize);
+        self.write(dst, &data);
+        Ok(())
+    }
+    fn copy_back(&self, src: PhysAddr, dst: PhysVec) -> Result<(), MemError> {
+        let data = self.read(src, dst.len() as usize);
+        self.write(dst.addr(), &data);
+        Ok(())
+    }
+}
 
 struct Rig {
     topo: Arc<Topology>,
@@ -19,13 +60,13 @@ struct Rig {
 
 fn rig(preset: &str, mode: IommuMode) -> Rig {
     let topo = Arc::new(Source::Preset(preset.into()).load().unwrap());
-    let mem = Arc::new(TestMemory::new());
+    let mem = Arc::new(TestMemory::default());
     let cfg = MapperConfig {
         iommu_mode: mode,
         bounce_base: PhysAddr::new(0x400_0000),
         bounce_size: 4 << 20,
     };
-    let mapper = Mapper::new(Arc::clone(&topo), cfg, mem.clone());
+    let mapper = Mapper::new(Arc::clone(&topo), cfg, mem.clone()).unwrap();
     Rig { topo, mapper, mem }
 }
 
@@ -49,7 +90,7 @@ impl Rig {
         len: u64,
         write: bool,
     ) -> Result<Vec<(PhysAddr, u64)>, peerdma_dma::IommuFault> {
-        self.mapper.iommu().translate(dev, addr, len, write)
+        self.mapper.iommu_translate(dev, addr, len, write)
     }
 }
 
@@ -71,7 +112,10 @@ fn host_memory_direct_and_translated() {
         )
         .unwrap();
     assert_eq!(sgl.path(), PathTaken::HostMemory);
-    assert_eq!(sgl.entries()[0].addr, DmaAddr::new(0x10_0000));
+    assert_eq!(
+        sgl.entries()[0].addr,
+        DmaAddr::direct(PhysAddr::new(0x10_0000))
+    );
     drop(sgl);
 
     let r = rig("dual-xeon", IommuMode::Translated);
@@ -106,10 +150,10 @@ fn host_memory_direct_and_translated() {
     );
     let last = sgl.entries()[1];
     assert_eq!(last.addr.raw() % 4096, 0x100, "page offset kept");
-    assert!(r.mapper.iommu().mapped_pages(gpu) > 0);
+    assert!(r.mapper.mapped_pages(gpu) > 0);
     sgl.unmap().unwrap();
-    assert_eq!(r.mapper.iommu().mapped_pages(gpu), 0);
-    assert_eq!(r.mapper.iommu().iova_in_use(gpu), 0);
+    assert_eq!(r.mapper.mapped_pages(gpu), 0);
+    assert_eq!(r.mapper.iova_in_use(gpu), 0);
     assert!(
         r.resolve(gpu, e.addr, 16, true).is_err(),
         "unmapped IOVA faults"
@@ -134,11 +178,7 @@ fn p2p_by_bus_address_bypasses_the_iommu() {
     assert_eq!(sgl.path(), PathTaken::BusAddr);
     assert_eq!(sgl.entries()[0].addr.raw(), a.bus_addr().raw());
     assert_eq!(sgl.mappings(), &[SegMapping::BusAddr]);
-    assert_eq!(
-        r.mapper.iommu().mapped_pages(gpu),
-        0,
-        "nothing in the IOMMU"
-    );
+    assert_eq!(r.mapper.mapped_pages(gpu), 0, "nothing in the IOMMU");
     assert_eq!(nvme.references(), 2, "the mapping holds a live reference");
     drop(sgl);
     assert_eq!(nvme.references(), 1);
@@ -211,14 +251,14 @@ fn not_supported_fails_naming_the_pair_or_bounces() {
             (0x400_0000..0x440_0000).contains(&e.addr.raw()),
             "in the bounce pool"
         );
-        seen.extend(r.mem.read(PhysAddr::new(e.addr.raw()), e.len as usize));
+        seen.extend(r.mem.read(e.addr.untranslated(), e.len as usize));
     }
     assert_eq!(seen, pattern);
     // The CPU changes the original; sync_for_device refreshes the bounce.
     r.mem.write(a.phys_addr(), &[0xee; 16]);
     sgl.sync_for_device().unwrap();
     assert_eq!(
-        r.mem.read(PhysAddr::new(sgl.entries()[0].addr.raw()), 16),
+        r.mem.read(sgl.entries()[0].addr.untranslated(), 16),
         vec![0xee; 16]
     );
     drop(sgl);
@@ -254,7 +294,7 @@ fn bounced_device_writes_come_back_without_clobbering() {
         back[100..].iter().all(|&b| b == 0x11),
         "bytes the device did not write are intact"
     );
-    assert_eq!(r.mapper.iommu().mapped_pages(gpu), 0);
+    assert_eq!(r.mapper.mapped_pages(gpu), 0);
 }
 
 #[test]
@@ -441,8 +481,8 @@ fn two_step_api_rules() {
         "unlink must match a link"
     );
     st.destroy(4096 - 0x200 + 100).unwrap();
-    assert_eq!(r.mapper.iommu().mapped_pages(gpu), 0);
-    assert_eq!(r.mapper.iommu().iova_in_use(gpu), 0);
+    assert_eq!(r.mapper.mapped_pages(gpu), 0);
+    assert_eq!(r.mapper.iova_in_use(gpu), 0);
     // Freeing with links left is refused (and cleaned up).
     let mut st3 = r
         .mapper
@@ -450,5 +490,61 @@ fn two_step_api_rules() {
         .unwrap();
     st3.link(host(0, 4096), 0, Direction::ToDevice).unwrap();
     assert!(st3.free().is_err());
-    assert_eq!(r.mapper.iommu().mapped_pages(gpu), 0);
+    assert_eq!(r.mapper.mapped_pages(gpu), 0);
+}
+
+/// Sizes and addresses at the edge of the 64-bit space are refused with an
+/// error; nothing wraps and nothing panics.
+#[test]
+fn requests_at_the_end_of_the_address_space_are_errors() {
+    let r = rig("dual-xeon", IommuMode::Translated);
+    let gpu = r.bdf("gpu0");
+    // A segment whose IOMMU span does not fit in 64 bits.
+    let huge = PhysVec::new(PhysAddr::new(0xfff), u64::MAX - 0xfff, MemKind::System).unwrap();
+    let e = r
+        .mapper
+        .map(gpu, &[huge], Direction::ToDevice, BouncePolicy::Forbid)
+        .unwrap_err();
+    assert!(matches!(e, MapError::IovaExhausted { .. }), "{e}");
+    // Two segments whose IOMMU spans overflow when added (their lengths
+    // do not).
+    let a = PhysVec::new(PhysAddr::new(0xfff), (1 << 63) - 1, MemKind::System).unwrap();
+    let b = PhysVec::new(PhysAddr::new(0xfff), (1 << 63) - 4096, MemKind::System).unwrap();
+    let e = r
+        .mapper
+        .map(gpu, &[a, b], Direction::ToDevice, BouncePolicy::Forbid)
+        .unwrap_err();
+    assert!(matches!(e, MapError::IovaExhausted { .. }), "{e}");
+    let half = PhysVec::new(PhysAddr::new(0), 1 << 63, MemKind::System).unwrap();
+    assert_eq!(r.mapper.iova_in_use(gpu), 0);
+    // Segments whose lengths add up past 2^64 (a list's length would wrap).
+    let off = rig("dual-xeon", IommuMode::Off);
+    let e = off
+        .mapper
+        .map(
+            gpu,
+            &[half, half],
+            Direction::ToDevice,
+            BouncePolicy::Forbid,
+        )
+        .unwrap_err();
+    assert_eq!(e, MapError::TooLong { device: gpu });
+    // The two-step API: no IOVA space for a size that overflows.
+    assert!(r
+        .mapper
+        .iova_try_alloc(gpu, PhysAddr::new(0x10), u64::MAX)
+        .is_none());
+    // A bounce pool that cannot be placed is an error, not a panic.
+    let topo = Arc::new(Source::Preset("dual-xeon".into()).load().unwrap());
+    let cfg = MapperConfig {
+        iommu_mode: IommuMode::Off,
+        bounce_base: PhysAddr::new(0x400_0123),
+        bounce_size: 4 << 20,
+    };
+    let e = Mapper::new(topo, cfg, Arc::new(TestMemory::default())).unwrap_err();
+    assert!(e.to_string().contains("bounce"), "{e}");
+    assert!(
+        std::error::Error::source(&e).is_some_and(|s| s.to_string().contains("page aligned")),
+        "{e}"
+    );
 }

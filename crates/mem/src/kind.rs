@@ -42,7 +42,7 @@ impl fmt::Display for MemKind {
 /// A physical range with its kind: what carries an address where the kernel
 /// once needed a `struct page`.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct PhysVec {
     range: AddrRange<PhysAddr>,
     kind: MemKind,

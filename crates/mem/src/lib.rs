@@ -31,7 +31,7 @@ mod size;
 pub use addr::{Address, BusAddr, BusOffset, DmaAddr, Iova, PhysAddr};
 pub use alloc::{AllocError, RangeAllocator};
 pub use bdf::{Bdf, BdfError};
-pub use io::{IoMem, OutOfBounds};
+pub use io::{AccessError, IoMem, OutOfBounds};
 pub use kind::{Direction, MemKind, PhysVec, PhysVecError};
 pub use range::{AddrRange, RangeError};
 pub use size::{format_size, parse_size, SizeError};

@@ -4,9 +4,12 @@ use std::fmt;
 /// A non-empty range `[start, start + len)` in one address space whose end
 /// does not overflow.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct AddrRange<A> {
     start: A,
+    /// `start + len - 1`, computed (checked) once at construction.
+    #[cfg_attr(feature = "serde", serde(skip_serializing))]
+    last: A,
     len: u64,
 }
 
@@ -40,14 +43,11 @@ impl<A: Address> AddrRange<A> {
         if len == 0 {
             return Err(RangeError::Empty);
         }
-        start
-            .raw()
-            .checked_add(len - 1)
-            .ok_or(RangeError::Overflow {
-                start: start.raw(),
-                len,
-            })?;
-        Ok(AddrRange { start, len })
+        let last = start.checked_add(len - 1).ok_or(RangeError::Overflow {
+            start: start.raw(),
+            len,
+        })?;
+        Ok(AddrRange { start, last, len })
     }
 
     pub fn start(&self) -> A {
@@ -62,7 +62,7 @@ impl<A: Address> AddrRange<A> {
     }
     /// The last address inside the range (the range may end at 2^64).
     pub fn last(&self) -> A {
-        A::new(self.start.raw() + (self.len - 1))
+        self.last
     }
     /// One past the end, `None` if the range ends exactly at 2^64.
     pub fn end(&self) -> Option<A> {
@@ -80,17 +80,18 @@ impl<A: Address> AddrRange<A> {
     }
     /// Offset of `a` from the start, if `a` is inside.
     pub fn offset_of(&self, a: A) -> Option<u64> {
-        self.contains(a).then(|| a.raw() - self.start.raw())
+        if self.contains(a) {
+            a.offset_from(self.start)
+        } else {
+            None
+        }
     }
     /// The sub-range `[start + off, start + off + len)`, if it fits inside.
     pub fn sub(&self, off: u64, len: u64) -> Option<AddrRange<A>> {
         if len == 0 || off >= self.len || len > self.len - off {
             return None;
         }
-        Some(AddrRange {
-            start: A::new(self.start.raw() + off),
-            len,
-        })
+        AddrRange::new(self.start.checked_add(off)?, len).ok()
     }
 }
 
@@ -127,17 +128,17 @@ mod tests {
 
     #[test]
     fn containment_and_overlap() {
-        let r = AddrRange::new(BusAddr::new(0x1000), 0x1000).unwrap();
-        assert!(r.contains(BusAddr::new(0x1fff)));
-        assert!(!r.contains(BusAddr::new(0x2000)));
-        assert_eq!(r.offset_of(BusAddr::new(0x1800)), Some(0x800));
+        let r = AddrRange::new(BusAddr::from_config_space(0x1000), 0x1000).unwrap();
+        assert!(r.contains(BusAddr::from_config_space(0x1fff)));
+        assert!(!r.contains(BusAddr::from_config_space(0x2000)));
+        assert_eq!(r.offset_of(BusAddr::from_config_space(0x1800)), Some(0x800));
         let s = r.sub(0x800, 0x800).unwrap();
         assert!(r.contains_range(&s));
         assert_eq!(r.sub(0x800, 0x801), None);
         assert_eq!(r.sub(0x1000, 1), None);
-        let t = AddrRange::new(BusAddr::new(0x1fff), 2).unwrap();
+        let t = AddrRange::new(BusAddr::from_config_space(0x1fff), 2).unwrap();
         assert!(r.overlaps(&t) && t.overlaps(&r));
-        let u = AddrRange::new(BusAddr::new(0x2000), 2).unwrap();
+        let u = AddrRange::new(BusAddr::from_config_space(0x2000), 2).unwrap();
         assert!(!r.overlaps(&u));
         assert_eq!(format!("{r:?}"), "bus[0x1000-0x1fff]");
     }

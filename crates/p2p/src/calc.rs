@@ -2,7 +2,7 @@
 //! [`crate::P2pIndex`] must agree with, and the source of the details an
 //! explanation needs (which bridges redirect, in the kernel's order).
 
-use crate::whitelist::host_bridge_whitelisted;
+use crate::rules::{acs_redirects, host_bridge_forwarding};
 use crate::MapType;
 use peerdma_pci::{FnId, Topology};
 use serde::Serialize;
@@ -40,7 +40,7 @@ pub fn calc_map_type_and_dist(topo: &Topology, provider: FnId, client: FnId) -> 
     let up = |f: FnId| topo.function(f).upstream;
     let mut acs_list = Vec::new();
     let mut acs_unknown = Vec::new();
-    let mut check = |f: FnId, list: &mut Vec<FnId>| match topo.function(f).acs.redirects() {
+    let mut check = |f: FnId, list: &mut Vec<FnId>| match acs_redirects(&topo.function(f).acs) {
         Some(true) => list.push(f),
         Some(false) => {}
         None => acs_unknown.push(f),
@@ -103,15 +103,13 @@ pub fn calc_map_type_and_dist(topo: &Topology, provider: FnId, client: FnId) -> 
     }
 
     // map_through_host_bridge
-    let hb_a = topo.function(provider).host_bridge;
-    let hb_b = topo.function(client).host_bridge;
-    let whitelisted = if hb_a == hb_b {
-        host_bridge_whitelisted(topo, hb_a, true)
-    } else {
-        host_bridge_whitelisted(topo, hb_a, false) && host_bridge_whitelisted(topo, hb_b, false)
-    };
-    verdict.host_bridge_whitelisted = Some(whitelisted);
-    if !cpu_ok && !whitelisted {
+    let rule = host_bridge_forwarding(
+        topo,
+        topo.function(provider).host_bridge,
+        topo.function(client).host_bridge,
+    );
+    verdict.host_bridge_whitelisted = Some(rule.whitelisted);
+    if !rule.forwards() {
         verdict.map_type = MapType::NotSupported;
     } else {
         verdict.distance = Some(dist);

@@ -364,7 +364,7 @@ pub fn explain(topo: &Topology, provider: FnId, client: FnId) -> Explanation {
             |f: FnId| topo.function(f).children.is_empty() && topo.function(f).is_dma_endpoint();
         let self_redirect = [provider, client]
             .iter()
-            .any(|&f| topo.function(f).acs.redirects() == Some(true));
+            .any(|&f| crate::acs_redirects(&topo.function(f).acs) == Some(true));
         if fixes.is_empty()
             && v.common_upstream.is_none()
             && leaf(provider)

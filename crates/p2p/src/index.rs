@@ -4,7 +4,7 @@
 //! walk to the meeting point and a few additions instead of the kernel's
 //! nested walks.
 
-use crate::whitelist::host_bridge_whitelisted;
+use crate::rules::{acs_redirects, HostBridgeForwarding, Whitelisting};
 use crate::MapType;
 use peerdma_pci::{Bdf, FnId, Topology};
 use serde::Serialize;
@@ -22,8 +22,8 @@ pub struct P2pIndex<'t> {
     top: Vec<u32>,
     hb: Vec<u32>,
     cpu_ok: bool,
-    wl_same: Vec<bool>,
-    wl_cross: Vec<bool>,
+    /// The whitelist's answers per host bridge.
+    wl: Vec<Whitelisting>,
     /// Functions in depth-first order; a subtree is a contiguous range.
     order: Vec<u32>,
     pos: Vec<u32>,
@@ -52,15 +52,10 @@ impl<'t> P2pIndex<'t> {
             top: vec![0; n],
             hb: Vec::with_capacity(n),
             cpu_ok: topo.cpu().supports_p2pdma(),
-            wl_same: topo
+            wl: topo
                 .host_bridges()
                 .iter()
-                .map(|h| host_bridge_whitelisted(topo, h.id, true))
-                .collect(),
-            wl_cross: topo
-                .host_bridges()
-                .iter()
-                .map(|h| host_bridge_whitelisted(topo, h.id, false))
+                .map(|h| Whitelisting::of(topo, h.id))
                 .collect(),
             order: Vec::with_capacity(n),
             pos: vec![0; n],
@@ -68,7 +63,7 @@ impl<'t> P2pIndex<'t> {
         };
         for f in topo.functions() {
             idx.up.push(f.upstream.map_or(NONE, |u| u.0));
-            idx.redir.push(f.acs.redirects().unwrap_or(false));
+            idx.redir.push(acs_redirects(&f.acs).unwrap_or(false));
             idx.hb.push(f.host_bridge.0);
         }
         // Ancestors are not always earlier in BDF order (a VF's bus), so
@@ -166,15 +161,11 @@ impl<'t> P2pIndex<'t> {
         }
     }
 
-    /// The kernel's `cpu_supports_p2pdma() || host_bridge_whitelist()`.
+    /// The host-bridge rule ([`HostBridgeForwarding`]) on the
+    /// precomputed whitelist answers.
     #[inline]
     fn host_bridge_forwards(&self, ha: usize, hb: usize) -> bool {
-        self.cpu_ok
-            || if ha == hb {
-                self.wl_same[ha]
-            } else {
-                self.wl_cross[ha] && self.wl_cross[hb]
-            }
+        HostBridgeForwarding::decide(self.cpu_ok, self.wl[ha], self.wl[hb], ha == hb).forwards()
     }
 
     /// The pair's verdict as `pci_p2pdma_distance` reports it.
@@ -287,7 +278,7 @@ impl P2pIndex<'_> {
         let ha = self.hb[a] as usize;
         let da = self.depth[a];
         // Per host bridge of the client, the answer when the path crosses it.
-        let per_hb: Vec<u32> = (0..self.wl_same.len())
+        let per_hb: Vec<u32> = (0..self.wl.len())
             .map(|h| self.host_bridge_cell(ha, h))
             .collect();
         for (b, out) in row.iter_mut().enumerate() {

@@ -17,6 +17,7 @@ mod path;
 mod provider;
 pub mod refcore;
 pub mod render;
+mod rules;
 mod staging;
 mod whitelist;
 
@@ -28,6 +29,9 @@ pub use path::{link_class, path_between, Hop, LinkClass, PathInfo, PathLink};
 pub use provider::{
     Allocation, DmaTicket, Importer, ImporterHandle, P2pError, Provider, ProviderRef,
     ProviderState, RevokeError, RevokeReport,
+};
+pub use rules::{
+    acs_ctrl_redirects, acs_redirects, host_bridge_forwarding, HostBridgeForwarding, Whitelisting,
 };
 pub use staging::{choose_staging, Memory, NoStaging, StagingChoice};
 pub use whitelist::{host_bridge_whitelisted, whitelist_entry, WhitelistEntry, WHITELIST};

@@ -10,7 +10,8 @@
 
 use crate::refcore::RefCore;
 use peerdma_mem::{
-    AddrRange, Bdf, BusAddr, BusOffset, MemKind, PhysAddr, PhysVec, RangeAllocator, PAGE_SIZE,
+    AddrRange, Address, Bdf, BusAddr, BusOffset, MemKind, PhysAddr, PhysVec, RangeAllocator,
+    PAGE_SIZE,
 };
 use peerdma_pci::Function;
 use serde::Serialize;
@@ -190,8 +191,11 @@ impl Provider {
     ) -> Result<Provider, P2pError> {
         // The pool hands out whole pages, as gen_pool with PAGE_SHIFT does;
         // a partial page at either end is not used.
-        let start = range.start().raw().div_ceil(PAGE_SIZE) * PAGE_SIZE;
-        let end = (range.start().raw() + range.len()) / PAGE_SIZE * PAGE_SIZE;
+        // A range ending at 2^64 loses its last page (its end is not a u64).
+        let end = range
+            .end()
+            .map_or(!(PAGE_SIZE - 1), |e| e.raw() / PAGE_SIZE * PAGE_SIZE);
+        let start = range.start().align_up(PAGE_SIZE).map_or(end, |s| s.raw());
         if end <= start {
             return Err(P2pError::BadResource {
                 bdf,
@@ -201,6 +205,7 @@ impl Provider {
         }
         bus_offset
             .to_bus(range.start())
+            .and(bus_offset.to_bus(range.last()))
             .ok_or_else(|| P2pError::BadResource {
                 bdf,
                 bar,

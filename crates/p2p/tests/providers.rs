@@ -194,3 +194,23 @@ fn stress_allocate_dma_and_revoke_concurrently() {
         assert_eq!(p.size(), 0);
     }
 }
+
+/// A BAR at the very top of the address space, or a bus offset that moves
+/// its end past 2^64: an error or a working provider, never a panic.
+#[test]
+fn ranges_at_the_end_of_the_address_space() {
+    let bdf: Bdf = "0000:03:00.0".parse().unwrap();
+    let top = AddrRange::new(PhysAddr::new(u64::MAX - 16 * PAGE_SIZE + 1), 16 * PAGE_SIZE).unwrap();
+    let p = Provider::new(bdf, 0, top, BusOffset::IDENTITY).unwrap();
+    let a = p.alloc(PAGE_SIZE).unwrap();
+    assert_eq!(a.bus_addr().raw(), a.phys_addr().raw());
+    // The first byte has a bus address, the last would not.
+    let e = Provider::new(
+        bdf,
+        0,
+        AddrRange::new(PhysAddr::new(u64::MAX - 16 * PAGE_SIZE + 1), 16 * PAGE_SIZE).unwrap(),
+        BusOffset::new(8 * PAGE_SIZE as i64),
+    )
+    .unwrap_err();
+    assert!(matches!(e, P2pError::BadResource { .. }), "{e}");
+}

@@ -124,7 +124,9 @@ fn parse_resource(
         let bus = if io {
             None
         } else {
-            cs.bar_bus_address(i).filter(|&a| a != 0).map(BusAddr::new)
+            cs.bar_bus_address(i)
+                .filter(|&a| a != 0)
+                .map(BusAddr::from_config_space)
         };
         bars.push(Bar {
             index: i as u8,

@@ -96,7 +96,7 @@ fn tb_load(c: &mut Criterion) {
         let hops = m
             .path_hops(
                 *dev,
-                DmaAddr::new(bufs[*node as usize].phys().addr().raw()),
+                DmaAddr::direct(bufs[*node as usize].phys().addr()),
                 4096,
                 true,
             )

@@ -1,83 +1,101 @@
-//! The simulated machine's memories: host DRAM per NUMA node and the BAR
-//! memory of every endpoint, backed by real bytes. Storage is sparse: 1 MiB
-//! chunks appear on first write, unwritten bytes read as zero, so a 64 GiB
-//! BAR costs nothing until used.
+//! Sparse byte storage for the simulated machine's memories (host DRAM,
+//! BARs, device media): 1 MiB chunks appear on first write and unwritten
+//! bytes read as zero, so a 64 GiB BAR costs nothing until used — and
+//! nothing is allocated in proportion to a region's size, whatever size a
+//! topology claims.
+//!
+//! Offsets are checked by the callers (the memory map, the media, the
+//! fabric); [`Store::holds`] is the check they use.
 
+use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
 
 /// Chunk size of the sparse store.
-pub const CHUNK: u64 = 1 << 20;
+pub(crate) const CHUNK: u64 = 1 << 20;
 
-/// One contiguous region of simulated memory.
-#[derive(Debug)]
-pub struct Region {
-    pub base: u64,
-    pub size: u64,
-    chunks: Mutex<Vec<Option<Box<[u8]>>>>,
-}
+type Chunks = BTreeMap<u64, Box<[u8]>>;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-impl Region {
-    pub fn new(base: u64, size: u64) -> Region {
-        let n = size.div_ceil(CHUNK) as usize;
-        Region {
-            base,
+fn new_chunk() -> Box<[u8]> {
+    vec![0u8; CHUNK as usize].into_boxed_slice()
+}
+
+/// `size` bytes of sparse memory, addressed by offset.
+#[derive(Debug)]
+pub(crate) struct Store {
+    size: u64,
+    chunks: Mutex<Chunks>,
+}
+
+/// The chunk, offset in it, and bytes of it a span starting at `off` with
+/// `left` bytes to go covers.
+fn piece(off: u64, left: usize) -> (u64, usize, usize) {
+    let ci = off / CHUNK;
+    let co = (off % CHUNK) as usize;
+    let n = (CHUNK as usize - co).min(left);
+    (ci, co, n)
+}
+
+impl Store {
+    pub(crate) fn new(size: u64) -> Store {
+        Store {
             size,
-            chunks: Mutex::new((0..n).map(|_| None).collect()),
+            chunks: Mutex::new(BTreeMap::new()),
         }
     }
 
-    pub fn contains(&self, addr: u64, len: u64) -> bool {
-        addr >= self.base && len <= self.size && addr - self.base <= self.size - len
+    pub(crate) fn size(&self) -> u64 {
+        self.size
     }
 
-    /// Bytes actually backed (for tests and reports).
-    pub fn resident(&self) -> u64 {
-        lock(&self.chunks).iter().filter(|c| c.is_some()).count() as u64 * CHUNK
+    /// Whether `[off, off + len)` lies inside (without overflow).
+    pub(crate) fn holds(&self, off: u64, len: u64) -> bool {
+        off.checked_add(len).is_some_and(|end| end <= self.size)
     }
 
-    /// Copy `dst.len()` bytes at region offset `off` into `dst`.
-    pub fn read(&self, off: u64, dst: &mut [u8]) {
-        let chunks = lock(&self.chunks);
-        read_from(&chunks, off, dst);
+    /// Bytes actually backed.
+    #[cfg(test)]
+    pub(crate) fn resident(&self) -> u64 {
+        lock(&self.chunks).len() as u64 * CHUNK
     }
 
-    /// Copy `src` into the region at offset `off`.
-    pub fn write(&self, off: u64, src: &[u8]) {
-        let mut chunks = lock(&self.chunks);
-        write_into(&mut chunks, off, src);
+    /// Copy `dst.len()` bytes at offset `off` into `dst` (inside: see
+    /// [`Store::holds`]).
+    pub(crate) fn read(&self, off: u64, dst: &mut [u8]) {
+        debug_assert!(self.holds(off, dst.len() as u64));
+        read_from(&lock(&self.chunks), off, dst);
+    }
+
+    /// Copy `src` in at offset `off` (inside: see [`Store::holds`]).
+    pub(crate) fn write(&self, off: u64, src: &[u8]) {
+        debug_assert!(self.holds(off, src.len() as u64));
+        write_into(&mut lock(&self.chunks), off, src);
     }
 
     /// Fill `len` bytes at `off` with `byte`.
-    pub fn fill(&self, off: u64, len: u64, byte: u8) {
+    pub(crate) fn fill(&self, off: u64, len: u64, byte: u8) {
+        debug_assert!(self.holds(off, len));
         let mut chunks = lock(&self.chunks);
-        let mut done = 0;
+        let mut done = 0u64;
         while done < len {
-            let o = off + done;
-            let ci = (o / CHUNK) as usize;
-            let co = (o % CHUNK) as usize;
-            let n = ((CHUNK as usize - co) as u64).min(len - done) as usize;
-            if byte != 0 || chunks[ci].is_some() {
-                let c =
-                    chunks[ci].get_or_insert_with(|| vec![0u8; CHUNK as usize].into_boxed_slice());
-                c[co..co + n].fill(byte);
+            let left = usize::try_from(len - done).unwrap_or(usize::MAX);
+            let (ci, co, n) = piece(off + done, left);
+            if byte != 0 || chunks.contains_key(&ci) {
+                chunks.entry(ci).or_insert_with(new_chunk)[co..co + n].fill(byte);
             }
             done += n as u64;
         }
     }
 }
 
-fn read_from(chunks: &[Option<Box<[u8]>>], off: u64, dst: &mut [u8]) {
+fn read_from(chunks: &Chunks, off: u64, dst: &mut [u8]) {
     let mut done = 0usize;
     while done < dst.len() {
-        let o = off + done as u64;
-        let ci = (o / CHUNK) as usize;
-        let co = (o % CHUNK) as usize;
-        let n = (CHUNK as usize - co).min(dst.len() - done);
-        match &chunks[ci] {
+        let (ci, co, n) = piece(off + done as u64, dst.len() - done);
+        match chunks.get(&ci) {
             Some(c) => dst[done..done + n].copy_from_slice(&c[co..co + n]),
             None => dst[done..done + n].fill(0),
         }
@@ -85,23 +103,21 @@ fn read_from(chunks: &[Option<Box<[u8]>>], off: u64, dst: &mut [u8]) {
     }
 }
 
-fn write_into(chunks: &mut [Option<Box<[u8]>>], off: u64, src: &[u8]) {
+fn write_into(chunks: &mut Chunks, off: u64, src: &[u8]) {
     let mut done = 0usize;
     while done < src.len() {
-        let o = off + done as u64;
-        let ci = (o / CHUNK) as usize;
-        let co = (o % CHUNK) as usize;
-        let n = (CHUNK as usize - co).min(src.len() - done);
-        let c = chunks[ci].get_or_insert_with(|| vec![0u8; CHUNK as usize].into_boxed_slice());
-        c[co..co + n].copy_from_slice(&src[done..done + n]);
+        let (ci, co, n) = piece(off + done as u64, src.len() - done);
+        chunks.entry(ci).or_insert_with(new_chunk)[co..co + n]
+            .copy_from_slice(&src[done..done + n]);
         done += n;
     }
 }
 
-/// Copy `len` bytes from `src` at `soff` to `dst` at `doff`, chunk to chunk
-/// without an intermediate buffer (two locks, taken in address order; one
-/// lock when both are the same region).
-pub fn copy(src: &Region, soff: u64, dst: &Region, doff: u64, len: u64) {
+/// Copy `len` bytes from `src` at `soff` to `dst` at `doff` (both inside),
+/// chunk to chunk without an intermediate buffer (two locks, taken in
+/// address order; one lock when both are the same store).
+pub(crate) fn copy(src: &Store, soff: u64, dst: &Store, doff: u64, len: u64) {
+    debug_assert!(src.holds(soff, len) && dst.holds(doff, len));
     if std::ptr::eq(src, dst) {
         let mut chunks = lock(&src.chunks);
         let mut tmp = vec![0u8; len.min(CHUNK) as usize];
@@ -114,7 +130,7 @@ pub fn copy(src: &Region, soff: u64, dst: &Region, doff: u64, len: u64) {
         }
         return;
     }
-    let (a, b) = if (src as *const Region) < (dst as *const Region) {
+    let (a, b) = if (src as *const Store) < (dst as *const Store) {
         (src, dst)
     } else {
         (dst, src)
@@ -128,22 +144,17 @@ pub fn copy(src: &Region, soff: u64, dst: &Region, doff: u64, len: u64) {
     };
     let mut done = 0u64;
     while done < len {
-        let so = soff + done;
-        let dof = doff + done;
-        let sci = (so / CHUNK) as usize;
-        let sco = (so % CHUNK) as usize;
-        let dci = (dof / CHUNK) as usize;
-        let dco = (dof % CHUNK) as usize;
-        let n = (CHUNK as usize - sco)
-            .min(CHUNK as usize - dco)
-            .min((len - done) as usize);
-        match &s[sci] {
+        let left = usize::try_from(len - done).unwrap_or(usize::MAX);
+        let (sci, sco, sn) = piece(soff + done, left);
+        let (dci, dco, dn) = piece(doff + done, left);
+        let n = sn.min(dn);
+        match s.get(&sci) {
             Some(sc) => {
-                let dc = d[dci].get_or_insert_with(|| vec![0u8; CHUNK as usize].into_boxed_slice());
-                dc[dco..dco + n].copy_from_slice(&sc[sco..sco + n]);
+                d.entry(dci).or_insert_with(new_chunk)[dco..dco + n]
+                    .copy_from_slice(&sc[sco..sco + n]);
             }
             None => {
-                if let Some(dc) = &mut d[dci] {
+                if let Some(dc) = d.get_mut(&dci) {
                     dc[dco..dco + n].fill(0);
                 }
             }
@@ -157,8 +168,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sparse_regions_read_back_and_copy() {
-        let r = Region::new(0x1000_0000, 8 * CHUNK);
+    fn sparse_stores_read_back_and_copy() {
+        let r = Store::new(8 * CHUNK);
         assert_eq!(r.resident(), 0);
         let data: Vec<u8> = (0..3 * CHUNK as usize / 2)
             .map(|i| (i % 253) as u8)
@@ -171,7 +182,7 @@ mod tests {
         let mut zeros = vec![1u8; 10];
         r.read(7 * CHUNK, &mut zeros);
         assert_eq!(zeros, vec![0; 10], "unwritten reads as zero");
-        let s = Region::new(0, 4 * CHUNK);
+        let s = Store::new(4 * CHUNK);
         copy(&r, CHUNK / 2 + 7, &s, 3, data.len() as u64);
         let mut out = vec![0u8; data.len()];
         s.read(3, &mut out);
@@ -181,16 +192,27 @@ mod tests {
         let mut z = vec![9u8; 100];
         s.read(3, &mut z);
         assert_eq!(z, vec![0; 100]);
-        // Within one region, overlapping forward copy.
+        // Within one store, overlapping forward copy.
         copy(&s, 3, &s, 5, 1000);
         let mut w = vec![0u8; 2];
         s.read(5 + 100, &mut w);
         assert_eq!(w, out[100..102]);
-        assert!(r.contains(0x1000_0000 + 8 * CHUNK - 1, 1));
-        assert!(!r.contains(0x1000_0000 + 8 * CHUNK - 1, 2));
+        assert!(r.holds(8 * CHUNK - 1, 1));
+        assert!(!r.holds(8 * CHUNK - 1, 2));
+        assert!(!r.holds(u64::MAX, 2), "overflow is not inside");
         r.fill(0, 16, 0xab);
         let mut f = [0u8; 16];
         r.read(0, &mut f);
         assert_eq!(f, [0xab; 16]);
+    }
+
+    #[test]
+    fn a_huge_store_costs_nothing_until_written() {
+        let r = Store::new(u64::MAX);
+        r.write(u64::MAX - 10, &[7; 10]);
+        let mut b = [0u8; 10];
+        r.read(u64::MAX - 10, &mut b);
+        assert_eq!(b, [7; 10]);
+        assert_eq!(r.resident(), CHUNK);
     }
 }

@@ -1,10 +1,11 @@
 //! Bytes through every path of the simulated machine, checked exactly.
 
 use peerdma_dma::{BouncePolicy, IommuMode, PathTaken};
-use peerdma_mem::{Bdf, Direction, PhysAddr};
+use peerdma_mem::{Bdf, Direction};
+use peerdma_p2p::{calc_map_type_and_dist, MapType};
 use peerdma_pci::desc::parse_description;
 use peerdma_pci::{Source, Topology};
-use peerdma_sim::{Route, SimConfig, SimMachine};
+use peerdma_sim::{DmaError, Route, SimConfig, SimMachine};
 
 fn machine(preset: &str, iommu: IommuMode) -> SimMachine {
     let topo = Source::Preset(preset.into()).load().unwrap();
@@ -135,10 +136,13 @@ fn host_memory_paths_are_byte_exact() {
             )
             .unwrap();
         let t = m.dma_write(nic, &sgl, &data).unwrap();
+        let topo = m.topology();
+        let hb = topo.function(topo.find(nic).unwrap()).host_bridge;
+        assert_eq!(topo.host_bridge(hb).numa_node, Some(1));
         assert_eq!(
             t.routes,
             vec![Route::HostMemory {
-                host_bridge: 4,
+                host_bridge: hb,
                 node: 0
             }]
         );
@@ -262,7 +266,286 @@ fn a_stale_mapping_shows_up_as_wrong_bytes() {
         "{:?}",
         ur[0]
     );
-    // A fresh decision on the changed machine would not use bus addresses:
-    // cpu_read through the BAR is untouched, so the loss is silent unless checked.
-    assert_eq!(PhysAddr::new(a.phys_addr().raw()), a.phys_addr());
+    // The kernel's rule on the changed machine says the pair cannot do P2P
+    // at all (redirected to a root complex that does not forward)...
+    let topo = m.topology();
+    let (pid, cid) = (topo.find(nvme).unwrap(), topo.find(gpu).unwrap());
+    assert_eq!(
+        calc_map_type_and_dist(topo, pid, cid).map_type,
+        MapType::BusAddr
+    );
+    let mut changed = (**topo).clone();
+    changed.set_acs_ctrl(topo.find(m.device("dp0").unwrap()).unwrap(), 0x1d);
+    assert_eq!(
+        calc_map_type_and_dist(&changed, pid, cid).map_type,
+        MapType::NotSupported
+    );
+    // ...but the verdict is cached, as the kernel caches it per client: a
+    // new mapping is by bus address again and loses its writes the same
+    // way. Nothing fails; only checking the bytes shows it.
+    let again = m
+        .map(
+            gpu,
+            &[a.phys()],
+            Direction::FromDevice,
+            BouncePolicy::Forbid,
+        )
+        .unwrap();
+    assert_eq!(again.path(), PathTaken::BusAddr);
+    let t = m.dma_write(gpu, &again, &data).unwrap();
+    assert_eq!(t.unsupported_bytes, 1 << 20);
+    m.cpu_read(a.phys_addr(), &mut cpu).unwrap();
+    assert!(cpu.iter().all(|&b| b == 0x5a), "dropped again");
+}
+
+/// A host bridge that translates: BARs below it sit at CPU physical
+/// address `bus - bus_offset`, and a peer reaches them by bus address.
+const TRANSLATING_HOST_BRIDGE: &str = r#"
+[cpu]
+vendor = "intel"
+family = 6
+[[host_bridge]]
+name = "hb"
+bus_offset = -549755813888 # -0x80_0000_0000
+[[device]]
+name = "host"
+type = "host"
+parent = "hb"
+slot = 0
+vendor = 0x8086
+device = 0x2020
+[[device]]
+name = "rp"
+type = "root_port"
+parent = "hb"
+[[device]]
+name = "up"
+type = "switch_upstream"
+parent = "rp"
+[[device]]
+name = "dp0"
+type = "switch_downstream"
+parent = "up"
+[[device]]
+name = "dp1"
+type = "switch_downstream"
+parent = "up"
+[[device]]
+name = "gpu"
+type = "endpoint"
+parent = "dp0"
+class = "gpu"
+bars = [{ bar = 0, size = "16M" }]
+[[device]]
+name = "nvme"
+type = "endpoint"
+parent = "dp1"
+class = "nvme"
+bars = [{ bar = 0, size = "16K" }, { bar = 2, size = "64M" }]
+p2pmem = { bar = 2 }
+"#;
+
+#[test]
+fn a_host_bridge_that_translates_is_honoured() {
+    let topo = Topology::from_raw(
+        parse_description(TRANSLATING_HOST_BRIDGE, "t").unwrap(),
+        "t",
+    )
+    .unwrap();
+    for mode in [IommuMode::Off, IommuMode::Translated] {
+        let m = SimMachine::new(
+            topo.clone(),
+            SimConfig {
+                iommu: mode,
+                ..SimConfig::default()
+            },
+        )
+        .unwrap();
+        let gpu = m.device("gpu").unwrap();
+        let nvme = m.device("nvme").unwrap();
+        let prov = m.provider(nvme).unwrap();
+        assert_eq!(prov.bus_offset().get(), -0x80_0000_0000);
+        let a = prov.alloc(1 << 20).unwrap();
+        assert_ne!(a.bus_addr().raw(), a.phys_addr().raw());
+        let data = pattern(1 << 20, 11);
+        // By bus address below the switch.
+        let sgl = m
+            .map(
+                gpu,
+                &[a.phys()],
+                Direction::FromDevice,
+                BouncePolicy::Forbid,
+            )
+            .unwrap();
+        assert_eq!(sgl.path(), PathTaken::BusAddr);
+        assert_eq!(sgl.entries()[0].addr.raw(), a.bus_addr().raw());
+        let t = m.dma_write(gpu, &sgl, &data).unwrap();
+        assert!(
+            t.routes.iter().all(|r| matches!(r, Route::Switch { .. })),
+            "{mode:?}: {:?}",
+            t.routes
+        );
+        assert_eq!(t.unsupported_bytes, 0);
+        drop(sgl);
+        let mut cpu = vec![0u8; data.len()];
+        m.cpu_read(a.phys_addr(), &mut cpu).unwrap();
+        assert!(cpu == data, "{mode:?}: the bytes are in the BAR");
+        // Through the (whitelisted) host bridge once ACS redirects: the
+        // root complex reaches the BAR at its physical address.
+        m.set_acs_ctrl(m.device("dp0").unwrap(), 0x1d).unwrap();
+        let back = m
+            .map(gpu, &[a.phys()], Direction::ToDevice, BouncePolicy::Forbid)
+            .unwrap();
+        let mut out = vec![0u8; data.len()];
+        // The list was decided before the change: by bus address, which now
+        // goes up to the root complex, where it is not this BAR's address.
+        match m.dma_read(gpu, &back, &mut out) {
+            Ok(t) => {
+                assert_eq!(mode, IommuMode::Off);
+                assert!(t.touched_root_complex(), "{:?}", t.routes);
+                assert!(out != data, "a bus address is not a physical one");
+            }
+            Err(e) => {
+                assert_eq!(mode, IommuMode::Translated, "{e}");
+                assert!(matches!(e, DmaError::Iommu { .. }), "{e}");
+            }
+        }
+        m.set_acs_ctrl(m.device("dp0").unwrap(), 0).unwrap();
+    }
+}
+
+/// Two host bridges, each with a switch, a GPU and an NVMe drive.
+const TWO_HOST_BRIDGES: &str = r#"
+[cpu]
+vendor = "intel"
+family = 6
+[[host_bridge]]
+name = "hb0"
+[[host_bridge]]
+name = "hb1"
+[[device]]
+name = "host0"
+type = "host"
+parent = "hb0"
+slot = 0
+vendor = 0x8086
+device = 0x4660
+[[device]]
+name = "host1"
+type = "host"
+parent = "hb1"
+slot = 0
+vendor = 0x8086
+device = 0x4660
+[[device]]
+name = "rp0"
+type = "root_port"
+parent = "hb0"
+[[device]]
+name = "rp1"
+type = "root_port"
+parent = "hb1"
+[[device]]
+name = "up0"
+type = "switch_upstream"
+parent = "rp0"
+[[device]]
+name = "up1"
+type = "switch_upstream"
+parent = "rp1"
+[[device]]
+name = "dp00"
+type = "switch_downstream"
+parent = "up0"
+[[device]]
+name = "dp01"
+type = "switch_downstream"
+parent = "up0"
+[[device]]
+name = "dp10"
+type = "switch_downstream"
+parent = "up1"
+[[device]]
+name = "dp11"
+type = "switch_downstream"
+parent = "up1"
+[[device]]
+name = "gpu0"
+type = "endpoint"
+parent = "dp00"
+class = "gpu"
+bars = [{ bar = 0, size = "16M" }]
+[[device]]
+name = "nvme0"
+type = "endpoint"
+parent = "dp01"
+class = "nvme"
+bars = [{ bar = 2, size = "64M" }]
+p2pmem = { bar = 2 }
+[[device]]
+name = "gpu1"
+type = "endpoint"
+parent = "dp10"
+class = "gpu"
+bars = [{ bar = 0, size = "16M" }]
+[[device]]
+name = "nvme1"
+type = "endpoint"
+parent = "dp11"
+class = "nvme"
+bars = [{ bar = 2, size = "64M" }]
+p2pmem = { bar = 2 }
+"#;
+
+/// Each host bridge has a bus address space of its own: two BARs below
+/// different host bridges may share bus addresses (their bridges translate
+/// to different CPU addresses), and a switch decodes only its own.
+#[test]
+fn bus_addresses_are_decoded_per_host_bridge() {
+    let mut raw = parse_description(TWO_HOST_BRIDGES, "t").unwrap();
+    let plain = Topology::from_raw(raw.clone(), "t").unwrap();
+    let bdf = |name: &str| plain.function(plain.lookup(name).unwrap()).bdf.to_string();
+    let (n0, n1) = (bdf("nvme0"), bdf("nvme1"));
+    let cfg = |raw: &peerdma_pci::raw::RawMachine, b: &str| {
+        raw.devices
+            .iter()
+            .position(|d| d.path.ends_with(b))
+            .unwrap()
+    };
+    // nvme1's BAR 2 register gets nvme0's bus address; its resource (the
+    // CPU address) stays: hb1 now translates by a non-zero offset.
+    let (i0, i1) = (cfg(&raw, &n0), cfg(&raw, &n1));
+    let bar2: Vec<u8> = raw.devices[i0].config[0x18..0x20].to_vec();
+    raw.devices[i1].config[0x18..0x20].copy_from_slice(&bar2);
+    let topo = Topology::from_raw(raw, "t").unwrap();
+    let m = SimMachine::new(topo, SimConfig::default()).unwrap();
+    let p0 = m.provider(m.device("nvme0").unwrap()).unwrap().clone();
+    let p1 = m.provider(m.device("nvme1").unwrap()).unwrap().clone();
+    assert_eq!(p0.bus_offset().get(), 0);
+    assert_ne!(p1.bus_offset().get(), 0);
+    let (a0, a1) = (p0.alloc(1 << 20).unwrap(), p1.alloc(1 << 20).unwrap());
+    assert_eq!(a0.bus_addr(), a1.bus_addr(), "one bus address, two BARs");
+    for (gpu, a, seed) in [("gpu0", &a0, 5), ("gpu1", &a1, 6)] {
+        let gpu = m.device(gpu).unwrap();
+        let data = pattern(1 << 20, seed);
+        let sgl = m
+            .map(
+                gpu,
+                &[a.phys()],
+                Direction::FromDevice,
+                BouncePolicy::Forbid,
+            )
+            .unwrap();
+        assert_eq!(sgl.path(), PathTaken::BusAddr);
+        let t = m.dma_write(gpu, &sgl, &data).unwrap();
+        assert!(
+            t.routes.iter().all(|r| matches!(r, Route::Switch { .. })),
+            "{gpu}: {:?}",
+            t.routes
+        );
+        drop(sgl);
+        let mut cpu = vec![0u8; data.len()];
+        m.cpu_read(a.phys_addr(), &mut cpu).unwrap();
+        assert!(cpu == data, "{gpu}: the bytes are in its peer's BAR");
+    }
 }

@@ -2,7 +2,7 @@
 //! corrupt data, and never frees memory a device may still write.
 
 use peerdma_dma::{BouncePolicy, IommuMode};
-use peerdma_mem::Direction;
+use peerdma_mem::{Address, Direction};
 use peerdma_p2p::ProviderState;
 use peerdma_pci::Source;
 use peerdma_sim::{DmaError, Fault, SimConfig, SimMachine};
@@ -43,7 +43,7 @@ fn transfer(m: &SimMachine, fault: Option<Fault>) -> (Result<u64, DmaError>, Vec
         )
         .unwrap();
     if let Some(f) = fault {
-        m.inject(f);
+        m.inject(f).unwrap();
     }
     let r = m.dma_write(gpu, &sgl, &d).map(|t| t.bytes);
     drop(sgl);
@@ -136,17 +136,66 @@ fn iommu_fault_mid_transfer_is_an_error() {
     m.inject(Fault::IommuFault {
         device: gpu,
         after: 2 << 20,
-    });
+    })
+    .unwrap();
     let e = m.dma_write(gpu, &sgl, &d).unwrap_err();
     assert!(matches!(e, DmaError::Iommu { .. }), "{e}");
     let mut got = vec![0u8; LEN];
     m.cpu_read(buf.phys().addr(), &mut got).unwrap();
     no_corruption(e.done(), &d, &got);
-    // An access outside the mapping is refused by the IOMMU, not served.
-    drop(sgl);
     assert!(
-        m.mapper().iommu().faults().is_empty(),
+        m.mapper().iommu_faults().is_empty(),
         "injected faults are not IOMMU page faults"
+    );
+}
+
+/// An access outside the mapping — past the end of a live one, or to an
+/// address whose mapping is gone — is refused by the IOMMU, logged as a
+/// page fault, and reaches no memory.
+#[test]
+fn access_outside_the_mapping_is_refused_by_the_iommu() {
+    let m = machine(IommuMode::Translated);
+    let gpu = m.device("gpu0").unwrap();
+    let buf = m.alloc_host(2 * 4096, 0).unwrap();
+    let (inside, beyond) = buf.phys().split_at(4096).unwrap();
+    m.cpu_write(beyond.addr(), &[0x11; 4096]).unwrap();
+    let sgl = m
+        .map(gpu, &[inside], Direction::FromDevice, BouncePolicy::Forbid)
+        .unwrap();
+    let start = sgl.entries()[0].addr;
+    let past_end = start.checked_add(4096).unwrap();
+    // Inside: served, into host memory.
+    let t = m.trace(gpu, start, 4096, true).unwrap();
+    assert!(
+        matches!(
+            t[..],
+            [peerdma_sim::RoutedPiece {
+                route: peerdma_sim::Route::HostMemory { .. },
+                ..
+            }]
+        ),
+        "{t:?}"
+    );
+    // Just past the end of the live mapping.
+    let e = m.trace(gpu, past_end, 16, true).unwrap_err();
+    let DmaError::Iommu { fault, .. } = &e else {
+        panic!("not an IOMMU refusal: {e}");
+    };
+    assert_eq!(fault.addr, past_end.raw());
+    assert!(fault.reason.contains("not mapped"), "{fault}");
+    // After unmapping, the address the device was given is dead too, for a
+    // DMA as much as for a probe.
+    drop(sgl);
+    let e = m.trace(gpu, start, 16, true).unwrap_err();
+    assert!(matches!(e, DmaError::Iommu { .. }), "{e}");
+    let log = m.mapper().iommu_faults();
+    assert_eq!(log.len(), 2, "{log:?}");
+    assert!(log.iter().all(|f| f.device == gpu && f.write));
+    let mut after = vec![0u8; 4096];
+    m.cpu_read(beyond.addr(), &mut after).unwrap();
+    assert!(
+        after.iter().all(|&b| b == 0x11),
+        "nothing was written beyond"
     );
 }
 
@@ -169,7 +218,8 @@ fn revoke_mid_transfer_waits_for_the_dma_then_frees() {
     m.inject(Fault::Revoke {
         provider: nvme,
         after: 4 << 20,
-    });
+    })
+    .unwrap();
     let t = m.dma_write(gpu, &sgl, &d).unwrap();
     assert_eq!(t.bytes, LEN as u64, "a DMA already in flight completes");
     let mut got = vec![0u8; LEN];
@@ -194,7 +244,8 @@ fn revoke_mid_transfer_waits_for_the_dma_then_frees() {
     drop(a);
     let results = m.join_revokes();
     assert_eq!(results.len(), 1);
-    results[0].as_ref().unwrap();
+    assert_eq!(results[0].provider, nvme);
+    results[0].result.as_ref().unwrap();
     assert_eq!(p.state(), ProviderState::Revoked);
     assert_eq!(p.size(), 0);
 }

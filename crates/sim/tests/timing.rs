@@ -77,7 +77,7 @@ fn two_flows_sharing_a_gen4_x16_link_each_get_half() {
             let hops = m
                 .path_hops(
                     m.device(g).unwrap(),
-                    DmaAddr::new(buf.phys().addr().raw()),
+                    DmaAddr::direct(buf.phys().addr()),
                     4096,
                     true,
                 )
@@ -121,7 +121,7 @@ fn a_p2p_flow_under_one_switch_does_not_touch_the_root_complex() {
                 s.channel(l, d).unwrap().bytes,
                 0,
                 "{}",
-                m.network().link(l).name
+                m.network().link(l).unwrap().name
             );
         }
     }
