@@ -12,6 +12,9 @@ pub enum Error {
         action: &'static str,
         source: io::Error,
     },
+    /// A path names something that cannot be read as the file expected
+    /// (a FIFO, a device, a directory, or a file larger than any real one).
+    BadFile { path: PathBuf, msg: String },
     /// A file's contents are malformed.
     Parse {
         /// The file (or preset) the text came from.
@@ -42,6 +45,12 @@ impl Error {
             path: path.to_path_buf(),
             action,
             source,
+        }
+    }
+    pub(crate) fn bad_file(path: &Path, msg: impl Into<String>) -> Error {
+        Error::BadFile {
+            path: path.to_path_buf(),
+            msg: msg.into(),
         }
     }
     pub(crate) fn parse(
@@ -83,6 +92,7 @@ impl fmt::Display for Error {
                 };
                 write!(f, "cannot {action} {}: {why}", path.display())
             }
+            Error::BadFile { path, msg } => write!(f, "{}: {msg}", path.display()),
             Error::Parse { origin, line, msg } => match line {
                 Some(l) => write!(f, "{origin}:{l}: {msg}"),
                 None => write!(f, "{origin}: {msg}"),

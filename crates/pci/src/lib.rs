@@ -10,6 +10,7 @@ mod build;
 pub mod config;
 pub mod desc;
 mod error;
+mod file;
 pub mod gen;
 pub mod ids;
 mod model;
@@ -23,4 +24,4 @@ pub use peerdma_mem::Bdf;
 pub mod presets;
 mod source;
 
-pub use source::{read_snapshot, write_snapshot, Source};
+pub use source::{read_description, read_snapshot, write_snapshot, Source};

@@ -1,6 +1,7 @@
 //! Where a topology comes from.
 
 use crate::error::{Error, Result};
+use crate::file::{read_input, DESCRIPTION_CAP, SNAPSHOT_CAP};
 use crate::raw::RawMachine;
 use crate::{desc, presets, sysfs, Topology};
 use std::fs;
@@ -34,10 +35,7 @@ impl Source {
             Source::Live => sysfs::read_root(Path::new("/")),
             Source::Root(dir) => sysfs::read_root(dir),
             Source::Snapshot(path) => read_snapshot(path),
-            Source::Description(path) => {
-                let text = fs::read_to_string(path).map_err(|e| Error::io("read", path, e))?;
-                desc::parse_description(&text, &path.display().to_string())
-            }
+            Source::Description(path) => read_description(path),
             Source::Preset(name) => presets::load(name),
         }
     }
@@ -58,10 +56,33 @@ impl Source {
     }
 }
 
+/// Read a description file (TOML).
+pub fn read_description(path: &Path) -> Result<RawMachine> {
+    let origin = path.display().to_string();
+    let bytes = read_input(path, DESCRIPTION_CAP, "a topology description (TOML)")?;
+    let text = std::str::from_utf8(&bytes).map_err(|e| {
+        let line = bytes[..e.valid_up_to()]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+            + 1;
+        Error::parse(
+            &origin,
+            Some(line),
+            "is not UTF-8 text (a description is a TOML file)",
+        )
+    })?;
+    desc::parse_description(text, &origin)
+}
+
 /// Read a snapshot file.
 pub fn read_snapshot(path: &Path) -> Result<RawMachine> {
     let origin = path.display().to_string();
-    let text = fs::read(path).map_err(|e| Error::io("read", path, e))?;
+    let text = read_input(
+        path,
+        SNAPSHOT_CAP,
+        "a snapshot written by `peerdma snapshot`",
+    )?;
     if text.iter().all(|b| b.is_ascii_whitespace()) {
         return Err(Error::parse(
             origin,
