@@ -82,7 +82,7 @@ fn link_from_config(cs: &ConfigSpace, exp: usize) -> Link {
 
 fn parse_resource(
     origin: &str,
-    bdf: Bdf,
+    bdf: &str,
     text: &str,
     max_bars: usize,
     cs: &ConfigSpace,
@@ -119,7 +119,17 @@ fn parse_resource(
             continue;
         }
         let io = flags & IORESOURCE_IO != 0;
-        let phys = AddrRange::new(PhysAddr::new(start), end - start + 1)
+        let Some(len) = (end - start).checked_add(1) else {
+            return Err(Error::device(
+                origin,
+                bdf,
+                format!(
+                    "resource line {} spans the whole 64-bit address space",
+                    i + 1
+                ),
+            ));
+        };
+        let phys = AddrRange::new(PhysAddr::new(start), len)
             .map_err(|e| Error::device(origin, bdf, format!("resource line {}: {e}", i + 1)))?;
         let bus = if io {
             None
@@ -212,11 +222,25 @@ impl Topology {
 
         for (idx, &(bdf, ri)) in order.iter().enumerate() {
             let d = &raw.devices[ri];
+            let name = match &d.label {
+                Some(l) => format!("{bdf} ({l})"),
+                None => bdf.to_string(),
+            };
+            if d.config.len() > 4096 {
+                return Err(Error::device(
+                    origin,
+                    &name,
+                    format!(
+                        "config space is {} bytes, more than the 4096 a PCI function has",
+                        d.config.len()
+                    ),
+                ));
+            }
             let cs = ConfigSpace::new(d.config.clone());
             if cs.len() < 64 {
                 return Err(Error::device(
                     origin,
-                    bdf,
+                    &name,
                     format!(
                         "config space is {} bytes, at least the 64-byte header is needed (truncated capture?)",
                         cs.len()
@@ -226,7 +250,7 @@ impl Topology {
             let parent = parent_of(&d.path).ok_or_else(|| {
                 Error::device(
                     origin,
-                    bdf,
+                    &name,
                     format!("path '{}' has neither a PCI bridge nor a host bridge (pciDDDD:BB) above the device", d.path),
                 )
             })?;
@@ -234,7 +258,7 @@ impl Topology {
                 if !by_bdf.contains_key(p) {
                     return Err(Error::device(
                         origin,
-                        bdf,
+                        &name,
                         format!("sits below {p}, which is not in the capture"),
                     ));
                 }
@@ -275,7 +299,7 @@ impl Topology {
                     },
                     Ok(None) => Acs::Absent,
                     Err(e) => {
-                        return Err(Error::device(origin, bdf, format!("ACS capability: {e}")))
+                        return Err(Error::device(origin, &name, format!("ACS capability: {e}")))
                     }
                 },
                 (Visibility::Full, false) => Acs::Absent,
@@ -287,7 +311,7 @@ impl Topology {
                 _ => 0,
             };
             let bars = match &d.resource {
-                Some(text) => parse_resource(origin, bdf, text, max_bars, &cs)?,
+                Some(text) => parse_resource(origin, &name, text, max_bars, &cs)?,
                 None => Vec::new(),
             };
             let link = if is_pcie
@@ -318,7 +342,7 @@ impl Topology {
                 Some(pf) => Some(*by_bdf.get(&pf).ok_or_else(|| {
                     Error::device(
                         origin,
-                        bdf,
+                        &name,
                         format!("its physical function {pf} is not in the capture"),
                     )
                 })?),
@@ -327,7 +351,7 @@ impl Topology {
             let host_bridge = match &parent {
                 Parent::Root {
                     key,
-                    name,
+                    name: hb_name,
                     domain,
                     bus,
                 } => {
@@ -336,7 +360,7 @@ impl Topology {
                     if id == next {
                         host_bridges.push(HostBridge {
                             id,
-                            name: name.clone(),
+                            name: hb_name.clone(),
                             path: key.clone(),
                             domain: *domain,
                             bus: *bus,
@@ -527,6 +551,12 @@ impl Topology {
             functions[i].port_type_inferred = true;
             inferred += 1;
         }
+
+        let bars_known: Vec<bool> = order
+            .iter()
+            .map(|&(_, ri)| raw.devices[ri].resource.is_some())
+            .collect();
+        crate::validate::check(origin, &functions, &host_bridges, &bars_known)?;
 
         let mut notes = Vec::new();
         if header_only > 0 {

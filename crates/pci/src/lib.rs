@@ -17,6 +17,7 @@ mod model;
 pub mod raw;
 pub mod render;
 pub mod sysfs;
+mod validate;
 
 pub use error::{Error, Result};
 pub use model::*;

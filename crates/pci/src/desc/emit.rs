@@ -64,10 +64,27 @@ pub(super) fn devices(file: &DescFile, l: &Layout, ctx: &Ctx) -> Result<Vec<RawD
         let mut resource_lines =
             vec!["0x0000000000000000 0x0000000000000000 0x0000000000000000".to_string(); 13];
         for b in &l.bars[i] {
+            // resource shows CPU physical addresses: bus - bus_offset.
             let phys = if b.io {
-                b.addr
+                Some(b.addr)
             } else {
-                (i128::from(b.addr) - i128::from(bus_offset)) as u64
+                u64::try_from(i128::from(b.addr) - i128::from(bus_offset)).ok()
+            };
+            let Some(phys) = phys.filter(|p| p.checked_add(b.size - 1).is_some()) else {
+                let shb = &file.host_bridges[n.hb];
+                let sign = if bus_offset < 0 { "-" } else { "" };
+                return Err(ctx.err(
+                    Some(ctx.line(shb.span().start)),
+                    format!(
+                        "host bridge '{}': bus_offset {sign}{:#x} puts BAR {} of device '{}' (bus address {:#x}, {} bytes) outside the 64-bit physical address space",
+                        hb.name,
+                        bus_offset.unsigned_abs(),
+                        b.bar,
+                        d.name,
+                        b.addr,
+                        b.size
+                    ),
+                ));
             };
             let flags: u64 = if b.io {
                 0x101
@@ -117,9 +134,6 @@ pub(super) fn devices(file: &DescFile, l: &Layout, ctx: &Ctx) -> Result<Vec<RawD
                     .transpose()
                     .map_err(bad)?
                     .unwrap_or(size);
-                if available > size {
-                    return Err(bad("available exceeds size".into()));
-                }
                 Some(RawP2pMem {
                     size,
                     available,

@@ -94,6 +94,17 @@ impl Tree {
             // A virtual function sits where its physical function does.
             let parent_name = match (&d.parent, physfn) {
                 (Some(p), _) => p.as_str(),
+                // (What a physical function may be is the builder's rule, for
+                // every source; here it only tells where the function sits.)
+                (None, Some(pf)) if pf == nodes.len() => {
+                    return Err(ctx.err(
+                        Some(line),
+                        format!(
+                            "device '{}' is its own physfn, so it has no parent to sit below",
+                            d.name
+                        ),
+                    ))
+                }
                 (None, Some(pf)) => match &file.devices[pf].get_ref().parent {
                     Some(p) => p.as_str(),
                     None => {
@@ -245,31 +256,13 @@ fn check_parent_kinds(file: &DescFile, nodes: &[Node], ctx: &Ctx) -> Result<()> 
                     "device '{}' ({}) cannot sit below {pdesc} '{}'; it needs {}{hint}",
                     d.name,
                     n.kind.name(),
-                    d.parent.as_deref().unwrap_or("?"),
+                    match n.parent {
+                        Some(p) => &file.devices[p].get_ref().name,
+                        None => &file.host_bridges[n.hb].get_ref().name,
+                    },
                     want.join(" or ")
                 ),
             ));
-        }
-        if let Some(pfi) = n.physfn {
-            let pf = &file.devices[pfi].get_ref().name;
-            if pfi == i || !matches!(nodes[pfi].kind, Kind::Endpoint | Kind::RcEndpoint) {
-                return Err(ctx.err(
-                    Some(n.line),
-                    format!(
-                        "device '{}': physfn '{pf}' must be another endpoint",
-                        d.name
-                    ),
-                ));
-            }
-            if nodes[pfi].parent != n.parent || (n.parent.is_none() && nodes[pfi].hb != n.hb) {
-                return Err(ctx.err(
-                    Some(n.line),
-                    format!(
-                        "device '{}': a virtual function sits beside its physfn '{pf}'",
-                        d.name
-                    ),
-                ));
-            }
         }
     }
     Ok(())
