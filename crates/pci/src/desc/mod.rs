@@ -94,10 +94,7 @@ pub(crate) fn parse_preset(text: &str, name: &str) -> Result<RawMachine> {
 
 fn build(text: &str, origin: &str, kind: &str) -> Result<RawMachine> {
     let ctx = Ctx::new(text, origin);
-    let file: DescFile = toml::from_str(text).map_err(|e| {
-        let line = e.span().map(|s| ctx.line(s.start));
-        ctx.err(line, e.message().trim().replace('\n', " "))
-    })?;
+    let file: DescFile = schema::parse(text, &ctx)?;
     if let Some(v) = file.version {
         if v != 1 {
             return Err(ctx.err(
@@ -391,6 +388,66 @@ class = "ethernet"
         for e in [parse_err(&vf("nosuch")), parse_err(&vf("hb0"))] {
             let line: usize = e.split(':').nth(1).unwrap().parse().unwrap();
             assert_eq!(vf("x").lines().nth(line - 1), Some("[[device]]"), "{e}");
+        }
+    }
+
+    #[test]
+    fn syntax_and_type_errors_say_what_is_wrong_in_a_readers_terms() {
+        for (text, line, want) in [
+            // A file ending in `name =`: toml gives an empty message.
+            (
+                "version = 1\nname =",
+                2,
+                "'name' has no value; expected a value",
+            ),
+            ("name =   # comment\n[cpu]\n", 1, "'name' has no value"),
+            ("name = intel\n", 1, "text goes in quotes"),
+            ("version = 1 2\n", 1, "expected the end of the line"),
+        ] {
+            let e = parse_err(text);
+            assert!(
+                e.starts_with(&format!("bad.toml:{line}: ")),
+                "{text:?}: {e}"
+            );
+            assert!(e.contains(want), "{text:?}: {e}");
+            assert!(e.len() > "bad.toml:1: ".len() + 10, "{e}");
+        }
+        for (from, to, want) in [
+            (
+                "class = \"nvme\"",
+                "class = true",
+                "expected a class: a number like 0x010802 or a name like \"nvme\"",
+            ),
+            (
+                "size = \"1G\"",
+                "size = true",
+                "expected a size: a number of bytes or text like \"256M\"",
+            ),
+            (
+                "acs = [\"rr\", \"cr\"]",
+                "acs = 5",
+                "expected true, false, or a list of ACS bits",
+            ),
+            (
+                "vendor = 0x1de5",
+                "vendor = 0x11de5",
+                "expected a whole number from 0 to 65535",
+            ),
+            (
+                "numa_node = 0",
+                "numa_node = -1",
+                "expected a whole number from 0 to 4294967295",
+            ),
+        ] {
+            let bad = SMALL.replacen(from, to, 1);
+            assert_ne!(bad, SMALL, "{from}");
+            let e = parse_err(&bad);
+            let line = bad.lines().position(|l| l.contains(to)).unwrap() + 1;
+            assert!(e.starts_with(&format!("bad.toml:{line}: ")), "{to}: {e}");
+            assert!(e.contains(want), "{to}: {e}");
+            for internal in ["untagged", "NumOrName", "SizeSpec", "AcsSpec", "u16", "u32"] {
+                assert!(!e.contains(internal), "{to}: {e}");
+            }
         }
     }
 }

@@ -2,7 +2,9 @@
 //! mean (device types, class names, link and size syntax, ACS bit names).
 //! Nothing here knows about buses, addresses or config space.
 
+use super::Ctx;
 use crate::config;
+use crate::error::{Error, Result};
 use crate::model::{LinkSpeed, LinkState, PortType};
 use crate::raw::RawCpu;
 use peerdma_mem::parse_size;
@@ -47,21 +49,30 @@ pub(super) struct DescHostBridge {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[serde(
+    untagged,
+    expecting = "expected a class: a number like 0x010802 or a name like \"nvme\""
+)]
 pub(super) enum NumOrName {
     Num(u32),
     Name(String),
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[serde(
+    untagged,
+    expecting = "expected a size: a number of bytes or text like \"256M\""
+)]
 pub(super) enum SizeSpec {
     Num(u64),
     Text(String),
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[serde(
+    untagged,
+    expecting = "expected true, false, or a list of ACS bits like [\"rr\", \"cr\"]"
+)]
 pub(super) enum AcsSpec {
     Flag(bool),
     Bits(Vec<String>),
@@ -114,6 +125,63 @@ pub(super) struct DescDevice {
     pub iommu_group: Option<u32>,
     pub driver: Option<String>,
     pub p2pmem: Option<DescP2p>,
+}
+
+/// Parse the file, with errors in a reader's terms: what is wrong, on
+/// which line, and what was expected.
+pub(super) fn parse(text: &str, ctx: &Ctx) -> Result<DescFile> {
+    toml::from_str(text).map_err(|e| {
+        let at = e.span().map(|s| s.start).unwrap_or(text.len());
+        toml_error(ctx, text, at, e.message())
+    })
+}
+
+/// What a value may be, for messages about a missing or malformed one.
+const A_VALUE: &str =
+    "a value: \"text\", a number, true or false, [a, list] or { an = \"inline table\" }";
+
+fn toml_error(ctx: &Ctx, text: &str, at: usize, message: &str) -> Error {
+    let at = at.min(text.len());
+    let line = ctx.line(at);
+    let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+    let line_end = text[at..].find('\n').map_or(text.len(), |i| at + i);
+    let before = text[line_start..at].trim_end();
+    let after = text[at..line_end].trim();
+    let message = message.trim();
+    let msg = if before.ends_with('=') && (after.is_empty() || after.starts_with('#')) {
+        // `key =` at the end of a line or of the file.
+        let key = before.trim_end_matches('=').trim();
+        format!("'{key}' has no value; expected {A_VALUE}")
+    } else if message.is_empty() && at >= text.trim_end().len() {
+        "the file ends in the middle of a statement".to_string()
+    } else if message.is_empty() {
+        "this line is not TOML".to_string()
+    } else if message.starts_with("invalid string\nexpected `\"`, `'`") {
+        format!("expected {A_VALUE} (text goes in quotes)")
+    } else {
+        user_terms(message)
+    };
+    ctx.err(Some(line), msg)
+}
+
+/// serde's and toml's words, in a reader's: the numeric types become their
+/// ranges, and one line.
+fn user_terms(message: &str) -> String {
+    let mut m = message.replace('\n', "; ");
+    for (ty, range) in [
+        ("u8", "a whole number from 0 to 255"),
+        ("u16", "a whole number from 0 to 65535"),
+        ("u32", "a whole number from 0 to 4294967295"),
+        ("u64", "a whole number from 0 to 18446744073709551615"),
+        ("i64", "a whole number"),
+    ] {
+        m = m.replace(&format!("expected {ty}"), &format!("expected {range}"));
+    }
+    m.replace("expected a sequence", "expected a list [...]")
+        .replace(
+            "expected newline, `#`",
+            "expected the end of the line (or a # comment) after the value",
+        )
 }
 
 impl DescCpu {
