@@ -578,6 +578,7 @@ impl Topology {
             host_bridges,
             notes,
             raw,
+            snapshot: None,
         })
     }
 }

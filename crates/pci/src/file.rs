@@ -1,5 +1,6 @@
 //! Reading input files safely: never more than a stated number of bytes,
-//! and never a file that could block or never end.
+//! and never a file that could block or never end. Writing output files
+//! whole or not at all.
 //!
 //! A copied sysfs tree is data like any other: its `config` may be a FIFO
 //! (reading would wait forever for a writer) or a link to `/dev/zero`
@@ -8,8 +9,8 @@
 //! is read), and read up to a cap.
 
 use crate::error::{Error, Result};
-use std::fs::File;
-use std::io::{self, Read};
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
 use std::path::Path;
 
 /// PCI configuration space: 4096 bytes for PCI Express, 256 for PCI.
@@ -92,6 +93,68 @@ pub(crate) fn read_input(path: &Path, cap: u64, what: &str) -> Result<Vec<u8>> {
     })
 }
 
+/// Write `bytes` to `path` whole or not at all: into a temporary file of
+/// its own in the destination's directory, persisted by rename, so that a
+/// failure leaves neither a partial file nor a stray temporary one, and
+/// no other file is touched. A path that is a device or a pipe
+/// (`/dev/stdout`) is written directly; a directory is refused; a link to a
+/// file replaces the file it links to.
+pub(crate) fn write_whole(path: &Path, bytes: &[u8], what: &str) -> Result<()> {
+    let meta = fs::metadata(path);
+    if let Ok(m) = &meta {
+        if m.is_dir() {
+            return Err(Error::bad_file(
+                path,
+                format!("is a directory, not a file to write {what} to"),
+            ));
+        }
+        if !m.is_file() {
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .open(path)
+                .map_err(|e| Error::io("write", path, e))?;
+            return f.write_all(bytes).map_err(|e| Error::io("write", path, e));
+        }
+    }
+    // Follow a link to the file it names, as writing through it would.
+    let target = match fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => {
+            fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
+        }
+        _ => path.to_path_buf(),
+    };
+    let dir = match target.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => Path::new(".").to_path_buf(),
+    };
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let prefix = format!(".{name}.");
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(&prefix).suffix(".tmp");
+    #[cfg(unix)]
+    {
+        // As any new file: 0666 less the umask (the open applies it).
+        use std::os::unix::fs::PermissionsExt;
+        builder.permissions(fs::Permissions::from_mode(0o666));
+    }
+    let mut tmp = builder
+        .tempfile_in(&dir)
+        .map_err(|e| Error::io("create a file in", &dir, e))?;
+    if let Ok(m) = &meta {
+        // Replacing a file keeps its permissions.
+        let _ = tmp.as_file().set_permissions(m.permissions());
+    }
+    tmp.write_all(bytes)
+        .and_then(|()| tmp.as_file().sync_all())
+        .map_err(|e| Error::io("write", path, e))?;
+    tmp.persist(&target)
+        .map_err(|e| Error::io("write", path, e.error))?;
+    Ok(())
+}
+
 #[cfg(unix)]
 fn open_nonblocking(path: &Path) -> io::Result<File> {
     use rustix::fs::{Mode, OFlags};
@@ -169,7 +232,6 @@ fn describe(kind: &std::fs::FileType) -> &'static str {
 #[cfg(all(test, unix))]
 mod tests {
     use super::*;
-    use std::fs;
 
     #[test]
     fn regular_files_are_read_up_to_the_cap() {

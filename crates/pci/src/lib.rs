@@ -25,4 +25,4 @@ pub use peerdma_mem::Bdf;
 pub mod presets;
 mod source;
 
-pub use source::{read_description, read_snapshot, write_snapshot, Source};
+pub use source::{read_description, read_snapshot, snapshot_json, write_snapshot, Source};

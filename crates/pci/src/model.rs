@@ -426,6 +426,8 @@ pub struct Topology {
     pub(crate) origin: Origin,
     pub(crate) notes: Vec<String>,
     pub(crate) raw: RawMachine,
+    /// The snapshot file this model was replayed from, if it was.
+    pub(crate) snapshot: Option<std::path::PathBuf>,
 }
 
 impl Topology {
@@ -464,14 +466,24 @@ impl Topology {
     pub fn raw(&self) -> &RawMachine {
         &self.raw
     }
-    /// A short description of the source for messages.
+    /// A short description of the source for messages: the snapshot file
+    /// (with what it was captured from), else the directory or preset.
     pub fn origin_label(&self) -> String {
-        match self.origin.kind.as_str() {
+        let captured = match self.origin.kind.as_str() {
             "preset" => format!("preset '{}'", self.origin.detail),
             "sysfs" if self.origin.detail == "/" => "this machine's sysfs".into(),
             "sysfs" => format!("root {}", self.origin.detail),
             _ => self.origin.detail.clone(),
+        };
+        match &self.snapshot {
+            Some(p) => format!("{} (a snapshot of {captured})", p.display()),
+            None => captured,
         }
+    }
+
+    /// The snapshot file this model was replayed from, if it was.
+    pub fn snapshot(&self) -> Option<&std::path::Path> {
+        self.snapshot.as_deref()
     }
 
     pub fn find(&self, bdf: Bdf) -> Option<FnId> {

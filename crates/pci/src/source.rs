@@ -1,10 +1,9 @@
 //! Where a topology comes from.
 
 use crate::error::{Error, Result};
-use crate::file::{read_input, DESCRIPTION_CAP, SNAPSHOT_CAP};
+use crate::file::{read_input, write_whole, DESCRIPTION_CAP, SNAPSHOT_CAP};
 use crate::raw::RawMachine;
 use crate::{desc, presets, sysfs, Topology};
-use std::fs;
 use std::path::{Path, PathBuf};
 
 /// A machine to read.
@@ -52,7 +51,11 @@ impl Source {
 
     /// Read and build the model.
     pub fn load(&self) -> Result<Topology> {
-        Topology::from_raw(self.capture()?, &self.label())
+        let mut t = Topology::from_raw(self.capture()?, &self.label())?;
+        if let Source::Snapshot(p) = self {
+            t.snapshot = Some(p.clone());
+        }
+        Ok(t)
     }
 }
 
@@ -131,13 +134,16 @@ pub fn read_snapshot(path: &Path) -> Result<RawMachine> {
     })
 }
 
-/// Write a snapshot file.
-pub fn write_snapshot(raw: &RawMachine, path: &Path) -> Result<()> {
-    let mut text = serde_json::to_string_pretty(raw)
-        .map_err(|e| Error::parse(path.display().to_string(), None, e.to_string()))?;
+/// A snapshot as text: the capture as pretty JSON, ending in a newline.
+pub fn snapshot_json(raw: &RawMachine) -> String {
+    // A RawMachine is strings, numbers and maps with string keys, which
+    // always serialize.
+    let mut text = serde_json::to_string_pretty(raw).unwrap_or_default();
     text.push('\n');
-    // Write beside and rename, so a failed write never leaves half a file.
-    let tmp = path.with_extension("json.tmp");
-    fs::write(&tmp, text).map_err(|e| Error::io("write", &tmp, e))?;
-    fs::rename(&tmp, path).map_err(|e| Error::io("write", path, e))
+    text
+}
+
+/// Write a snapshot file, whole or not at all (see the module `file`).
+pub fn write_snapshot(raw: &RawMachine, path: &Path) -> Result<()> {
+    write_whole(path, snapshot_json(raw).as_bytes(), "a snapshot")
 }

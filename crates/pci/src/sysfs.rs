@@ -274,6 +274,70 @@ fn mkdir(p: &Path) -> Result<()> {
     fs::create_dir_all(p).map_err(|e| Error::io("create directory", p, e))
 }
 
+/// Write a capture as a new tree at `dir`, whole or not at all: `dir` must
+/// not exist or be empty; the tree is written beside it under a temporary
+/// name and renamed into place, so a failure leaves nothing behind and no
+/// files of an earlier tree are mixed in.
+pub fn create_root(raw: &RawMachine, dir: &Path) -> Result<()> {
+    match fs::read_dir(dir) {
+        Ok(mut entries) => {
+            if entries.next().is_some() {
+                return Err(Error::bad_file(
+                    dir,
+                    "exists and is not empty; a tree is written to a new or empty directory",
+                ));
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) if e.kind() == io::ErrorKind::NotADirectory => {
+            return Err(Error::bad_file(dir, "exists and is not a directory"))
+        }
+        Err(e) => return Err(Error::io("read", dir, e)),
+    }
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    mkdir(&parent)?;
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let prefix = format!(".{name}.");
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(&prefix);
+    #[cfg(unix)]
+    {
+        // As any new directory: 0777 less the umask.
+        use std::os::unix::fs::PermissionsExt;
+        builder.permissions(fs::Permissions::from_mode(0o777));
+    }
+    let tmp = builder
+        .tempdir_in(&parent)
+        .map_err(|e| Error::io("create a directory in", &parent, e))?;
+    // Messages name the tree as it will be, not the temporary name.
+    write_root(raw, tmp.path()).map_err(|e| match e {
+        Error::Io {
+            path,
+            action,
+            source,
+        } => Error::Io {
+            path: path
+                .strip_prefix(tmp.path())
+                .map(|rest| dir.join(rest))
+                .unwrap_or(path),
+            action,
+            source,
+        },
+        e => e,
+    })?;
+    let kept = tmp.keep();
+    fs::rename(&kept, dir).map_err(|e| {
+        let _ = fs::remove_dir_all(&kept);
+        Error::io("write", dir, e)
+    })
+}
+
 /// Write a capture out as a tree that [`read_root`] reads back to the same
 /// capture: `dir/sys/devices/...`, the `sys/bus/pci/devices` links, and
 /// `dir/proc/cpuinfo`.
