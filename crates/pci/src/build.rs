@@ -210,7 +210,7 @@ impl Topology {
         let by_bdf: HashMap<Bdf, FnId> = order
             .iter()
             .enumerate()
-            .map(|(i, (b, _))| (*b, FnId(i as u32)))
+            .map(|(i, (b, _))| (*b, FnId::new(i)))
             .collect();
 
         let mut functions = Vec::with_capacity(order.len());
@@ -355,7 +355,7 @@ impl Topology {
                     domain,
                     bus,
                 } => {
-                    let next = HostBridgeId(host_bridges.len() as u32);
+                    let next = HostBridgeId::new(host_bridges.len());
                     let id = *hb_by_key.entry(key.clone()).or_insert(next);
                     if id == next {
                         host_bridges.push(HostBridge {
@@ -373,7 +373,7 @@ impl Topology {
                 Parent::Bridge(_) => None,
             };
             functions.push(Function {
-                id: FnId(idx as u32),
+                id: FnId::new(idx),
                 bdf,
                 path: d.path.clone(),
                 vendor: cs.vendor().unwrap_or(0xffff),
@@ -394,7 +394,7 @@ impl Topology {
                 upstream: None,
                 children: Vec::new(),
                 physfn,
-                host_bridge: host_bridge.unwrap_or(HostBridgeId(u32::MAX)),
+                host_bridge: host_bridge.unwrap_or(HostBridgeId::UNKNOWN),
                 acs,
                 bridge_buses: cs.bridge_buses().map(|(_, s, u)| (s, u)),
                 bars,
@@ -462,7 +462,7 @@ impl Topology {
             for &c in chain.iter().rev() {
                 if let Some(u) = functions[c].upstream {
                     functions[c].host_bridge = functions[u.index()].host_bridge;
-                } else if functions[c].host_bridge.0 == u32::MAX {
+                } else if functions[c].host_bridge == HostBridgeId::UNKNOWN {
                     // A root-bus virtual function: its physical function's host bridge.
                     if let Some(pf) = functions[c].physfn {
                         let hb = match &pending[pf.index()].parent {
@@ -478,7 +478,7 @@ impl Topology {
             }
         }
         for i in 0..functions.len() {
-            if functions[i].host_bridge.0 == u32::MAX {
+            if functions[i].host_bridge == HostBridgeId::UNKNOWN {
                 return Err(Error::device(
                     origin,
                     pending[i].bdf,
@@ -498,10 +498,10 @@ impl Topology {
                         ),
                     ));
                 }
-                functions[u.index()].children.push(FnId(i as u32));
+                functions[u.index()].children.push(FnId::new(i));
             } else {
                 let hb = functions[i].host_bridge;
-                host_bridges[hb.index()].root_functions.push(FnId(i as u32));
+                host_bridges[hb.index()].root_functions.push(FnId::new(i));
             }
         }
         for hb in &mut host_bridges {

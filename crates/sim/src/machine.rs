@@ -833,7 +833,7 @@ impl SimMachine {
                         target: Some((ri, phys.raw() - r.base)),
                         len: n,
                         route: Route::HostMemory {
-                            host_bridge: hb.0,
+                            host_bridge: hb.index() as u32,
                             node: *node,
                         },
                         hops,
@@ -879,8 +879,8 @@ impl SimMachine {
                         target: Some((ri, phys.raw() - r.base)),
                         len: n,
                         route: Route::RootComplexPeer {
-                            from_host_bridge: hb.0,
-                            to_host_bridge: thb.0,
+                            from_host_bridge: hb.index() as u32,
+                            to_host_bridge: thb.index() as u32,
                         },
                         hops,
                     });
@@ -911,7 +911,9 @@ impl SimMachine {
         Piece {
             target: None,
             len,
-            route: Route::Unsupported { host_bridge: hb.0 },
+            route: Route::Unsupported {
+                host_bridge: hb.index() as u32,
+            },
             hops,
         }
     }
