@@ -77,8 +77,28 @@ impl Error {
     }
 }
 
+/// Writes through to a formatter with control characters escaped, so a
+/// message stays one line whatever text from the input it quotes (a name
+/// or an attribute value may hold a newline).
+struct OneLine<'a, 'b>(&'a mut fmt::Formatter<'b>);
+
+impl fmt::Write for OneLine<'_, '_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        for c in s.chars() {
+            if c.is_control() {
+                write!(self.0, "{}", c.escape_default())?;
+            } else {
+                fmt::Write::write_char(self.0, c)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use fmt::Write;
+        let mut f = OneLine(f);
         match self {
             Error::Io {
                 path,
@@ -123,5 +143,16 @@ impl std::error::Error for Error {
             Error::Io { source, .. } => Some(source),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_stay_one_line_whatever_they_quote() {
+        let e = Error::parse("a\nb.toml", Some(3), "name 'x\ny\t' is bad");
+        assert_eq!(e.to_string(), "a\\nb.toml:3: name 'x\\ny\\t' is bad");
     }
 }

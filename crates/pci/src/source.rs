@@ -93,8 +93,13 @@ pub fn read_snapshot(path: &Path) -> Result<RawMachine> {
             "is empty, expected a snapshot written by `peerdma snapshot`",
         ));
     }
-    // A quick look at the format field first, for a better message than a
-    // field-by-field complaint when this is some other JSON file.
+    let e = match serde_json::from_slice(&text) {
+        Ok(raw) => return Ok(raw),
+        Err(e) => e,
+    };
+    // Not a snapshot this build reads. If it is JSON, a look at its format
+    // and version gives a better message than a field-by-field complaint
+    // (another JSON file, or a snapshot of another version).
     if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&text) {
         let fmt = v.get("format").and_then(|f| f.as_str());
         if fmt != Some(crate::raw::SNAPSHOT_FORMAT) {
@@ -122,7 +127,7 @@ pub fn read_snapshot(path: &Path) -> Result<RawMachine> {
             }
         }
     }
-    serde_json::from_slice(&text).map_err(|e| {
+    Err({
         let line = (e.line() > 0).then_some(e.line());
         let msg = e.to_string();
         // serde_json appends " at line L column C"; the line is in the prefix.
