@@ -95,6 +95,36 @@ impl fmt::Write for OneLine<'_, '_> {
     }
 }
 
+/// serde's, serde_json's and toml's words in a reader's terms: numeric
+/// types become their ranges, and the message one line.
+pub(crate) fn in_user_terms(message: &str) -> String {
+    let mut m = message.replace('\n', "; ");
+    for (ty, range) in [
+        ("u8", "a whole number from 0 to 255"),
+        ("u16", "a whole number from 0 to 65535"),
+        ("u32", "a whole number from 0 to 4294967295"),
+        ("u64", "a whole number from 0 to 18446744073709551615"),
+        ("i64", "a whole number"),
+    ] {
+        m = m.replace(&format!("expected {ty}"), &format!("expected {range}"));
+    }
+    for (theirs, ours) in [
+        ("expected a sequence", "expected a list [...]"),
+        (
+            "expected newline, `#`",
+            "expected the end of the line (or a # comment) after the value",
+        ),
+        ("expected `.`, `=`", "expected `key = value`"),
+        (
+            "invalid basic string",
+            "a string is not closed (a missing \")",
+        ),
+    ] {
+        m = m.replace(theirs, ours);
+    }
+    m
+}
+
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         use fmt::Write;

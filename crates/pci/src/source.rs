@@ -129,7 +129,7 @@ pub fn read_snapshot(path: &Path) -> Result<RawMachine> {
     }
     Err({
         let line = (e.line() > 0).then_some(e.line());
-        let msg = e.to_string();
+        let msg = crate::error::in_user_terms(&e.to_string());
         // serde_json appends " at line L column C"; the line is in the prefix.
         let msg = match msg.rfind(" at line ") {
             Some(i) => format!("{} (column {})", &msg[..i], e.column()),

@@ -154,6 +154,30 @@ fn bad_snapshots_are_named() {
         "{e}"
     );
 
+    // Type errors say what was expected in a reader's terms.
+    for (from, to, want) in [
+        (
+            "\"devices\": [",
+            "\"devices\": [7, ",
+            "expected a device: an object with path and config",
+        ),
+        (
+            "\"processors\": ",
+            "\"processors\": -",
+            "expected a whole number from 0 to 4294967295",
+        ),
+    ] {
+        let f = dir.path().join("types.json");
+        assert!(text.contains(from), "{from}");
+        fs::write(&f, text.replacen(from, to, 1)).unwrap();
+        let e = load_err(Source::Snapshot(f));
+        assert!(e.contains(want), "{e}");
+        assert!(
+            !e.contains("struct") && !e.contains("Raw") && !e.contains("u32"),
+            "{e}"
+        );
+    }
+
     let _ = read_snapshot(&dir.path().join("nothing"));
 }
 

@@ -438,6 +438,11 @@ class = "ethernet"
                 "numa_node = -1",
                 "expected a whole number from 0 to 4294967295",
             ),
+            (
+                "bars = [{ bar = 0, size = \"16M\", bits = 32 }]",
+                "bars = [1]",
+                "expected a BAR: a table like { bar = 0",
+            ),
         ] {
             let bad = SMALL.replacen(from, to, 1);
             assert_ne!(bad, SMALL, "{from}");
@@ -445,7 +450,16 @@ class = "ethernet"
             let line = bad.lines().position(|l| l.contains(to)).unwrap() + 1;
             assert!(e.starts_with(&format!("bad.toml:{line}: ")), "{to}: {e}");
             assert!(e.contains(want), "{to}: {e}");
-            for internal in ["untagged", "NumOrName", "SizeSpec", "AcsSpec", "u16", "u32"] {
+            for internal in [
+                "untagged",
+                "NumOrName",
+                "SizeSpec",
+                "AcsSpec",
+                "u16",
+                "u32",
+                "struct",
+                "Desc",
+            ] {
                 assert!(!e.contains(internal), "{to}: {e}");
             }
         }

@@ -4,14 +4,17 @@
 
 use super::Ctx;
 use crate::config;
-use crate::error::{Error, Result};
+use crate::error::{in_user_terms, Error, Result};
 use crate::model::{LinkSpeed, LinkState, PortType};
 use crate::raw::RawCpu;
 use peerdma_mem::parse_size;
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a description: a table with [cpu], [[host_bridge]] and [[device]]"
+)]
 pub(super) struct DescFile {
     pub version: Option<u32>,
     pub name: Option<String>,
@@ -27,7 +30,10 @@ pub(super) struct DescFile {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a [cpu] table with vendor and family"
+)]
 pub(super) struct DescCpu {
     pub vendor: String,
     pub family: u32,
@@ -38,7 +44,7 @@ pub(super) struct DescCpu {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a host bridge: a table with a name")]
 pub(super) struct DescHostBridge {
     pub name: String,
     pub domain: Option<u32>,
@@ -79,7 +85,10 @@ pub(super) enum AcsSpec {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a BAR: a table like { bar = 0, size = \"16K\" }"
+)]
 pub(super) struct DescBar {
     pub bar: u8,
     pub size: SizeSpec,
@@ -90,7 +99,7 @@ pub(super) struct DescBar {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "p2pmem: a table like { bar = 2 }")]
 pub(super) struct DescP2p {
     pub bar: u8,
     pub size: Option<SizeSpec>,
@@ -100,7 +109,10 @@ pub(super) struct DescP2p {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a device: a table with name, type and parent"
+)]
 pub(super) struct DescDevice {
     pub name: String,
     #[serde(rename = "type")]
@@ -159,29 +171,9 @@ fn toml_error(ctx: &Ctx, text: &str, at: usize, message: &str) -> Error {
     } else if message.starts_with("invalid string\nexpected `\"`, `'`") {
         format!("expected {A_VALUE} (text goes in quotes)")
     } else {
-        user_terms(message)
+        in_user_terms(message)
     };
     ctx.err(Some(line), msg)
-}
-
-/// serde's and toml's words, in a reader's: the numeric types become their
-/// ranges, and one line.
-fn user_terms(message: &str) -> String {
-    let mut m = message.replace('\n', "; ");
-    for (ty, range) in [
-        ("u8", "a whole number from 0 to 255"),
-        ("u16", "a whole number from 0 to 65535"),
-        ("u32", "a whole number from 0 to 4294967295"),
-        ("u64", "a whole number from 0 to 18446744073709551615"),
-        ("i64", "a whole number"),
-    ] {
-        m = m.replace(&format!("expected {ty}"), &format!("expected {range}"));
-    }
-    m.replace("expected a sequence", "expected a list [...]")
-        .replace(
-            "expected newline, `#`",
-            "expected the end of the line (or a # comment) after the value",
-        )
 }
 
 impl DescCpu {
