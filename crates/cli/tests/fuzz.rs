@@ -283,6 +283,17 @@ fn run_case(case: &str, src: Source, names: &str) -> bool {
             // What follows the file (and line, or path below a tree).
             let after = &e[at + names.len()..];
             let said = after.split_once(": ").map_or("", |(_, m)| m);
+            for internal in [
+                "untagged enum",
+                "expected struct",
+                "expected u8",
+                "expected u16",
+                "expected u32",
+                "expected u64",
+                "expected i64",
+            ] {
+                assert!(!e.contains(internal), "{case}: internal words: {e}");
+            }
             assert!(
                 said.chars().filter(|c| c.is_alphabetic()).count() >= 8,
                 "{case}: says too little: {e}"
