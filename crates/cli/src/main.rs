@@ -6,7 +6,7 @@ use clap::{Args, Parser, Subcommand};
 use peerdma_p2p::{explain, matrix, render::matrix_table, render::LEGEND, Matrix};
 use peerdma_pci::ids::PciIds;
 use peerdma_pci::render::{describe, header, tree};
-use peerdma_pci::{presets, sysfs, write_snapshot, FnId, Source, Topology};
+use peerdma_pci::{presets, snapshot_json, sysfs, write_snapshot, FnId, Source, Topology};
 use serde_json::json;
 use std::io::Write;
 use std::path::PathBuf;
@@ -79,7 +79,7 @@ enum Cmd {
     },
     /// Capture the machine into a self-contained snapshot (or a --root tree).
     Snapshot {
-        /// Snapshot file to write (JSON).
+        /// Snapshot file to write (JSON); `-` for standard output.
         #[arg(short, long, value_name = "FILE", required_unless_present = "tree")]
         output: Option<PathBuf>,
         /// Also (or instead) write a directory that --root reads back.
@@ -525,16 +525,34 @@ fn run(cli: Cli) -> Result<ExitCode> {
             output,
             tree: tree_dir,
         } => {
-            if let Some(path) = &output {
-                write_snapshot(topo.raw(), path)?;
-            }
+            // Each output is written whole or not at all; the tree first,
+            // and taken back if the snapshot then fails, so an error leaves
+            // nothing behind.
             if let Some(dir) = &tree_dir {
-                sysfs::write_root(topo.raw(), dir)?;
+                sysfs::create_root(topo.raw(), dir)?;
             }
-            if cli.json {
-                print_json(
+            let to_stdout = output.as_deref().is_some_and(is_stdout);
+            if let Some(path) = &output {
+                let written = if to_stdout {
+                    print(&snapshot_json(topo.raw()))
+                } else {
+                    write_snapshot(topo.raw(), path).map_err(anyhow::Error::from)
+                };
+                if let Err(e) = written {
+                    if let Some(dir) = &tree_dir {
+                        let _ = std::fs::remove_dir_all(dir);
+                    }
+                    return Err(e);
+                }
+            }
+            // What was written, on standard error when the snapshot itself
+            // went to standard output.
+            let summary = if cli.json {
+                let mut s = serde_json::to_string_pretty(
                     &json!({ "snapshot": output, "tree": tree_dir, "functions": topo.len(), "source": source.label() }),
                 )?;
+                s.push('\n');
+                s
             } else {
                 let mut s = String::new();
                 if let Some(p) = &output {
@@ -542,7 +560,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         "wrote snapshot of {} functions from {} to {}\n",
                         topo.len(),
                         source.label(),
-                        p.display()
+                        if to_stdout {
+                            "standard output".into()
+                        } else {
+                            p.display().to_string()
+                        }
                     ));
                 }
                 if let Some(d) = &tree_dir {
@@ -553,11 +575,59 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     ));
                 }
                 s.push_str(&notes(&topo));
-                print(&s)?;
+                s
+            };
+            if to_stdout {
+                eprint!("{summary}");
+            } else {
+                print(&summary)?;
             }
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Whether `path` is `-` or names this process's standard output
+/// (`/dev/stdout`, or the file it is redirected to).
+fn is_stdout(path: &std::path::Path) -> bool {
+    if path.as_os_str() == "-" {
+        return true;
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        if let (Ok(a), Ok(b)) = (
+            std::fs::metadata(path),
+            std::fs::metadata("/proc/self/fd/1"),
+        ) {
+            return a.dev() == b.dev() && a.ino() == b.ino();
+        }
+    }
+    false
+}
+
+/// An error and its causes as one line, each cause said once: an error
+/// whose message already gives its cause (a file error saying "permission
+/// denied") is not followed by the cause's own words for it
+/// ("Permission denied (os error 13)").
+fn one_line(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string().replace('\n', " ");
+        let text = text.trim();
+        let plain = match text.rfind(" (os error ") {
+            Some(i) if text.ends_with(')') => &text[..i],
+            _ => text,
+        };
+        if plain.is_empty() || out.to_lowercase().contains(&plain.to_lowercase()) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(text);
+    }
+    out
 }
 
 fn main() -> ExitCode {
@@ -565,8 +635,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            let msg = format!("{e:#}").replace('\n', " ");
-            eprintln!("peerdma: error: {msg}");
+            eprintln!("peerdma: error: {}", one_line(&e));
             ExitCode::from(2)
         }
     }
@@ -581,6 +650,19 @@ mod tests {
     #[test]
     fn cli_definition_is_valid() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn causes_are_said_once() {
+        let io = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        let e = anyhow::Error::new(io).context("cannot read /x: permission denied");
+        assert_eq!(one_line(&e), "cannot read /x: permission denied");
+        let io = std::io::Error::from_raw_os_error(28);
+        let e = anyhow::Error::new(io).context("cannot write /y");
+        assert_eq!(
+            one_line(&e),
+            "cannot write /y: No space left on device (os error 28)"
+        );
     }
 
     #[test]

@@ -133,7 +133,7 @@ impl Mapper {
             .map(|f| {
                 let key = match f.iommu_group {
                     Some(g) => u64::from(g),
-                    None => (1 << 40) + u64::from(f.id.0),
+                    None => (1 << 40) + f.id.index() as u64,
                 };
                 (f.bdf, key)
             })

@@ -62,9 +62,9 @@ impl<'t> P2pIndex<'t> {
             end: vec![0; n],
         };
         for f in topo.functions() {
-            idx.up.push(f.upstream.map_or(NONE, |u| u.0));
+            idx.up.push(f.upstream.map_or(NONE, |u| u.index() as u32));
             idx.redir.push(acs_redirects(&f.acs).unwrap_or(false));
-            idx.hb.push(f.host_bridge.0);
+            idx.hb.push(f.host_bridge.index() as u32);
         }
         // Ancestors are not always earlier in BDF order (a VF's bus), so
         // resolve each chain with memoisation.
@@ -126,7 +126,7 @@ impl<'t> P2pIndex<'t> {
     /// Map type and the raw distance `calc_map_type_and_dist` computes.
     #[inline]
     pub fn map_type_and_dist(&self, provider: FnId, client: FnId) -> (MapType, u32) {
-        let (a, b) = (provider.0 as usize, client.0 as usize);
+        let (a, b) = (provider.index(), client.index());
         if self.top[a] == self.top[b] {
             let (mut x, mut y) = (a, b);
             while self.depth[x] > self.depth[y] {
@@ -239,7 +239,11 @@ impl Matrix {
 
     /// Map type and raw distance for a pair.
     pub fn get(&self, provider: FnId, client: FnId) -> (MapType, u32) {
-        let c = self.cells[provider.index() * self.n + client.index()];
+        self.get_at(provider.index(), client.index())
+    }
+
+    fn get_at(&self, a: usize, b: usize) -> (MapType, u32) {
+        let c = self.cells[a * self.n + b];
         let map = match c & 3 {
             CELL_BUS_ADDR => MapType::BusAddr,
             CELL_THRU_HOST_BRIDGE => MapType::ThruHostBridge,
@@ -252,7 +256,7 @@ impl Matrix {
     pub fn pairs(&self) -> impl Iterator<Item = PairVerdict> + '_ {
         (0..self.n).flat_map(move |a| {
             (0..self.n).filter(move |&b| b != a).map(move |b| {
-                let (map_type, dist) = self.get(FnId(a as u32), FnId(b as u32));
+                let (map_type, dist) = self.get_at(a, b);
                 PairVerdict {
                     provider: self.bdfs[a],
                     client: self.bdfs[b],

@@ -82,7 +82,7 @@ fn link_from_config(cs: &ConfigSpace, exp: usize) -> Link {
 
 fn parse_resource(
     origin: &str,
-    bdf: Bdf,
+    bdf: &str,
     text: &str,
     max_bars: usize,
     cs: &ConfigSpace,
@@ -119,7 +119,17 @@ fn parse_resource(
             continue;
         }
         let io = flags & IORESOURCE_IO != 0;
-        let phys = AddrRange::new(PhysAddr::new(start), end - start + 1)
+        let Some(len) = (end - start).checked_add(1) else {
+            return Err(Error::device(
+                origin,
+                bdf,
+                format!(
+                    "resource line {} spans the whole 64-bit address space",
+                    i + 1
+                ),
+            ));
+        };
+        let phys = AddrRange::new(PhysAddr::new(start), len)
             .map_err(|e| Error::device(origin, bdf, format!("resource line {}: {e}", i + 1)))?;
         let bus = if io {
             None
@@ -202,7 +212,7 @@ impl Topology {
         let by_bdf: HashMap<Bdf, FnId> = order
             .iter()
             .enumerate()
-            .map(|(i, (b, _))| (*b, FnId(i as u32)))
+            .map(|(i, (b, _))| (*b, FnId::new(i)))
             .collect();
 
         let mut functions = Vec::with_capacity(order.len());
@@ -214,11 +224,25 @@ impl Topology {
 
         for (idx, &(bdf, ri)) in order.iter().enumerate() {
             let d = &raw.devices[ri];
+            let name = match &d.label {
+                Some(l) => format!("{bdf} ({l})"),
+                None => bdf.to_string(),
+            };
+            if d.config.len() > 4096 {
+                return Err(Error::device(
+                    origin,
+                    &name,
+                    format!(
+                        "config space is {} bytes, more than the 4096 a PCI function has",
+                        d.config.len()
+                    ),
+                ));
+            }
             let cs = ConfigSpace::new(d.config.clone());
             if cs.len() < 64 {
                 return Err(Error::device(
                     origin,
-                    bdf,
+                    &name,
                     format!(
                         "config space is {} bytes, at least the 64-byte header is needed (truncated capture?)",
                         cs.len()
@@ -228,7 +252,7 @@ impl Topology {
             let parent = parent_of(&d.path).ok_or_else(|| {
                 Error::device(
                     origin,
-                    bdf,
+                    &name,
                     format!("path '{}' has neither a PCI bridge nor a host bridge (pciDDDD:BB) above the device", d.path),
                 )
             })?;
@@ -236,7 +260,7 @@ impl Topology {
                 if !by_bdf.contains_key(p) {
                     return Err(Error::device(
                         origin,
-                        bdf,
+                        &name,
                         format!("sits below {p}, which is not in the capture"),
                     ));
                 }
@@ -277,7 +301,7 @@ impl Topology {
                     },
                     Ok(None) => Acs::Absent,
                     Err(e) => {
-                        return Err(Error::device(origin, bdf, format!("ACS capability: {e}")))
+                        return Err(Error::device(origin, &name, format!("ACS capability: {e}")))
                     }
                 },
                 (Visibility::Full, false) => Acs::Absent,
@@ -289,7 +313,7 @@ impl Topology {
                 _ => 0,
             };
             let bars = match &d.resource {
-                Some(text) => parse_resource(origin, bdf, text, max_bars, &cs)?,
+                Some(text) => parse_resource(origin, &name, text, max_bars, &cs)?,
                 None => Vec::new(),
             };
             let link = if is_pcie
@@ -320,7 +344,7 @@ impl Topology {
                 Some(pf) => Some(*by_bdf.get(&pf).ok_or_else(|| {
                     Error::device(
                         origin,
-                        bdf,
+                        &name,
                         format!("its physical function {pf} is not in the capture"),
                     )
                 })?),
@@ -329,16 +353,16 @@ impl Topology {
             let host_bridge = match &parent {
                 Parent::Root {
                     key,
-                    name,
+                    name: hb_name,
                     domain,
                     bus,
                 } => {
-                    let next = HostBridgeId(host_bridges.len() as u32);
+                    let next = HostBridgeId::new(host_bridges.len());
                     let id = *hb_by_key.entry(key.clone()).or_insert(next);
                     if id == next {
                         host_bridges.push(HostBridge {
                             id,
-                            name: name.clone(),
+                            name: hb_name.clone(),
                             path: key.clone(),
                             domain: *domain,
                             bus: *bus,
@@ -351,7 +375,7 @@ impl Topology {
                 Parent::Bridge(_) => None,
             };
             functions.push(Function {
-                id: FnId(idx as u32),
+                id: FnId::new(idx),
                 bdf,
                 path: d.path.clone(),
                 vendor: cs.vendor().unwrap_or(0xffff),
@@ -372,7 +396,7 @@ impl Topology {
                 upstream: None,
                 children: Vec::new(),
                 physfn,
-                host_bridge: host_bridge.unwrap_or(HostBridgeId(u32::MAX)),
+                host_bridge: host_bridge.unwrap_or(HostBridgeId::UNKNOWN),
                 acs,
                 bridge_buses: cs.bridge_buses().map(|(_, s, u)| (s, u)),
                 bars,
@@ -440,7 +464,7 @@ impl Topology {
             for &c in chain.iter().rev() {
                 if let Some(u) = functions[c].upstream {
                     functions[c].host_bridge = functions[u.index()].host_bridge;
-                } else if functions[c].host_bridge.0 == u32::MAX {
+                } else if functions[c].host_bridge == HostBridgeId::UNKNOWN {
                     // A root-bus virtual function: its physical function's host bridge.
                     if let Some(pf) = functions[c].physfn {
                         let hb = match &pending[pf.index()].parent {
@@ -456,7 +480,7 @@ impl Topology {
             }
         }
         for i in 0..functions.len() {
-            if functions[i].host_bridge.0 == u32::MAX {
+            if functions[i].host_bridge == HostBridgeId::UNKNOWN {
                 return Err(Error::device(
                     origin,
                     pending[i].bdf,
@@ -476,10 +500,10 @@ impl Topology {
                         ),
                     ));
                 }
-                functions[u.index()].children.push(FnId(i as u32));
+                functions[u.index()].children.push(FnId::new(i));
             } else {
                 let hb = functions[i].host_bridge;
-                host_bridges[hb.index()].root_functions.push(FnId(i as u32));
+                host_bridges[hb.index()].root_functions.push(FnId::new(i));
             }
         }
         for hb in &mut host_bridges {
@@ -530,6 +554,12 @@ impl Topology {
             inferred += 1;
         }
 
+        let bars_known: Vec<bool> = order
+            .iter()
+            .map(|&(_, ri)| raw.devices[ri].resource.is_some())
+            .collect();
+        crate::validate::check(origin, &functions, &host_bridges, &bars_known)?;
+
         let mut notes = Vec::new();
         if header_only > 0 {
             notes.push(format!(
@@ -550,6 +580,7 @@ impl Topology {
             host_bridges,
             notes,
             raw,
+            snapshot: None,
         })
     }
 }

@@ -10,12 +10,14 @@ mod build;
 pub mod config;
 pub mod desc;
 mod error;
+mod file;
 pub mod gen;
 pub mod ids;
 mod model;
 pub mod raw;
 pub mod render;
 pub mod sysfs;
+mod validate;
 
 pub use error::{Error, Result};
 pub use model::*;
@@ -23,4 +25,4 @@ pub use peerdma_mem::Bdf;
 pub mod presets;
 mod source;
 
-pub use source::{read_snapshot, write_snapshot, Source};
+pub use source::{read_description, read_snapshot, snapshot_json, write_snapshot, Source};

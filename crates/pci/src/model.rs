@@ -7,23 +7,54 @@ use serde::Serialize;
 use std::collections::HashMap;
 use std::fmt;
 
-/// Index of a function in a [`Topology`].
+/// Index of a function in a [`Topology`]. Ids come from the topology that
+/// owns them ([`Topology::ids`], [`Topology::lookup`], [`Topology::find`],
+/// [`Topology::id_at`] and the fields of its functions), not from numbers.
+/// Functions are numbered in BDF order from 0.
+///
+/// An id cannot be made up from outside this crate:
+///
+/// ```compile_fail
+/// let forged = peerdma_pci::FnId(3);
+/// ```
+///
+/// ```
+/// let t = peerdma_pci::Source::Preset("workstation".into()).load().unwrap();
+/// let id = t.id_at(3).unwrap();
+/// assert_eq!(t.function(id).id, id);
+/// assert_eq!(t.id_at(t.len()), None);
+/// ```
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize)]
 #[serde(transparent)]
-pub struct FnId(pub u32);
+pub struct FnId(u32);
 
 impl FnId {
+    pub(crate) fn new(index: usize) -> FnId {
+        FnId(index as u32)
+    }
+    /// The function's position in [`Topology::functions`].
     pub fn index(self) -> usize {
         self.0 as usize
     }
 }
 
-/// Index of a host bridge (a root bus) in a [`Topology`].
+/// Index of a host bridge (a root bus) in a [`Topology`], from the
+/// topology that owns it ([`Topology::host_bridges`] and its functions).
+///
+/// ```compile_fail
+/// let forged = peerdma_pci::HostBridgeId(0);
+/// ```
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize)]
 #[serde(transparent)]
-pub struct HostBridgeId(pub u32);
+pub struct HostBridgeId(u32);
 
 impl HostBridgeId {
+    pub(crate) fn new(index: usize) -> HostBridgeId {
+        HostBridgeId(index as u32)
+    }
+    /// Not yet known (while the builder resolves host bridges).
+    pub(crate) const UNKNOWN: HostBridgeId = HostBridgeId(u32::MAX);
+    /// The host bridge's position in [`Topology::host_bridges`].
     pub fn index(self) -> usize {
         self.0 as usize
     }
@@ -426,6 +457,8 @@ pub struct Topology {
     pub(crate) origin: Origin,
     pub(crate) notes: Vec<String>,
     pub(crate) raw: RawMachine,
+    /// The snapshot file this model was replayed from, if it was.
+    pub(crate) snapshot: Option<std::path::PathBuf>,
 }
 
 impl Topology {
@@ -442,7 +475,11 @@ impl Topology {
         self.functions.is_empty()
     }
     pub fn ids(&self) -> impl ExactSizeIterator<Item = FnId> + '_ {
-        (0..self.functions.len() as u32).map(FnId)
+        (0..self.functions.len()).map(FnId::new)
+    }
+    /// The id of the function at `index` in [`Topology::functions`].
+    pub fn id_at(&self, index: usize) -> Option<FnId> {
+        (index < self.functions.len()).then(|| FnId::new(index))
     }
     pub fn host_bridges(&self) -> &[HostBridge] {
         &self.host_bridges
@@ -464,14 +501,24 @@ impl Topology {
     pub fn raw(&self) -> &RawMachine {
         &self.raw
     }
-    /// A short description of the source for messages.
+    /// A short description of the source for messages: the snapshot file
+    /// (with what it was captured from), else the directory or preset.
     pub fn origin_label(&self) -> String {
-        match self.origin.kind.as_str() {
+        let captured = match self.origin.kind.as_str() {
             "preset" => format!("preset '{}'", self.origin.detail),
             "sysfs" if self.origin.detail == "/" => "this machine's sysfs".into(),
             "sysfs" => format!("root {}", self.origin.detail),
             _ => self.origin.detail.clone(),
+        };
+        match &self.snapshot {
+            Some(p) => format!("{} (a snapshot of {captured})", p.display()),
+            None => captured,
         }
+    }
+
+    /// The snapshot file this model was replayed from, if it was.
+    pub fn snapshot(&self) -> Option<&std::path::Path> {
+        self.snapshot.as_deref()
     }
 
     pub fn find(&self, bdf: Bdf) -> Option<FnId> {

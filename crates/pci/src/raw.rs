@@ -16,7 +16,10 @@ pub const SNAPSHOT_VERSION: u32 = 1;
 
 /// One machine as captured.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a peerdma snapshot: an object with format, version, origin, cpu and devices"
+)]
 pub struct RawMachine {
     pub format: String,
     pub version: u32,
@@ -27,7 +30,10 @@ pub struct RawMachine {
 
 /// Where a capture came from.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "an origin: an object with kind and detail"
+)]
 pub struct Origin {
     /// `sysfs`, `description`, `preset` or `generated`.
     pub kind: String,
@@ -52,7 +58,10 @@ pub struct Origin {
 /// The first processor of `/proc/cpuinfo` (what the kernel's AMD rule reads
 /// from `cpu_data(0)`).
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a CPU: an object with vendor_id, family, model, model_name and processors"
+)]
 pub struct RawCpu {
     pub vendor_id: String,
     pub family: u32,
@@ -64,7 +73,10 @@ pub struct RawCpu {
 
 /// One PCI function as its sysfs directory shows it.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a device: an object with path and config"
+)]
 pub struct RawDevice {
     /// The device's directory relative to `sys/devices`, e.g.
     /// `pci0000:00/0000:00:01.0/0000:01:00.0`: it carries the BDF, the host
@@ -100,7 +112,10 @@ pub struct RawDevice {
 
 /// `p2pmem/size`, `p2pmem/available`, `p2pmem/published`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "p2pmem: an object with size, available and published"
+)]
 pub struct RawP2pMem {
     pub size: u64,
     pub available: u64,
@@ -148,14 +163,24 @@ mod hex_bytes {
                 s.len()
             )));
         }
-        let digit = |c: u8, at: usize| -> Result<u8, D::Error> {
-            (c as char).to_digit(16).map(|v| v as u8).ok_or_else(|| {
-                D::Error::custom(format!("config hex has '{}' at digit {at}", c as char))
-            })
+        let digit = |s: &[u8], at: usize| -> Result<u8, D::Error> {
+            let c = s[at];
+            match c {
+                b'0'..=b'9' => Ok(c - b'0'),
+                b'a'..=b'f' => Ok(c - b'a' + 10),
+                b'A'..=b'F' => Ok(c - b'A' + 10),
+                _ => Err(D::Error::custom(format!(
+                    "config hex has '{}' at digit {at}",
+                    char::from(c).escape_default()
+                ))),
+            }
         };
-        (0..s.len() / 2)
-            .map(|i| Ok(digit(s[2 * i], 2 * i)? << 4 | digit(s[2 * i + 1], 2 * i + 1)?))
-            .collect()
+        // A plain loop: snapshots hold 8 KiB of hex per function.
+        let mut out = Vec::with_capacity(s.len() / 2);
+        for i in 0..s.len() / 2 {
+            out.push(digit(s, 2 * i)? << 4 | digit(s, 2 * i + 1)?);
+        }
+        Ok(out)
     }
 }
 

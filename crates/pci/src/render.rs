@@ -138,7 +138,7 @@ fn walk(topo: &Topology, ids: &PciIds, id: FnId, prefix: &str, last: bool, s: &m
 pub fn header(topo: &Topology) -> String {
     let o = topo.origin();
     let from = match o.kind.as_str() {
-        "preset" if o.detail == crate::presets::DEFAULT => {
+        "preset" if o.detail == crate::presets::DEFAULT && topo.snapshot().is_none() => {
             format!(
                 "built-in preset '{}' (the default; --live reads this machine)",
                 o.detail
@@ -149,6 +149,10 @@ pub fn header(topo: &Topology) -> String {
         "sysfs" => format!("sysfs tree under {}", o.detail),
         "description" => format!("description {}", o.detail),
         _ => o.detail.clone(),
+    };
+    let from = match topo.snapshot() {
+        Some(p) => format!("snapshot {} (captured from {from})", p.display()),
+        None => from,
     };
     let name = o
         .name

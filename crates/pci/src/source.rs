@@ -1,9 +1,9 @@
 //! Where a topology comes from.
 
 use crate::error::{Error, Result};
+use crate::file::{read_input, write_whole, DESCRIPTION_CAP, SNAPSHOT_CAP};
 use crate::raw::RawMachine;
 use crate::{desc, presets, sysfs, Topology};
-use std::fs;
 use std::path::{Path, PathBuf};
 
 /// A machine to read.
@@ -34,10 +34,7 @@ impl Source {
             Source::Live => sysfs::read_root(Path::new("/")),
             Source::Root(dir) => sysfs::read_root(dir),
             Source::Snapshot(path) => read_snapshot(path),
-            Source::Description(path) => {
-                let text = fs::read_to_string(path).map_err(|e| Error::io("read", path, e))?;
-                desc::parse_description(&text, &path.display().to_string())
-            }
+            Source::Description(path) => read_description(path),
             Source::Preset(name) => presets::load(name),
         }
     }
@@ -54,14 +51,41 @@ impl Source {
 
     /// Read and build the model.
     pub fn load(&self) -> Result<Topology> {
-        Topology::from_raw(self.capture()?, &self.label())
+        let mut t = Topology::from_raw(self.capture()?, &self.label())?;
+        if let Source::Snapshot(p) = self {
+            t.snapshot = Some(p.clone());
+        }
+        Ok(t)
     }
+}
+
+/// Read a description file (TOML).
+pub fn read_description(path: &Path) -> Result<RawMachine> {
+    let origin = path.display().to_string();
+    let bytes = read_input(path, DESCRIPTION_CAP, "a topology description (TOML)")?;
+    let text = std::str::from_utf8(&bytes).map_err(|e| {
+        let line = bytes[..e.valid_up_to()]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+            + 1;
+        Error::parse(
+            &origin,
+            Some(line),
+            "is not UTF-8 text (a description is a TOML file)",
+        )
+    })?;
+    desc::parse_description(text, &origin)
 }
 
 /// Read a snapshot file.
 pub fn read_snapshot(path: &Path) -> Result<RawMachine> {
     let origin = path.display().to_string();
-    let text = fs::read(path).map_err(|e| Error::io("read", path, e))?;
+    let text = read_input(
+        path,
+        SNAPSHOT_CAP,
+        "a snapshot written by `peerdma snapshot`",
+    )?;
     if text.iter().all(|b| b.is_ascii_whitespace()) {
         return Err(Error::parse(
             origin,
@@ -69,8 +93,13 @@ pub fn read_snapshot(path: &Path) -> Result<RawMachine> {
             "is empty, expected a snapshot written by `peerdma snapshot`",
         ));
     }
-    // A quick look at the format field first, for a better message than a
-    // field-by-field complaint when this is some other JSON file.
+    let e = match serde_json::from_slice(&text) {
+        Ok(raw) => return Ok(raw),
+        Err(e) => e,
+    };
+    // Not a snapshot this build reads. If it is JSON, a look at its format
+    // and version gives a better message than a field-by-field complaint
+    // (another JSON file, or a snapshot of another version).
     if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&text) {
         let fmt = v.get("format").and_then(|f| f.as_str());
         if fmt != Some(crate::raw::SNAPSHOT_FORMAT) {
@@ -98,9 +127,9 @@ pub fn read_snapshot(path: &Path) -> Result<RawMachine> {
             }
         }
     }
-    serde_json::from_slice(&text).map_err(|e| {
+    Err({
         let line = (e.line() > 0).then_some(e.line());
-        let msg = e.to_string();
+        let msg = crate::error::in_user_terms(&e.to_string());
         // serde_json appends " at line L column C"; the line is in the prefix.
         let msg = match msg.rfind(" at line ") {
             Some(i) => format!("{} (column {})", &msg[..i], e.column()),
@@ -110,13 +139,16 @@ pub fn read_snapshot(path: &Path) -> Result<RawMachine> {
     })
 }
 
-/// Write a snapshot file.
-pub fn write_snapshot(raw: &RawMachine, path: &Path) -> Result<()> {
-    let mut text = serde_json::to_string_pretty(raw)
-        .map_err(|e| Error::parse(path.display().to_string(), None, e.to_string()))?;
+/// A snapshot as text: the capture as pretty JSON, ending in a newline.
+pub fn snapshot_json(raw: &RawMachine) -> String {
+    // A RawMachine is strings, numbers and maps with string keys, which
+    // always serialize.
+    let mut text = serde_json::to_string_pretty(raw).unwrap_or_default();
     text.push('\n');
-    // Write beside and rename, so a failed write never leaves half a file.
-    let tmp = path.with_extension("json.tmp");
-    fs::write(&tmp, text).map_err(|e| Error::io("write", &tmp, e))?;
-    fs::rename(&tmp, path).map_err(|e| Error::io("write", path, e))
+    text
+}
+
+/// Write a snapshot file, whole or not at all (see the module `file`).
+pub fn write_snapshot(raw: &RawMachine, path: &Path) -> Result<()> {
+    write_whole(path, snapshot_json(raw).as_bytes(), "a snapshot")
 }

@@ -2,6 +2,7 @@
 //! and writing a capture back out as such a tree.
 
 use crate::error::{Error, Result};
+use crate::file::{read_capped, Accept, ReadError, ATTR_CAP, CONFIG_CAP, CPUINFO_CAP};
 use crate::raw::{Origin, RawCpu, RawDevice, RawMachine, RawP2pMem};
 use peerdma_mem::Bdf;
 use std::collections::BTreeMap;
@@ -25,14 +26,49 @@ pub const ATTRS: &[&str] = &[
     "max_link_width",
 ];
 
-fn read_to_string_opt(path: &Path) -> Result<Option<String>> {
-    match fs::read_to_string(path) {
-        Ok(s) => Ok(Some(s)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        // Some attributes exist but cannot be read (EINVAL/EIO on odd
-        // hardware): treat as absent, like lspci does.
-        Err(e) if matches!(e.raw_os_error(), Some(5) | Some(22)) => Ok(None),
-        Err(e) => Err(Error::io("read", path, e)),
+/// Why a sysfs or procfs file was not read: an OS error, or a refusal
+/// (not a regular file, or larger than any real one) as one line.
+fn refusal(
+    path: &Path,
+    e: ReadError,
+    cap: u64,
+    what: &str,
+) -> std::result::Result<io::Error, Error> {
+    match e {
+        ReadError::Io(e) => Ok(e),
+        ReadError::NotAFile(kind) => Err(Error::bad_file(
+            path,
+            format!("is {kind}; {what} is a regular file"),
+        )),
+        ReadError::TooLarge => Err(Error::bad_file(
+            path,
+            format!(
+                "is larger than {}, more than {what} holds",
+                peerdma_mem::format_size(cap)
+            ),
+        )),
+    }
+}
+
+/// Read a file that must be there.
+fn read_required(path: &Path, cap: u64, what: &str) -> Result<Vec<u8>> {
+    read_capped(path, cap, Accept::Regular).or_else(|e| {
+        let e = refusal(path, e, cap, what)?;
+        Err(Error::io("read", path, e))
+    })
+}
+
+/// Read an attribute file that may be missing, as text.
+fn read_attr(path: &Path) -> Result<Option<String>> {
+    match read_capped(path, ATTR_CAP, Accept::Regular) {
+        Ok(b) => Ok(Some(String::from_utf8_lossy(&b).into_owned())),
+        Err(e) => match refusal(path, e, ATTR_CAP, "a sysfs attribute")? {
+            e if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            // Some attributes exist but cannot be read (EINVAL/EIO on odd
+            // hardware): treat as absent, like lspci does.
+            e if matches!(e.raw_os_error(), Some(5) | Some(22)) => Ok(None),
+            e => Err(Error::io("read", path, e)),
+        },
     }
 }
 
@@ -138,21 +174,26 @@ pub fn read_root(root: &Path) -> Result<RawMachine> {
         devices.push(read_device(&dir, rel.to_string_lossy().into_owned())?);
     }
     let cpuinfo_path = root.join("proc/cpuinfo");
-    let cpuinfo =
-        fs::read_to_string(&cpuinfo_path).map_err(|e| Error::io("read", &cpuinfo_path, e))?;
-    let small = |p: &str| {
-        fs::read_to_string(root.join(p))
-            .ok()
-            .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty())
+    let cpuinfo = read_required(&cpuinfo_path, CPUINFO_CAP, "/proc/cpuinfo")?;
+    let cpuinfo = String::from_utf8_lossy(&cpuinfo);
+    // Facts for the record: absent or unreadable is fine, a FIFO is not.
+    let small = |p: &str| -> Result<Option<String>> {
+        let path = root.join(p);
+        Ok(match read_capped(&path, ATTR_CAP, Accept::Regular) {
+            Ok(b) => Some(String::from_utf8_lossy(&b).trim().to_string()).filter(|s| !s.is_empty()),
+            Err(e) => {
+                refusal(&path, e, ATTR_CAP, "a procfs value")?;
+                None
+            }
+        })
     };
     let origin = Origin {
         kind: "sysfs".into(),
         detail: root.display().to_string(),
         name: None,
-        hostname: small("proc/sys/kernel/hostname"),
-        kernel: small("proc/sys/kernel/osrelease"),
-        cmdline: small("proc/cmdline"),
+        hostname: small("proc/sys/kernel/hostname")?,
+        kernel: small("proc/sys/kernel/osrelease")?,
+        cmdline: small("proc/cmdline")?,
         tool: Some(format!("peerdma {}", env!("CARGO_PKG_VERSION"))),
     };
     Ok(RawMachine::new(origin, parse_cpuinfo(&cpuinfo), devices))
@@ -160,19 +201,19 @@ pub fn read_root(root: &Path) -> Result<RawMachine> {
 
 fn read_device(dir: &Path, rel: String) -> Result<RawDevice> {
     let config_path = dir.join("config");
-    let config = fs::read(&config_path).map_err(|e| Error::io("read", &config_path, e))?;
+    let config = read_required(&config_path, CONFIG_CAP, "a PCI function's config space")?;
     let mut attrs = BTreeMap::new();
     for a in ATTRS {
-        if let Some(v) = read_to_string_opt(&dir.join(a))? {
+        if let Some(v) = read_attr(&dir.join(a))? {
             attrs.insert((*a).to_string(), v.trim().to_string());
         }
     }
-    let resource = read_to_string_opt(&dir.join("resource"))?;
+    let resource = read_attr(&dir.join("resource"))?;
     let p2p_dir = dir.join("p2pmem");
     let p2pmem = if p2p_dir.is_dir() {
         let num = |f: &str| -> Result<u64> {
             let p = p2p_dir.join(f);
-            let s = read_to_string_opt(&p)?.unwrap_or_default();
+            let s = read_attr(&p)?.unwrap_or_default();
             s.trim().parse().map_err(|_| {
                 Error::parse(
                     p.display().to_string(),
@@ -198,7 +239,7 @@ fn read_device(dir: &Path, rel: String) -> Result<RawDevice> {
         iommu_group: link_name(dir, "iommu_group").and_then(|g| g.parse().ok()),
         physfn: link_name(dir, "physfn").and_then(|p| p.parse().ok()),
         p2pmem,
-        label: read_to_string_opt(&dir.join("label"))?
+        label: read_attr(&dir.join("label"))?
             .map(|s| s.trim().to_string())
             .filter(|s| !s.is_empty()),
     })
@@ -231,6 +272,70 @@ fn symlink(target: &str, at: &Path) -> Result<()> {
 
 fn mkdir(p: &Path) -> Result<()> {
     fs::create_dir_all(p).map_err(|e| Error::io("create directory", p, e))
+}
+
+/// Write a capture as a new tree at `dir`, whole or not at all: `dir` must
+/// not exist or be empty; the tree is written beside it under a temporary
+/// name and renamed into place, so a failure leaves nothing behind and no
+/// files of an earlier tree are mixed in.
+pub fn create_root(raw: &RawMachine, dir: &Path) -> Result<()> {
+    match fs::read_dir(dir) {
+        Ok(mut entries) => {
+            if entries.next().is_some() {
+                return Err(Error::bad_file(
+                    dir,
+                    "exists and is not empty; a tree is written to a new or empty directory",
+                ));
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) if e.kind() == io::ErrorKind::NotADirectory => {
+            return Err(Error::bad_file(dir, "exists and is not a directory"))
+        }
+        Err(e) => return Err(Error::io("read", dir, e)),
+    }
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    mkdir(&parent)?;
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let prefix = format!(".{name}.");
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(&prefix);
+    #[cfg(unix)]
+    {
+        // As any new directory: 0777 less the umask.
+        use std::os::unix::fs::PermissionsExt;
+        builder.permissions(fs::Permissions::from_mode(0o777));
+    }
+    let tmp = builder
+        .tempdir_in(&parent)
+        .map_err(|e| Error::io("create a directory in", &parent, e))?;
+    // Messages name the tree as it will be, not the temporary name.
+    write_root(raw, tmp.path()).map_err(|e| match e {
+        Error::Io {
+            path,
+            action,
+            source,
+        } => Error::Io {
+            path: path
+                .strip_prefix(tmp.path())
+                .map(|rest| dir.join(rest))
+                .unwrap_or(path),
+            action,
+            source,
+        },
+        e => e,
+    })?;
+    let kept = tmp.keep();
+    fs::rename(&kept, dir).map_err(|e| {
+        let _ = fs::remove_dir_all(&kept);
+        Error::io("write", dir, e)
+    })
 }
 
 /// Write a capture out as a tree that [`read_root`] reads back to the same

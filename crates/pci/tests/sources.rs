@@ -4,6 +4,7 @@ use peerdma_pci::raw::RawMachine;
 use peerdma_pci::{presets, read_snapshot, sysfs, write_snapshot, Acs, PortType, Source, Topology};
 use std::fs;
 use std::path::Path;
+use std::process::Command;
 
 /// Everything the model says, as comparable text.
 fn render(t: &Topology) -> String {
@@ -153,6 +154,30 @@ fn bad_snapshots_are_named() {
         "{e}"
     );
 
+    // Type errors say what was expected in a reader's terms.
+    for (from, to, want) in [
+        (
+            "\"devices\": [",
+            "\"devices\": [7, ",
+            "expected a device: an object with path and config",
+        ),
+        (
+            "\"processors\": ",
+            "\"processors\": -",
+            "expected a whole number from 0 to 4294967295",
+        ),
+    ] {
+        let f = dir.path().join("types.json");
+        assert!(text.contains(from), "{from}");
+        fs::write(&f, text.replacen(from, to, 1)).unwrap();
+        let e = load_err(Source::Snapshot(f));
+        assert!(e.contains(want), "{e}");
+        assert!(
+            !e.contains("struct") && !e.contains("Raw") && !e.contains("u32"),
+            "{e}"
+        );
+    }
+
     let _ = read_snapshot(&dir.path().join("nothing"));
 }
 
@@ -196,4 +221,113 @@ fn a_relative_root_with_dotdot_reads_like_an_absolute_one() {
             .trim_start_matches('/')
     ));
     assert!(Source::Root(rel2).load().is_ok());
+}
+
+/// Load on a thread, so a source that blocks fails the test instead of
+/// hanging it.
+fn load_within(src: Source, secs: u64) -> Result<Topology, String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let what = format!("{src:?}");
+    std::thread::spawn(move || {
+        let _ = tx.send(src.load().map_err(|e| e.to_string()));
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(secs))
+        .unwrap_or_else(|_| panic!("{what} did not return within {secs} s"))
+}
+
+#[cfg(unix)]
+fn mkfifo(p: &Path) {
+    let st = Command::new("mkfifo").arg(p).status().unwrap();
+    assert!(st.success());
+}
+
+/// A copied tree is input like any other: a `config` that is a FIFO, a
+/// link to /dev/zero, a directory or an oversized file is refused with a
+/// message naming it, without blocking or reading without end; the same
+/// for attribute files and /proc/cpuinfo.
+#[cfg(unix)]
+#[test]
+fn hostile_root_trees_are_refused_without_blocking() {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = Source::Preset("workstation".into()).capture().unwrap();
+    let dev = raw.devices[3].path.clone();
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "config",
+            "fifo",
+            "is a FIFO; a PCI function's config space is a regular file",
+        ),
+        ("config", "zero", "is a character device"),
+        ("config", "dir", "is a directory"),
+        ("config", "big", "is larger than 4 KiB"),
+        ("label", "fifo", "is a FIFO"),
+        ("vendor", "zero", "is a character device"),
+        ("resource", "big", "is larger than 64 KiB"),
+        ("p2pmem", "zero-size", "is a character device"),
+        ("/proc/cpuinfo", "fifo", "is a FIFO"),
+        ("/proc/cmdline", "zero", "is a character device"),
+    ];
+    for (i, &(file, how, want)) in cases.iter().enumerate() {
+        let root = dir.path().join(format!("t{i}"));
+        sysfs::write_root(&raw, &root).unwrap();
+        let target = match (file, how) {
+            (f, _) if f.starts_with('/') => root.join(&f[1..]),
+            ("p2pmem", _) => {
+                let d = root.join("sys/devices").join(&dev).join("p2pmem");
+                fs::create_dir_all(&d).unwrap();
+                d.join("size")
+            }
+            (f, _) => root.join("sys/devices").join(&dev).join(f),
+        };
+        let _ = fs::remove_file(&target);
+        match how {
+            "fifo" => mkfifo(&target),
+            "zero" | "zero-size" => std::os::unix::fs::symlink("/dev/zero", &target).unwrap(),
+            "dir" => fs::create_dir(&target).unwrap(),
+            "big" => fs::write(&target, vec![b'0'; 70_000]).unwrap(),
+            _ => unreachable!(),
+        }
+        let e = load_within(Source::Root(root.clone()), 20)
+            .err()
+            .unwrap_or_else(|| panic!("{file} as {how} was accepted"));
+        assert!(!e.contains('\n'), "one line: {e}");
+        assert!(
+            e.contains(&target.display().to_string()),
+            "names the file: {e}"
+        );
+        assert!(e.contains(want), "{file} as {how}: {e}");
+    }
+}
+
+/// A snapshot or description named by the user may be a pipe, read to its
+/// end; a device or a directory is refused by name, not read.
+#[cfg(unix)]
+#[test]
+fn input_files_that_are_not_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let zero = dir.path().join("zero.json");
+    std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+    for src in [
+        Source::Snapshot(zero.clone()),
+        Source::Description(zero.clone()),
+        Source::Snapshot(dir.path().to_path_buf()),
+        Source::Description(dir.path().to_path_buf()),
+    ] {
+        let e = load_within(src.clone(), 20).err().unwrap();
+        assert!(
+            e.starts_with(&format!("{}: is a ", src.label())) && e.contains(", not a file"),
+            "{e}"
+        );
+    }
+    // A FIFO with a writer: the description arrives through it.
+    let fifo = dir.path().join("desc.fifo");
+    mkfifo(&fifo);
+    let text = presets::PRESETS[0].text;
+    let writer = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || fs::write(fifo, text).unwrap())
+    };
+    let t = load_within(Source::Description(fifo), 20).unwrap();
+    writer.join().unwrap();
+    assert_eq!(t.len(), Source::default().load().unwrap().len());
 }
