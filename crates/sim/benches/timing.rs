@@ -128,6 +128,7 @@ fn tb_load(m: &Machine) -> Vec<Flow> {
                     bytes: GIB,
                     start: SimTime::from_micros(q),
                     after: prev,
+                    also_after: Vec::new(),
                     rate_cap: Some(m.media[d]),
                 });
                 prev = Some(flows.len() - 1);
@@ -165,6 +166,7 @@ fn flows_100k(m: &Machine) -> Vec<Flow> {
             bytes,
             start: SimTime::ZERO,
             after: last[q],
+            also_after: Vec::new(),
             rate_cap: Some(m.media[d]),
         });
         last[q] = Some(i);

@@ -19,18 +19,53 @@ use serde::Serialize;
 /// Bytes moved per step (faults fire between steps).
 const STEP: u64 = 1 << 20;
 
+/// Bytes that crossed the same links, in the data's direction: what the
+/// flow model needs to time a transfer among others.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PathBytes {
+    pub hops: Vec<Hop>,
+    pub bytes: u64,
+}
+
 /// What a finished DMA did.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Transfer {
     pub bytes: u64,
-    /// How the list was mapped.
-    pub mapped: PathTaken,
+    /// How the list was mapped; `None` for a DMA to an address the device
+    /// was handed (a command's data pointer, a queue entry).
+    pub mapped: Option<PathTaken>,
     /// How the fabric carried it (distinct routes, in order of first use).
     pub routes: Vec<Route>,
     /// Bytes answered with Unsupported Request (all-ones or dropped).
     pub unsupported_bytes: u64,
+    /// The links crossed and the bytes on each path.
+    pub paths: Vec<PathBytes>,
     /// Time of this DMA alone on an idle machine.
     pub time: SimTime,
+}
+
+/// Where the bytes of a DMA in which the device writes memory come from,
+/// on the device's side.
+pub enum Local<'a> {
+    /// Bytes the device holds (a completion it posts, a received packet).
+    Bytes(&'a [u8]),
+    /// The device's media at this offset (a drive's read).
+    Media(u64),
+    /// The device's own memory (one of its BARs) at this physical address:
+    /// its copy engine pushing out of local memory.
+    Own(PhysAddr),
+}
+
+/// Where the bytes of a DMA in which the device reads memory go, on the
+/// device's side.
+pub enum LocalMut<'a> {
+    /// Into a buffer of the device (a command it fetches).
+    Bytes(&'a mut [u8]),
+    /// Onto the device's media at this offset (a drive's write).
+    Media(u64),
+    /// Into the device's own memory at this physical address: its copy
+    /// engine pulling into local memory.
+    Own(PhysAddr),
 }
 
 impl Transfer {
@@ -58,6 +93,11 @@ pub struct RoutedPiece {
     pub len: u64,
     /// Links crossed in the data's direction.
     pub hops: Vec<Hop>,
+}
+
+struct Entry {
+    addr: DmaAddr,
+    len: u64,
 }
 
 /// An endless source of all-ones, for Unsupported Request reads.
@@ -137,12 +177,30 @@ impl SimMachine {
         local: &mut dyn FnMut(&Store, u64, u64, u64),
     ) -> Result<Transfer, DmaError> {
         let (initiator, ticket) = self.start(engine, sgl, write)?;
+        let entries: Vec<(DmaAddr, u64)> = sgl.entries().iter().map(|e| (e.addr, e.len)).collect();
+        let mut t = self.run_entries(engine, initiator, &entries, write, local)?;
+        drop(ticket);
+        t.mapped = Some(sgl.path());
+        Ok(t)
+    }
+
+    /// Move bytes between the engine's local side and `entries` (DMA
+    /// address, length), step by step, as the fabric routes each step.
+    fn run_entries(
+        &self,
+        engine: Bdf,
+        initiator: FnId,
+        entries: &[(DmaAddr, u64)],
+        write: bool,
+        local: &mut dyn FnMut(&Store, u64, u64, u64),
+    ) -> Result<Transfer, DmaError> {
         let parts = self.parts();
         let mut done = 0u64;
         let mut routes: Vec<Route> = Vec::new();
         let mut unsupported = 0u64;
         let mut flows: Vec<(Vec<Hop>, u64)> = Vec::new();
-        for e in sgl.entries() {
+        for &(addr0, len) in entries {
+            let e = Entry { addr: addr0, len };
             let mut off = 0;
             while off < e.len {
                 self.faults.fire(&self.topo, &self.providers, done);
@@ -190,12 +248,18 @@ impl SimMachine {
                 done += n;
             }
         }
-        drop(ticket);
         Ok(Transfer {
             bytes: done,
-            mapped: sgl.path(),
+            mapped: None,
             routes,
             unsupported_bytes: unsupported,
+            paths: flows
+                .iter()
+                .map(|(hops, bytes)| PathBytes {
+                    hops: hops.clone(),
+                    bytes: *bytes,
+                })
+                .collect(),
             time: self.time_alone(flows),
         })
     }
@@ -290,6 +354,121 @@ impl SimMachine {
         self.run(engine, sgl, false, &mut |s, off, loff, n| {
             memory::copy(s, off, &media, media_offset + loff, n)
         })
+    }
+
+    /// The store and offset of `len` bytes of `engine`'s own memory (one of
+    /// its BARs) at `phys`.
+    fn own(&self, engine: Bdf, phys: PhysAddr, len: u64) -> Result<(&Store, u64), DmaError> {
+        let f = self.id(engine)?;
+        let (region, offset) = self.mem.find_or_err(phys, len)?;
+        let r = self.mem.region(region);
+        match r.owner {
+            crate::memmap::Owner::Bar { function, .. } if function == f => Ok((&r.store, offset)),
+            _ => Err(DmaError::NotOwnMemory {
+                engine,
+                addr: phys,
+                len,
+            }),
+        }
+    }
+
+    /// `engine` writes `len` bytes from its side (`from`) to the DMA
+    /// address `addr` it was handed — a command's data pointer, a queue
+    /// entry — as the fabric routes each step. The caller holds whatever
+    /// keeps that memory alive (the mapping, the provider's DMA ticket);
+    /// the device itself knows only the address.
+    pub fn dma_to(
+        &self,
+        engine: Bdf,
+        addr: DmaAddr,
+        len: u64,
+        from: Local<'_>,
+    ) -> Result<Transfer, DmaError> {
+        let initiator = self.id(engine)?;
+        if len == 0 {
+            return Err(DmaError::Empty { engine, addr });
+        }
+        let entries = [(addr, len)];
+        match from {
+            Local::Bytes(data) => {
+                if data.len() as u64 != len {
+                    return Err(DmaError::LengthMismatch {
+                        buffer: data.len() as u64,
+                        list: len,
+                    });
+                }
+                self.run_entries(engine, initiator, &entries, true, &mut |s, off, loff, n| {
+                    s.write(off, &data[loff as usize..(loff + n) as usize])
+                })
+            }
+            Local::Media(m) => {
+                let media = self.media_range(engine, m, len)?;
+                self.run_entries(engine, initiator, &entries, true, &mut |s, off, loff, n| {
+                    memory::copy(&media, m + loff, s, off, n)
+                })
+            }
+            Local::Own(phys) => {
+                let (store, base) = self.own(engine, phys, len)?;
+                self.run_entries(engine, initiator, &entries, true, &mut |s, off, loff, n| {
+                    memory::copy(store, base + loff, s, off, n)
+                })
+            }
+        }
+    }
+
+    /// `engine` reads `len` bytes at the DMA address `addr` it was handed
+    /// into its side (`into`). See [`SimMachine::dma_to`].
+    pub fn dma_from(
+        &self,
+        engine: Bdf,
+        addr: DmaAddr,
+        len: u64,
+        into: LocalMut<'_>,
+    ) -> Result<Transfer, DmaError> {
+        let initiator = self.id(engine)?;
+        if len == 0 {
+            return Err(DmaError::Empty { engine, addr });
+        }
+        let entries = [(addr, len)];
+        match into {
+            LocalMut::Bytes(out) => {
+                if out.len() as u64 != len {
+                    return Err(DmaError::LengthMismatch {
+                        buffer: out.len() as u64,
+                        list: len,
+                    });
+                }
+                self.run_entries(
+                    engine,
+                    initiator,
+                    &entries,
+                    false,
+                    &mut |s, off, loff, n| {
+                        s.read(off, &mut out[loff as usize..(loff + n) as usize])
+                    },
+                )
+            }
+            LocalMut::Media(m) => {
+                let media = self.media_range(engine, m, len)?;
+                self.run_entries(
+                    engine,
+                    initiator,
+                    &entries,
+                    false,
+                    &mut |s, off, loff, n| memory::copy(s, off, &media, m + loff, n),
+                )
+            }
+            LocalMut::Own(phys) => {
+                let (store, base) = self.own(engine, phys, len)?;
+                self.run_entries(
+                    engine,
+                    initiator,
+                    &entries,
+                    false,
+                    &mut |s, off, loff, n| memory::copy(s, off, store, base + loff, n),
+                )
+            }
+        }
     }
 
     /// Where a request of `len` bytes at `addr` from `engine` would go,

@@ -112,6 +112,13 @@ pub enum DmaError {
     /// The buffer and the list differ in length.
     #[error("{buffer} bytes for a {list}-byte list")]
     LengthMismatch { buffer: u64, list: u64 },
+    /// A copy engine was pointed at memory that is not its own.
+    #[error("{engine}'s copy engine can only use its own memory, and {len:#x} bytes at {addr} are not in one of its BARs")]
+    NotOwnMemory {
+        engine: Bdf,
+        addr: PhysAddr,
+        len: u64,
+    },
     /// An empty request (nothing to route).
     #[error("a request of 0 bytes at {addr} from {engine}")]
     Empty { engine: Bdf, addr: DmaAddr },

@@ -59,9 +59,10 @@ mod machine;
 mod media;
 mod memmap;
 mod memory;
+pub mod pattern;
 pub mod timing;
 
-pub use engine::{RoutedPiece, Transfer, UrEvent};
+pub use engine::{Local, LocalMut, PathBytes, RoutedPiece, Transfer, UrEvent};
 pub use error::{AccessError, BuildError, DmaError};
 pub use fabric::Route;
 pub use faults::{Fault, RevokeOutcome};

@@ -5,7 +5,7 @@
 //! [`SimMachine::media_to_memory`]/[`SimMachine::memory_to_media`].
 
 use crate::error::AccessError;
-use crate::memory::Store;
+use crate::memory::{Store, Unwritten};
 use crate::SimMachine;
 use peerdma_mem::Bdf;
 use peerdma_pci::FnId;
@@ -59,6 +59,16 @@ impl SimMachine {
     pub fn media_write(&self, dev: Bdf, offset: u64, data: &[u8]) -> Result<(), AccessError> {
         self.media_range(dev, offset, data.len() as u64)?
             .write(offset, data);
+        Ok(())
+    }
+
+    /// The whole media of `dev` now holds [`crate::pattern`] data of
+    /// `seed` (what was written before is gone): a drive full of known
+    /// data that costs memory only where it is overwritten.
+    pub fn fill_media_pattern(&self, dev: Bdf, seed: u64) -> Result<(), AccessError> {
+        self.media
+            .store(self.id(dev)?)
+            .reset(Unwritten::Pattern(seed));
         Ok(())
     }
 

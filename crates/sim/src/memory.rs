@@ -4,6 +4,10 @@
 //! nothing is allocated in proportion to a region's size, whatever size a
 //! topology claims.
 //!
+//! A store can instead read its unwritten bytes as a deterministic
+//! pattern ([`crate::pattern`]): a drive whose media "holds data" without
+//! that data costing memory until it is overwritten.
+//!
 //! Offsets are checked by the callers (the memory map, the media, the
 //! fabric); [`Store::holds`] is the check they use.
 
@@ -23,11 +27,20 @@ fn new_chunk() -> Box<[u8]> {
     vec![0u8; CHUNK as usize].into_boxed_slice()
 }
 
+/// What unwritten bytes of a store read as.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Unwritten {
+    Zero,
+    /// [`crate::pattern::fill`] with this seed, at the byte's offset.
+    Pattern(u64),
+}
+
 /// `size` bytes of sparse memory, addressed by offset.
 #[derive(Debug)]
 pub(crate) struct Store {
     size: u64,
     chunks: Mutex<Chunks>,
+    unwritten: Mutex<Unwritten>,
 }
 
 /// The chunk, offset in it, and bytes of it a span starting at `off` with
@@ -44,7 +57,19 @@ impl Store {
         Store {
             size,
             chunks: Mutex::new(BTreeMap::new()),
+            unwritten: Mutex::new(Unwritten::Zero),
         }
+    }
+
+    /// Forget every written byte: the whole store now reads as `what`.
+    pub(crate) fn reset(&self, what: Unwritten) {
+        let mut chunks = lock(&self.chunks);
+        chunks.clear();
+        *lock(&self.unwritten) = what;
+    }
+
+    fn unwritten(&self) -> Unwritten {
+        *lock(&self.unwritten)
     }
 
     pub(crate) fn size(&self) -> u64 {
@@ -66,49 +91,73 @@ impl Store {
     /// [`Store::holds`]).
     pub(crate) fn read(&self, off: u64, dst: &mut [u8]) {
         debug_assert!(self.holds(off, dst.len() as u64));
-        read_from(&lock(&self.chunks), off, dst);
+        read_from(&lock(&self.chunks), self.unwritten(), off, dst);
     }
 
     /// Copy `src` in at offset `off` (inside: see [`Store::holds`]).
     pub(crate) fn write(&self, off: u64, src: &[u8]) {
         debug_assert!(self.holds(off, src.len() as u64));
-        write_into(&mut lock(&self.chunks), off, src);
+        write_into(&mut lock(&self.chunks), self.unwritten(), off, src);
     }
 
     /// Fill `len` bytes at `off` with `byte`.
     pub(crate) fn fill(&self, off: u64, len: u64, byte: u8) {
         debug_assert!(self.holds(off, len));
+        let unwritten = self.unwritten();
         let mut chunks = lock(&self.chunks);
         let mut done = 0u64;
         while done < len {
             let left = usize::try_from(len - done).unwrap_or(usize::MAX);
             let (ci, co, n) = piece(off + done, left);
-            if byte != 0 || chunks.contains_key(&ci) {
-                chunks.entry(ci).or_insert_with(new_chunk)[co..co + n].fill(byte);
+            if byte != 0 || unwritten != Unwritten::Zero || chunks.contains_key(&ci) {
+                chunk_mut(&mut chunks, unwritten, ci, co, n)[co..co + n].fill(byte);
             }
             done += n as u64;
         }
     }
 }
 
-fn read_from(chunks: &Chunks, off: u64, dst: &mut [u8]) {
+/// Unwritten bytes at store offset `off` into `dst`.
+fn unwritten_into(unwritten: Unwritten, off: u64, dst: &mut [u8]) {
+    match unwritten {
+        Unwritten::Zero => dst.fill(0),
+        Unwritten::Pattern(seed) => crate::pattern::fill(seed, off, dst),
+    }
+}
+
+/// Chunk `ci`, created when missing; a new chunk holds what unwritten
+/// bytes read as, except the `[co, co + n)` the caller is about to
+/// overwrite whole.
+fn chunk_mut(chunks: &mut Chunks, unwritten: Unwritten, ci: u64, co: usize, n: usize) -> &mut [u8] {
+    chunks.entry(ci).or_insert_with(|| {
+        let mut c = new_chunk();
+        if unwritten != Unwritten::Zero {
+            let base = ci * CHUNK;
+            unwritten_into(unwritten, base, &mut c[..co]);
+            let end = co + n;
+            unwritten_into(unwritten, base + end as u64, &mut c[end..]);
+        }
+        c
+    })
+}
+
+fn read_from(chunks: &Chunks, unwritten: Unwritten, off: u64, dst: &mut [u8]) {
     let mut done = 0usize;
     while done < dst.len() {
         let (ci, co, n) = piece(off + done as u64, dst.len() - done);
         match chunks.get(&ci) {
             Some(c) => dst[done..done + n].copy_from_slice(&c[co..co + n]),
-            None => dst[done..done + n].fill(0),
+            None => unwritten_into(unwritten, off + done as u64, &mut dst[done..done + n]),
         }
         done += n;
     }
 }
 
-fn write_into(chunks: &mut Chunks, off: u64, src: &[u8]) {
+fn write_into(chunks: &mut Chunks, unwritten: Unwritten, off: u64, src: &[u8]) {
     let mut done = 0usize;
     while done < src.len() {
         let (ci, co, n) = piece(off + done as u64, src.len() - done);
-        chunks.entry(ci).or_insert_with(new_chunk)[co..co + n]
-            .copy_from_slice(&src[done..done + n]);
+        chunk_mut(chunks, unwritten, ci, co, n)[co..co + n].copy_from_slice(&src[done..done + n]);
         done += n;
     }
 }
@@ -118,14 +167,15 @@ fn write_into(chunks: &mut Chunks, off: u64, src: &[u8]) {
 /// address order; one lock when both are the same store).
 pub(crate) fn copy(src: &Store, soff: u64, dst: &Store, doff: u64, len: u64) {
     debug_assert!(src.holds(soff, len) && dst.holds(doff, len));
+    let (su, du) = (src.unwritten(), dst.unwritten());
     if std::ptr::eq(src, dst) {
         let mut chunks = lock(&src.chunks);
         let mut tmp = vec![0u8; len.min(CHUNK) as usize];
         let mut done = 0;
         while done < len {
             let n = (len - done).min(CHUNK) as usize;
-            read_from(&chunks, soff + done, &mut tmp[..n]);
-            write_into(&mut chunks, doff + done, &tmp[..n]);
+            read_from(&chunks, su, soff + done, &mut tmp[..n]);
+            write_into(&mut chunks, du, doff + done, &tmp[..n]);
             done += n as u64;
         }
         return;
@@ -150,13 +200,16 @@ pub(crate) fn copy(src: &Store, soff: u64, dst: &Store, doff: u64, len: u64) {
         let n = sn.min(dn);
         match s.get(&sci) {
             Some(sc) => {
-                d.entry(dci).or_insert_with(new_chunk)[dco..dco + n]
-                    .copy_from_slice(&sc[sco..sco + n]);
+                chunk_mut(&mut d, du, dci, dco, n)[dco..dco + n].copy_from_slice(&sc[sco..sco + n]);
             }
-            None => {
+            None if su == Unwritten::Zero && du == Unwritten::Zero => {
                 if let Some(dc) = d.get_mut(&dci) {
                     dc[dco..dco + n].fill(0);
                 }
+            }
+            None => {
+                let dc = chunk_mut(&mut d, du, dci, dco, n);
+                unwritten_into(su, soff + done, &mut dc[dco..dco + n]);
             }
         }
         done += n as u64;

@@ -69,7 +69,7 @@ fn round_trip(m: &SimMachine, provider: &str, client: &str, len: usize) -> (Path
         out == data,
         "{provider} -> {client}: bytes differ after the round trip"
     );
-    (t.mapped, t.routes)
+    (t.mapped.expect("a list DMA records its mapping"), t.routes)
 }
 
 #[test]

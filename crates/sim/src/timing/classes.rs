@@ -93,10 +93,8 @@ impl Network {
         let mut key: Vec<u64> = Vec::new();
         for (i, f) in flows.iter().enumerate() {
             if mode == Mode::Simulate {
-                if let Some(after) = f.after {
-                    if after >= i {
-                        return Err(TimingError::BadAfter { flow: i, after });
-                    }
+                if let Some(after) = f.predecessors().find(|&a| a >= i) {
+                    return Err(TimingError::BadAfter { flow: i, after });
                 }
             }
             let cap = match f.rate_cap {

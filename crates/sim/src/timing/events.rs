@@ -36,6 +36,10 @@ struct Book<'a> {
     latency: Vec<u64>,
     child_start: Vec<usize>,
     children: Vec<u32>,
+    /// Predecessors each flow still waits for, and the latest end of
+    /// those that ended.
+    waiting: Vec<u32>,
+    ready_at: Vec<u64>,
     /// Activations not yet reached: (time, flow).
     pending: BinaryHeap<Reverse<(OrdF64, u32)>>,
     out_start: Vec<u64>,
@@ -49,10 +53,19 @@ impl<'a> Book<'a> {
     fn new(flows: &'a [Flow], latency: Vec<u64>) -> Book<'a> {
         let n = flows.len();
         // Successors of each flow (flows whose `after` names it), as CSR.
+        // A predecessor named twice counts once.
+        let preds = |f: &Flow| {
+            let mut p: Vec<usize> = f.predecessors().collect();
+            p.sort_unstable();
+            p.dedup();
+            p
+        };
         let mut child_start = vec![0usize; n + 1];
-        for f in flows {
-            if let Some(a) = f.after {
+        let mut waiting = vec![0u32; n];
+        for (i, f) in flows.iter().enumerate() {
+            for a in preds(f) {
                 child_start[a + 1] += 1;
+                waiting[i] += 1;
             }
         }
         for i in 0..n {
@@ -61,7 +74,7 @@ impl<'a> Book<'a> {
         let mut children = vec![0u32; child_start[n]];
         let mut cursor = child_start.clone();
         for (i, f) in flows.iter().enumerate() {
-            if let Some(a) = f.after {
+            for a in preds(f) {
                 children[cursor[a]] = i as u32;
                 cursor[a] += 1;
             }
@@ -71,6 +84,8 @@ impl<'a> Book<'a> {
             latency,
             child_start,
             children,
+            ready_at: flows.iter().map(|f| f.start.as_nanos()).collect(),
+            waiting,
             pending: BinaryHeap::new(),
             out_start: vec![0; n],
             out_end: vec![0; n],
@@ -79,7 +94,7 @@ impl<'a> Book<'a> {
             last_rate: vec![0.0; n],
         };
         for (i, f) in flows.iter().enumerate() {
-            if f.after.is_none() {
+            if book.waiting[i] == 0 {
                 let start = f.start.as_nanos();
                 book.out_start[i] = start;
                 book.pending.push(Reverse((OrdF64(start as f64), i as u32)));
@@ -112,9 +127,14 @@ impl<'a> Book<'a> {
             .ok_or(TimingError::TimeOverflow { flow: f })?;
         self.out_end[f] = end;
         for &c in &self.children[self.child_start[f]..self.child_start[f + 1]] {
-            let s = self.flows[c as usize].start.as_nanos().max(end);
-            self.out_start[c as usize] = s;
-            self.pending.push(Reverse((OrdF64((s as f64).max(now)), c)));
+            let ci = c as usize;
+            self.ready_at[ci] = self.ready_at[ci].max(end);
+            self.waiting[ci] -= 1;
+            if self.waiting[ci] == 0 {
+                let s = self.ready_at[ci];
+                self.out_start[ci] = s;
+                self.pending.push(Reverse((OrdF64((s as f64).max(now)), c)));
+            }
         }
         Ok(())
     }

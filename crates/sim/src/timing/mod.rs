@@ -241,8 +241,19 @@ pub struct Flow {
     /// Index of an earlier flow in the same slice: this flow starts when that
     /// one ends (a queue). Must be smaller than this flow's own index.
     pub after: Option<usize>,
+    /// More earlier flows this one waits for: it starts when `after` and
+    /// all of these have ended (a join, such as a job that waits for
+    /// several others). Each must be smaller than this flow's own index.
+    pub also_after: Vec<usize>,
     /// Bytes/s limit of the endpoints themselves (e.g. a drive's media rate).
     pub rate_cap: Option<f64>,
+}
+
+impl Flow {
+    /// Every flow this one waits for.
+    pub fn predecessors(&self) -> impl Iterator<Item = usize> + '_ {
+        self.after.iter().chain(self.also_after.iter()).copied()
+    }
 }
 
 impl Flow {
@@ -260,7 +271,7 @@ impl Flow {
 /// Outcome of one flow.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct FlowResult {
-    /// When data starts moving: `max(start, end of after)`.
+    /// When data starts moving: `max(start, end of every predecessor)`.
     pub start: SimTime,
     /// When the last byte is delivered (includes the path latency).
     pub end: SimTime,

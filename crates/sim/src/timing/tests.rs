@@ -567,6 +567,7 @@ fn instance() -> impl Strategy<Value = (Vec<(f64, u64)>, Vec<Flow>)> {
                         } else {
                             after.map(|a| a.index(i))
                         },
+                        also_after: Vec::new(),
                         rate_cap,
                     }
                 })
@@ -650,4 +651,47 @@ proptest! {
             assert_max_min(&net, &active, &rates);
         }
     }
+}
+
+#[test]
+fn a_join_starts_when_every_predecessor_has_ended() {
+    let mut net = Network::new();
+    let a = net.add_link("a", 1e9, SimTime::ZERO).unwrap();
+    let b = net.add_link("b", 1e9, SimTime::ZERO).unwrap();
+    let flows = vec![
+        flow(vec![Hop::up(a)], 1_000_000), // ends at 1 ms
+        flow(vec![Hop::up(b)], 3_000_000), // alone it would end at 3 ms
+        Flow {
+            after: Some(0),
+            also_after: vec![1, 1],
+            ..flow(vec![Hop::up(a)], 1_000_000)
+        },
+        Flow {
+            also_after: vec![0],
+            ..flow(vec![Hop::up(b)], 1_000_000)
+        },
+    ];
+    let s = net.simulate(&flows).unwrap();
+    // Flow 3 waits for flow 0 only (1 ms), then shares link b with flow 1:
+    // it ends at 3 ms, and flow 1, slowed by it, at 4 ms.
+    assert_eq!(s.flows[3].start, SimTime::from_millis(1));
+    assert_eq!(s.flows[3].end, SimTime::from_millis(3));
+    assert_eq!(s.flows[1].end, SimTime::from_millis(4));
+    assert_eq!(
+        s.flows[2].start,
+        SimTime::from_millis(4),
+        "waits for the later one"
+    );
+    assert_eq!(s.flows[2].end, SimTime::from_millis(5));
+    let bad = vec![
+        flow(vec![Hop::up(a)], 1),
+        Flow {
+            also_after: vec![1],
+            ..flow(vec![Hop::up(a)], 1)
+        },
+    ];
+    assert_eq!(
+        net.simulate(&bad).unwrap_err(),
+        TimingError::BadAfter { flow: 1, after: 1 }
+    );
 }
