@@ -235,6 +235,13 @@ impl DmaAddr {
         Self(phys.0)
     }
 
+    /// An address a device read out of memory — from a queue entry, a PRP
+    /// list, an SGL descriptor — as the driver wrote it there: on the
+    /// device's side of a DMA, that is all it has.
+    pub const fn from_descriptor(raw: u64) -> Self {
+        Self(raw)
+    }
+
     /// What the root complex sees when nothing translates (IOMMU off or
     /// passthrough, identity DMA ranges): the physical address.
     pub const fn untranslated(self) -> PhysAddr {

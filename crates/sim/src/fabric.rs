@@ -261,6 +261,27 @@ impl Fabric {
         self.rc_link[hb.index()]
     }
 
+    /// The links between DRAM of `node` and `f`, in the direction data
+    /// travels when the CPU copies into `f`'s BAR (`to_device`) or out of
+    /// it: its loads and stores are MMIO through the root complex.
+    pub(crate) fn cpu_path(&self, f: FnId, node: u32, to_device: bool) -> Vec<Hop> {
+        let hb = self.topo.function(f).host_bridge;
+        let mut hops: Vec<Hop> = Vec::new();
+        if let Some(&l) = self.dram_link.get(&node) {
+            hops.push(Hop::up(l));
+        }
+        hops.extend(self.socket_hop(node, self.node_of(hb)));
+        hops.push(Hop::down(self.rc_link[hb.index()]));
+        hops.extend(self.down_path(f, None));
+        if !to_device {
+            hops.reverse();
+            for h in &mut hops {
+                h.dir = h.dir.reverse();
+            }
+        }
+        hops
+    }
+
     /// Route `req`: the pieces it is delivered in, each with its hops in
     /// the request's direction and what it reaches.
     pub(crate) fn route(&self, parts: &Parts<'_>, req: &Request) -> Result<Vec<Piece>, DmaError> {

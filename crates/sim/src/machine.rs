@@ -357,6 +357,18 @@ impl SimMachine {
         })
     }
 
+    /// The links a CPU copy between host memory of NUMA node `node` and
+    /// `dev`'s BAR crosses, in the data's direction (`to_device`: the CPU
+    /// stores into the BAR), for timing such a copy among DMAs.
+    pub fn cpu_copy_path(
+        &self,
+        dev: Bdf,
+        node: u32,
+        to_device: bool,
+    ) -> Result<Vec<crate::timing::Hop>, AccessError> {
+        Ok(self.fabric.cpu_path(self.id(dev)?, node, to_device))
+    }
+
     /// The port type of a function (tests and reports).
     pub fn port_type(&self, dev: Bdf) -> Option<PortType> {
         self.topo.find(dev).map(|f| self.topo.function(f).port_type)
