@@ -103,7 +103,13 @@ pub struct Leg {
 }
 
 impl Leg {
-    fn new(from: End, to: End, path: LegPath, provider: Option<Bdf>, mover: Mover) -> Leg {
+    pub(crate) fn new(
+        from: End,
+        to: End,
+        path: LegPath,
+        provider: Option<Bdf>,
+        mover: Mover,
+    ) -> Leg {
         Leg {
             from,
             to,
@@ -117,7 +123,7 @@ impl Leg {
         }
     }
 
-    fn add(&mut self, t: &Transfer) {
+    pub(crate) fn add(&mut self, t: &Transfer) {
         self.bytes += t.bytes;
         self.unsupported_bytes += t.unsupported_bytes;
         for r in &t.routes {
@@ -137,7 +143,7 @@ impl Leg {
     }
 }
 
-fn add_paths(into: &mut Vec<PathBytes>, from: &[PathBytes]) {
+pub(crate) fn add_paths(into: &mut Vec<PathBytes>, from: &[PathBytes]) {
     for p in from {
         match into.iter_mut().find(|q| q.hops == p.hops) {
             Some(q) => q.bytes += p.bytes,
@@ -162,10 +168,61 @@ pub struct IoOutcome {
     pub meta_paths: Vec<PathBytes>,
     /// Why bouncing was needed, when it was.
     pub bounce_reason: Option<String>,
+    /// Bytes the CPU read to compute parity (a RAID-5 reconstruction).
+    pub cpu_xor_bytes: u64,
+    /// What a reader should know about how the bytes went.
+    pub notes: Vec<String>,
 }
 
 impl IoOutcome {
-    fn leg(&mut self, leg: Leg) -> usize {
+    /// Add what another I/O of the same job did.
+    pub fn absorb(&mut self, other: IoOutcome) {
+        self.bytes += other.bytes;
+        self.commands += other.commands;
+        self.bounce_bytes += other.bounce_bytes;
+        self.cpu_copy_bytes += other.cpu_copy_bytes;
+        self.cpu_xor_bytes += other.cpu_xor_bytes;
+        add_paths(&mut self.meta_paths, &other.meta_paths);
+        if self.bounce_reason.is_none() {
+            self.bounce_reason = other.bounce_reason;
+        }
+        for n in other.notes {
+            if !self.notes.contains(&n) {
+                self.notes.push(n);
+            }
+        }
+        for l in other.legs {
+            let i = self.leg(Leg {
+                bytes: 0,
+                paths: Vec::new(),
+                routes: Vec::new(),
+                unsupported_bytes: 0,
+                ..l.clone()
+            });
+            let t = &mut self.legs[i];
+            t.bytes += l.bytes;
+            t.unsupported_bytes += l.unsupported_bytes;
+            for r in l.routes {
+                if !t.routes.contains(&r) {
+                    t.routes.push(r);
+                }
+            }
+            add_paths(&mut t.paths, &l.paths);
+        }
+    }
+
+    /// Mark every leg as a leg of a bounce through host memory.
+    pub fn mark_bounced(&mut self) {
+        let legs = std::mem::take(&mut self.legs);
+        for mut l in legs {
+            l.path = LegPath::Bounced;
+            let mut one = IoOutcome::default();
+            one.legs.push(l);
+            self.absorb(one);
+        }
+    }
+
+    pub(crate) fn leg(&mut self, leg: Leg) -> usize {
         match self.legs.iter().position(|l| l.same_kind(&leg)) {
             Some(i) => i,
             None => {
@@ -419,125 +476,20 @@ fn bounce(
         segments: vec![host.phys()],
     };
     let owner = rq.kind().provider();
-    // Move between the host buffer and the device memory of the request.
     let device_leg = |out: &mut IoOutcome| -> Result<(), IoError> {
-        let Some(owner) = owner else {
-            return Ok(());
-        };
-        let to_device = rq.op == Op::Read;
-        let host_end = End::Host { node };
-        let dev_end = End::Device { bdf: owner };
-        let (from, to) = if to_device {
-            (host_end, dev_end)
-        } else {
-            (dev_end, host_end)
-        };
-        if has_copy_engine(sim, owner) {
-            let dir = if to_device {
-                Direction::ToDevice
-            } else {
-                Direction::FromDevice
-            };
-            let map = sim
-                .map(owner, &[host.phys()], dir, BouncePolicy::Forbid)
-                .map_err(|source| IoError::Dma {
-                    what: format!("mapping the bounce buffer for {owner}"),
-                    source,
-                })?;
-            let i = out.leg(Leg::new(
-                from,
-                to,
-                LegPath::Bounced,
-                Some(owner),
-                Mover::Dma { engine: owner },
-            ));
-            let mut hoff = 0u64;
-            let mut seg_iter = rq.segments.iter();
-            let mut seg = seg_iter.next().copied();
-            let mut seg_off = 0u64;
-            for e in map.entries() {
-                let mut eoff = 0;
-                while eoff < e.len {
-                    let Some(s) = seg else { break };
-                    let n = (e.len - eoff).min(s.len() - seg_off);
-                    let addr = e
-                        .addr
-                        .checked_add(eoff)
-                        .ok_or_else(|| IoError::Resource("address overflow".into()))?;
-                    let own = s
-                        .addr()
-                        .checked_add(seg_off)
-                        .ok_or_else(|| IoError::Resource("address overflow".into()))?;
-                    let t = if to_device {
-                        sim.dma_from(owner, addr, n, LocalMut::Own(own))
-                    } else {
-                        sim.dma_to(owner, addr, n, Local::Own(own))
-                    }
-                    .map_err(|source| IoError::Dma {
-                        what: format!(
-                            "{owner}'s copy engine, bounce leg of the {} at byte {}",
-                            rq.op, rq.offset
-                        ),
-                        source,
-                    })?;
-                    out.legs[i].add(&t);
-                    eoff += n;
-                    seg_off += n;
-                    hoff += n;
-                    if seg_off == s.len() {
-                        seg = seg_iter.next().copied();
-                        seg_off = 0;
-                    }
-                }
-            }
-            debug_assert_eq!(hoff, len);
-        } else {
-            // The CPU: loads from one side, stores to the other, in pieces.
-            let i = out.leg(Leg::new(
-                from,
-                to,
-                LegPath::Bounced,
-                Some(owner),
-                Mover::Cpu,
-            ));
-            let mut tmp = vec![0u8; 1 << 20];
-            let mut hoff = 0u64;
-            for s in &rq.segments {
-                let mut so = 0u64;
-                while so < s.len() {
-                    let n = (s.len() - so).min(tmp.len() as u64);
-                    let b = &mut tmp[..n as usize];
-                    let dev_at = s
-                        .addr()
-                        .checked_add(so)
-                        .ok_or_else(|| IoError::Resource("address overflow".into()))?;
-                    let host_at = host
-                        .phys()
-                        .addr()
-                        .checked_add(hoff)
-                        .ok_or_else(|| IoError::Resource("address overflow".into()))?;
-                    let cpu =
-                        |e: peerdma_sim::AccessError| IoError::Resource(format!("CPU copy: {e}"));
-                    if to_device {
-                        sim.cpu_read(host_at, b).map_err(cpu)?;
-                        sim.cpu_write(dev_at, b).map_err(cpu)?;
-                    } else {
-                        sim.cpu_read(dev_at, b).map_err(cpu)?;
-                        sim.cpu_write(host_at, b).map_err(cpu)?;
-                    }
-                    so += n;
-                    hoff += n;
-                }
-            }
-            let hops = sim
-                .cpu_copy_path(owner, node, to_device)
-                .map_err(|e| IoError::Resource(e.to_string()))?;
-            let leg = &mut out.legs[i];
-            leg.bytes += len;
-            add_paths(&mut leg.paths, &[PathBytes { hops, bytes: len }]);
-            out.cpu_copy_bytes += len;
+        match owner {
+            Some(owner) => device_copy(
+                sim,
+                out,
+                owner,
+                node,
+                host.phys(),
+                &rq.segments,
+                rq.op == Op::Read,
+                &format!("the {} at byte {}", rq.op, rq.offset),
+            ),
+            None => Ok(()),
         }
-        Ok(())
     };
     if rq.op == Op::Write {
         device_leg(out)?;
@@ -551,4 +503,145 @@ fn bounce(
     }
     out.bounce_bytes += len;
     Ok(())
+}
+
+/// Move bytes between host memory (`host`, on `node`) and device memory of
+/// `owner` (`segments`, in order, as long as `host` together), into the
+/// device (`to_device`) or out of it: by the owner's copy engine when it
+/// has one, else by the CPU with uncached MMIO. One bounce leg in `out`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn device_copy(
+    sim: &SimMachine,
+    out: &mut IoOutcome,
+    owner: Bdf,
+    node: u32,
+    host: PhysVec,
+    segments: &[PhysVec],
+    to_device: bool,
+    what: &str,
+) -> Result<(), IoError> {
+    let len: u64 = segments.iter().map(|s| s.len()).sum();
+    let overflow = || IoError::Resource("address overflow".into());
+    let host_end = End::Host { node };
+    let dev_end = End::Device { bdf: owner };
+    let (from, to) = if to_device {
+        (host_end, dev_end)
+    } else {
+        (dev_end, host_end)
+    };
+    if has_copy_engine(sim, owner) {
+        let dir = if to_device {
+            Direction::ToDevice
+        } else {
+            Direction::FromDevice
+        };
+        let map = sim
+            .map(owner, &[host], dir, BouncePolicy::Forbid)
+            .map_err(|source| IoError::Dma {
+                what: format!("mapping host memory for {owner}"),
+                source,
+            })?;
+        let i = out.leg(Leg::new(
+            from,
+            to,
+            LegPath::Bounced,
+            Some(owner),
+            Mover::Dma { engine: owner },
+        ));
+        let mut segs = segments.iter();
+        let mut seg = segs.next().copied();
+        let mut seg_off = 0u64;
+        for e in map.entries() {
+            let mut eoff = 0;
+            while eoff < e.len {
+                let Some(s) = seg else { break };
+                let n = (e.len - eoff).min(s.len() - seg_off);
+                let addr = e.addr.checked_add(eoff).ok_or_else(overflow)?;
+                let own = s.addr().checked_add(seg_off).ok_or_else(overflow)?;
+                let t = if to_device {
+                    sim.dma_from(owner, addr, n, LocalMut::Own(own))
+                } else {
+                    sim.dma_to(owner, addr, n, Local::Own(own))
+                }
+                .map_err(|source| IoError::Dma {
+                    what: format!("{owner}'s copy engine, for {what}"),
+                    source,
+                })?;
+                out.legs[i].add(&t);
+                eoff += n;
+                seg_off += n;
+                if seg_off == s.len() {
+                    seg = segs.next().copied();
+                    seg_off = 0;
+                }
+            }
+        }
+    } else {
+        // The CPU: loads from one side, stores to the other, in pieces.
+        let i = out.leg(Leg::new(
+            from,
+            to,
+            LegPath::Bounced,
+            Some(owner),
+            Mover::Cpu,
+        ));
+        let mut tmp = vec![0u8; 1 << 20];
+        let mut hoff = 0u64;
+        let cpu =
+            |e: peerdma_sim::AccessError| IoError::Resource(format!("CPU copy for {what}: {e}"));
+        for s in segments {
+            let mut so = 0u64;
+            while so < s.len() {
+                let n = (s.len() - so).min(tmp.len() as u64);
+                let b = &mut tmp[..n as usize];
+                let dev_at = s.addr().checked_add(so).ok_or_else(overflow)?;
+                let host_at = host.addr().checked_add(hoff).ok_or_else(overflow)?;
+                if to_device {
+                    sim.cpu_read(host_at, b).map_err(cpu)?;
+                    sim.cpu_write(dev_at, b).map_err(cpu)?;
+                } else {
+                    sim.cpu_read(dev_at, b).map_err(cpu)?;
+                    sim.cpu_write(host_at, b).map_err(cpu)?;
+                }
+                so += n;
+                hoff += n;
+            }
+        }
+        let hops = sim
+            .cpu_copy_path(owner, node, to_device)
+            .map_err(|e| IoError::Resource(e.to_string()))?;
+        let leg = &mut out.legs[i];
+        leg.bytes += len;
+        add_paths(&mut leg.paths, &[PathBytes { hops, bytes: len }]);
+        out.cpu_copy_bytes += len;
+    }
+    Ok(())
+}
+
+/// The part `[off, off + len)` of a list of segments.
+pub fn slice_segments(segments: &[PhysVec], off: u64, len: u64) -> Vec<PhysVec> {
+    let mut out = Vec::new();
+    let mut pos = 0u64;
+    let end = off.saturating_add(len);
+    for s in segments {
+        let (s0, s1) = (pos, pos + s.len());
+        pos = s1;
+        if s1 <= off || s0 >= end {
+            continue;
+        }
+        let a = off.max(s0) - s0;
+        let b = end.min(s1) - s0;
+        let piece = if a == 0 {
+            *s
+        } else {
+            s.split_at(a).map_or(*s, |(_, t)| t)
+        };
+        let piece = if b - a == piece.len() {
+            piece
+        } else {
+            piece.split_at(b - a).map_or(piece, |(h, _)| h)
+        };
+        out.push(piece);
+    }
+    out
 }
