@@ -184,12 +184,11 @@ pub fn drive_to_drive(
     }
     out.notes.push(match plan {
         StagingPlan::P2p { provider, .. } => format!(
-            "staged through {} of P2P memory of {provider}, {} at a time",
-            format_size(step),
+            "staged through a {} buffer in the P2P memory of {provider}",
             format_size(step)
         ),
         StagingPlan::Host { .. } => format!(
-            "staged through {} of host memory on node {}",
+            "staged through a {} buffer in host memory on node {}",
             format_size(step),
             from.numa_node()
         ),

@@ -21,15 +21,15 @@ pub enum DeviceMemoryKind {
 }
 
 /// The device memory a function can give a job, if any: its published
-/// p2pmem, or for a display or 3D controller (class 03) its largest
-/// prefetchable memory BAR.
+/// p2pmem, or for a GPU — a display or 3D controller (class 03) or a
+/// processing accelerator (class 12) — its largest prefetchable memory BAR.
 pub fn device_memory(f: &Function) -> Option<(DeviceMemoryKind, u64)> {
     if let Some(p) = f.p2pmem {
         if p.published && p.size > 0 {
             return Some((DeviceMemoryKind::P2pMem, p.available.min(p.size)));
         }
     }
-    if f.base_class() == 0x03 {
+    if matches!(f.base_class(), 0x03 | 0x12) {
         let bar = f
             .bars
             .iter()
@@ -62,7 +62,7 @@ pub fn capacity(topo: &Topology, f: FnId) -> Option<(u64, String)> {
 pub enum DevMemError {
     #[error("{0} is not on this machine")]
     NoDevice(peerdma_mem::Bdf),
-    #[error("{0} has no device memory: it publishes no P2P memory (p2pmem) and is not a GPU")]
+    #[error("{0} has no device memory: it publishes no P2P memory (p2pmem) and is not a GPU or accelerator")]
     None(peerdma_mem::Bdf),
     #[error("cannot export the memory of {bdf}: {why}")]
     Export { bdf: peerdma_mem::Bdf, why: String },

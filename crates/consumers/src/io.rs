@@ -401,7 +401,11 @@ fn flush(
         let mem_end = match rq.kind().provider() {
             Some(p) => End::Device { bdf: p },
             None => End::Host {
-                node: drive.numa_node(),
+                node: rq
+                    .segments
+                    .first()
+                    .and_then(|v| sim.host_node(v.addr()))
+                    .unwrap_or(drive.numa_node()),
             },
         };
         let dev_end = End::Device { bdf: drive.bdf() };

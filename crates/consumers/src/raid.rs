@@ -179,6 +179,10 @@ pub fn raid5_degraded_read(
                 Fallback::Fail,
                 None,
             )?;
+            // Into the stripe cache: the first leg of a trip through host
+            // memory.
+            let mut o = o;
+            o.mark_bounced();
             out.absorb(o);
         }
         let c = layout.chunk as usize;

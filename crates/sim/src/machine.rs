@@ -357,6 +357,15 @@ impl SimMachine {
         })
     }
 
+    /// The NUMA node whose DRAM holds `addr`, if it is host memory.
+    pub fn host_node(&self, addr: PhysAddr) -> Option<u32> {
+        let (region, _) = self.mem.find(addr, 1)?;
+        match self.mem.region(region).owner {
+            crate::memmap::Owner::Dram { node } => Some(node),
+            crate::memmap::Owner::Bar { .. } => None,
+        }
+    }
+
     /// The links a CPU copy between host memory of NUMA node `node` and
     /// `dev`'s BAR crosses, in the data's direction (`to_device`: the CPU
     /// stores into the BAR), for timing such a copy among DMAs.

@@ -14,17 +14,58 @@
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
 
-/// Chunk size of the sparse store.
-pub(crate) const CHUNK: u64 = 1 << 20;
+/// Chunk size of the sparse store: one huge page, so that a chunk costs
+/// one page fault, not 512.
+pub(crate) const CHUNK: u64 = 2 << 20;
 
-type Chunks = BTreeMap<u64, Box<[u8]>>;
+/// The bytes of one chunk: an anonymous mapping the kernel may back with
+/// a transparent huge page, or heap memory where mapping fails.
+enum Chunk {
+    Mapped(memmap2::MmapMut),
+    Heap(Box<[u8]>),
+}
+
+impl std::ops::Deref for Chunk {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Chunk::Mapped(m) => m,
+            Chunk::Heap(b) => b,
+        }
+    }
+}
+
+impl std::ops::DerefMut for Chunk {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        match self {
+            Chunk::Mapped(m) => m,
+            Chunk::Heap(b) => b,
+        }
+    }
+}
+
+impl std::fmt::Debug for Chunk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Chunk")
+    }
+}
+
+type Chunks = BTreeMap<u64, Chunk>;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn new_chunk() -> Box<[u8]> {
-    vec![0u8; CHUNK as usize].into_boxed_slice()
+fn new_chunk() -> Chunk {
+    match memmap2::MmapMut::map_anon(CHUNK as usize) {
+        Ok(m) => {
+            // Advice only: without huge pages the chunk still works.
+            #[cfg(target_os = "linux")]
+            let _ = m.advise(memmap2::Advice::HugePage);
+            Chunk::Mapped(m)
+        }
+        Err(_) => Chunk::Heap(vec![0u8; CHUNK as usize].into_boxed_slice()),
+    }
 }
 
 /// What unwritten bytes of a store read as.

@@ -2,18 +2,17 @@
 //! memory ([`crate::SimMachine::fill_media_pattern`]): every 8-byte word
 //! at offset `8 * w` is a hash of `(seed, w)`, so any range can be
 //! generated — and checked — on its own, in any order, at memory speed.
-
-/// splitmix64's finaliser: a good 64-bit mix, one multiply chain.
-#[inline]
-fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
+//!
+//! The hash is one multiply and a shift: not for cryptography, but every
+//! word differs from its neighbours and from the same word under another
+//! seed, which is what catching misplaced, stale or lost bytes needs.
 
 #[inline]
 fn word(seed: u64, w: u64) -> u64 {
-    mix(seed ^ w.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+    let z = (w ^ seed.rotate_left(17))
+        .wrapping_add(seed)
+        .wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    z ^ (z >> 29)
 }
 
 /// The pattern of `seed` for the bytes at `offset .. offset + buf.len()`.
@@ -41,20 +40,34 @@ pub fn fill(seed: u64, offset: u64, buf: &mut [u8]) {
 /// The first byte of `buf` (as an index) that is not the pattern of
 /// `seed` at `offset`, or `None` when all match.
 pub fn first_mismatch(seed: u64, offset: u64, buf: &[u8]) -> Option<usize> {
-    let mut expect = [0u8; 4096];
-    let mut done = 0usize;
-    while done < buf.len() {
-        let n = (buf.len() - done).min(expect.len());
-        fill(seed, offset + done as u64, &mut expect[..n]);
-        if expect[..n] != buf[done..done + n] {
-            let i = expect[..n]
-                .iter()
-                .zip(&buf[done..done + n])
-                .position(|(a, b)| a != b)
-                .unwrap_or(0);
-            return Some(done + i);
+    let mut expect = [0u8; 8];
+    // Head up to an 8-byte boundary, byte by byte.
+    let head = (((8 - offset % 8) % 8) as usize).min(buf.len());
+    if head > 0 {
+        let mut e = [0u8; 8];
+        fill(seed, offset, &mut e[..head]);
+        if let Some(i) = e[..head].iter().zip(&buf[..head]).position(|(a, b)| a != b) {
+            return Some(i);
         }
-        done += n;
+    }
+    // Whole words, compared as words.
+    let mut w = (offset + head as u64) / 8;
+    let body = &buf[head..];
+    let mut chunks = body.chunks_exact(8);
+    for (k, c) in (&mut chunks).enumerate() {
+        let want = word(seed, w).to_le_bytes();
+        if c != want {
+            let i = c.iter().zip(&want).position(|(a, b)| a != b).unwrap_or(0);
+            return Some(head + 8 * k + i);
+        }
+        w = w.wrapping_add(1);
+    }
+    let rest = chunks.remainder();
+    if !rest.is_empty() {
+        expect.copy_from_slice(&word(seed, w).to_le_bytes());
+        if let Some(i) = rest.iter().zip(&expect).position(|(a, b)| a != b) {
+            return Some(buf.len() - rest.len() + i);
+        }
     }
     None
 }
