@@ -88,6 +88,41 @@ enum Cmd {
     },
     /// List the built-in machines.
     Presets,
+    /// Run a workload (a TOML file of jobs) on the simulated machine: every
+    /// byte moved through the simulated fabric by the storage consumers
+    /// (block layer, NVMe, RAID) and checked, and the whole workload timed
+    /// with concurrent jobs sharing links.
+    ///
+    /// The machine: a source option if given, else the workload's
+    /// [machine], else the built-in default. Exit status 0 when every job
+    /// succeeded with verified bytes, 1 when one did not, 2 when the
+    /// workload cannot run (the error names the file, line and job).
+    Sim {
+        /// The workload file (see `peerdma sim --help` and README.md).
+        workload: PathBuf,
+        /// The simulated IOMMU: off, passthrough or translated [default:
+        /// the workload's, else off].
+        #[arg(long, value_name = "MODE")]
+        iommu: Option<String>,
+        /// Seed of the drives' pattern data.
+        #[arg(long)]
+        seed: Option<u64>,
+    },
+    /// Run the built-in demo on the default machine: the storage consumers
+    /// of P2P DMA, each job's bytes moved and checked, P2P side by side
+    /// with the same job through host memory.
+    Demo {
+        /// The simulated IOMMU: off, passthrough or translated.
+        #[arg(long, value_name = "MODE", default_value = "off")]
+        iommu: String,
+        /// The full report of every job (legs, routes, time, notes).
+        #[arg(long)]
+        verbose: bool,
+        /// Print the workload the demo chose for this machine (a workload
+        /// file for `peerdma sim`) instead of running it.
+        #[arg(long)]
+        print_workload: bool,
+    },
     /// Copy between files and block devices by the best path: P2P memory
     /// when both ends' devices can reach a provider, else host memory.
     ///
@@ -319,6 +354,101 @@ fn load_ids(path: &Option<PathBuf>) -> Result<PciIds> {
     }
 }
 
+fn iommu_setting(s: &str) -> Result<peerdma_workload::format::IommuSetting> {
+    peerdma_workload::format::IommuSetting::parse(s)
+        .with_context(|| format!("--iommu {s}: not one of off, passthrough, translated"))
+}
+
+fn run_sim(
+    src: &SourceArgs,
+    path: &std::path::Path,
+    iommu: Option<&str>,
+    seed: Option<u64>,
+    json: bool,
+) -> Result<ExitCode> {
+    use peerdma_workload::format::MachineSource;
+    let w = peerdma_workload::format::load(path)?;
+    let given = src.live
+        || src.root.is_some()
+        || src.snapshot.is_some()
+        || src.topology.is_some()
+        || src.preset.is_some();
+    let source = match (&w.machine, given) {
+        (Some(m), false) => match m {
+            MachineSource::Preset(p) => Source::Preset(p.clone()),
+            MachineSource::Snapshot(f) => Source::Snapshot(f.clone()),
+            MachineSource::Topology(f) => Source::Description(f.clone()),
+            MachineSource::Root(d) => Source::Root(d.clone()),
+            MachineSource::Live => Source::Live,
+        },
+        _ => src.source()?,
+    };
+    let topo = source.load()?;
+    let defaults = peerdma_workload::run::RunOptions::default();
+    let opts = peerdma_workload::run::RunOptions {
+        iommu: match iommu {
+            Some(s) => iommu_setting(s)?,
+            None => w.iommu.unwrap_or_default(),
+        },
+        seed: seed.unwrap_or(defaults.seed),
+        ..defaults
+    };
+    let (report, t) = peerdma_workload::run_workload(&w, topo, opts)?;
+    if json {
+        let mut s = peerdma_workload::report::to_json(&report);
+        s.push('\n');
+        print(&s)?;
+    } else {
+        print(&peerdma_workload::report::render(
+            &t,
+            &report,
+            &format!("peerdma sim {}", path.display()),
+        ))?;
+    }
+    Ok(if report.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn run_demo(
+    src: &SourceArgs,
+    iommu: &str,
+    verbose: bool,
+    print_workload: bool,
+    json: bool,
+) -> Result<ExitCode> {
+    let topo = src.source()?.load()?;
+    if print_workload {
+        print(&peerdma_workload::demo::workload_text(&topo))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let w = peerdma_workload::demo::workload(&topo)?;
+    let opts = peerdma_workload::run::RunOptions {
+        iommu: iommu_setting(iommu)?,
+        ..Default::default()
+    };
+    let (report, t) = peerdma_workload::run_workload(&w, topo, opts)?;
+    if json {
+        let mut s = peerdma_workload::report::to_json(&report);
+        s.push('\n');
+        print(&s)?;
+    } else if verbose {
+        print(&peerdma_workload::demo::full(&t, &report))?;
+    } else {
+        print(&format!(
+            "peerdma demo: the storage consumers of P2P DMA on the simulated machine\n{}\nEach job's bytes went through the simulated PCIe fabric and were checked; `peerdma demo --verbose` shows every leg, route and note, and `peerdma sim FILE` runs your own workload.\n",
+            peerdma_workload::demo::summary(&t, &report)
+        ))?;
+    }
+    Ok(if report.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
 fn endpoints(topo: &Topology, all: bool) -> Vec<FnId> {
     topo.functions()
         .iter()
@@ -433,10 +563,29 @@ fn run(cli: Cli) -> Result<ExitCode> {
         return Ok(ExitCode::from(report.exit_code));
     }
 
+    if let Cmd::Sim {
+        workload,
+        iommu,
+        seed,
+    } = &cli.cmd
+    {
+        return run_sim(&cli.source, workload, iommu.as_deref(), *seed, cli.json);
+    }
+    if let Cmd::Demo {
+        iommu,
+        verbose,
+        print_workload,
+    } = &cli.cmd
+    {
+        return run_demo(&cli.source, iommu, *verbose, *print_workload, cli.json);
+    }
+
     let source = cli.source.source()?;
     let topo = source.load()?;
     match cli.cmd {
-        Cmd::Presets | Cmd::Probe { .. } | Cmd::Copy(_) => unreachable!("handled above"),
+        Cmd::Presets | Cmd::Probe { .. } | Cmd::Copy(_) | Cmd::Sim { .. } | Cmd::Demo { .. } => {
+            unreachable!("handled above")
+        }
         Cmd::Topo { all } => {
             let ids = load_ids(&cli.pci_ids)?;
             if cli.json {

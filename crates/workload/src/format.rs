@@ -1,0 +1,914 @@
+//! The workload file: TOML, parsed in two steps. [`parse`] checks the
+//! syntax and the types and keeps each job's line; [`Workload::resolve`]
+//! holds the jobs against a machine (devices exist and have what the job
+//! needs, sizes fit, `after` names jobs and makes no cycle). Every error is
+//! one line that names the file, the line, the job and what is wrong.
+//!
+//! ```toml
+//! [machine]                  # optional: the command line's source wins
+//! preset = "dual-xeon"       # or snapshot / topology / root = "PATH", or live = true
+//! iommu = "off"              # off | passthrough | translated
+//!
+//! [[job]]
+//! name = "weights"
+//! kind = "read"              # O_DIRECT read from `drive` into the memory of `into`
+//! drive = "nvme0"
+//! into = "gpu0"
+//! size = "1G"
+//! policy = "bounce"          # bounce (default) | p2p-only | host (no P2P, to compare)
+//!
+//! [[job]]
+//! name = "checkpoint"
+//! kind = "write"             # from the memory of `from` to `drive`
+//! from = "gpu0"
+//! drive = "nvme1"
+//! size = "512M"
+//! after = "weights"          # or a list of names
+//! ```
+//!
+//! Other kinds: `copy` (drive `from` to drive `to`), `raid1-rebuild`
+//! (surviving mirror `from` to replacement `to`) and `raid5-read` (a
+//! degraded read of `members`, one of them `missing`, into `into`).
+
+use peerdma_mem::{format_size, parse_size, Bdf};
+use peerdma_pci::{FnId, Topology};
+use serde::de::{self, Deserializer, Visitor};
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// An error in a workload, as one line: `FILE:LINE: job 'NAME': what`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{origin}{}{}: {message}", line.map(|l| format!(":{l}")).unwrap_or_default(), job.as_ref().map(|j| format!(": job '{j}'")).unwrap_or_default())]
+pub struct WorkloadError {
+    /// The file (or built-in workload) the error is in.
+    pub origin: String,
+    pub line: Option<usize>,
+    pub job: Option<String>,
+    pub message: String,
+}
+
+/// A byte count written as an integer or a string with a suffix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Size(pub u64);
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Size, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Size;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a size such as 4096, \"64K\", \"1.5G\" or \"0x1000\"")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Size, E> {
+                u64::try_from(v)
+                    .map(Size)
+                    .map_err(|_| E::custom(format!("a size cannot be negative ({v})")))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Size, E> {
+                Ok(Size(v))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Size, E> {
+                parse_size(v)
+                    .map(Size)
+                    .map_err(|e| E::custom(e.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// One name or a list of names (`after = "a"` or `after = ["a", "b"]`).
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Names(pub Vec<String>);
+
+impl<'de> Deserialize<'de> for Names {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Names, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Names;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a job name or a list of job names")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Names, E> {
+                Ok(Names(vec![v.to_string()]))
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Names, A::Error> {
+                let mut out = Vec::new();
+                while let Some(s) = seq.next_element::<String>()? {
+                    out.push(s);
+                }
+                Ok(Names(out))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    machine: Option<RawMachine>,
+    #[serde(default, rename = "job")]
+    jobs: Vec<toml::Spanned<RawJob>>,
+}
+
+#[derive(Deserialize, Debug, Default, Clone)]
+#[serde(deny_unknown_fields)]
+struct RawMachine {
+    preset: Option<String>,
+    snapshot: Option<PathBuf>,
+    topology: Option<PathBuf>,
+    root: Option<PathBuf>,
+    live: Option<bool>,
+    iommu: Option<String>,
+}
+
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+struct RawJob {
+    name: String,
+    kind: String,
+    size: Size,
+    #[serde(default)]
+    after: Names,
+    policy: Option<String>,
+    drive: Option<String>,
+    into: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    offset: Option<Size>,
+    to_offset: Option<Size>,
+    members: Option<Vec<String>>,
+    missing: Option<String>,
+    chunk: Option<Size>,
+    via: Option<String>,
+    data_pointer: Option<String>,
+    fault: Option<RawFault>,
+}
+
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+struct RawFault {
+    kind: String,
+    device: Option<String>,
+    at: Size,
+}
+
+/// Where the machine of a workload comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MachineSource {
+    Preset(String),
+    Snapshot(PathBuf),
+    Topology(PathBuf),
+    Root(PathBuf),
+    Live,
+}
+
+/// The IOMMU of the simulated machine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IommuSetting {
+    #[default]
+    Off,
+    Passthrough,
+    Translated,
+}
+
+impl IommuSetting {
+    pub fn parse(s: &str) -> Option<IommuSetting> {
+        Some(match s {
+            "off" | "none" => IommuSetting::Off,
+            "passthrough" | "pt" => IommuSetting::Passthrough,
+            "translated" | "on" | "dma" => IommuSetting::Translated,
+            _ => return None,
+        })
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IommuSetting::Off => "off",
+            IommuSetting::Passthrough => "passthrough",
+            IommuSetting::Translated => "translated",
+        }
+    }
+}
+
+/// What to do where P2P is not supported.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Policy {
+    /// The I/O succeeds through host memory (two DMAs) and says so.
+    #[default]
+    Bounce,
+    /// Fail with EREMOTEIO where the kernel would.
+    P2pOnly,
+    /// Always through host memory, even where P2P works: the path without
+    /// P2P, to compare with.
+    Host,
+}
+
+impl Policy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Policy::Bounce => "bounce",
+            Policy::P2pOnly => "p2p-only",
+            Policy::Host => "host",
+        }
+    }
+}
+
+/// How the NVMe driver describes data to the controller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DataPointer {
+    /// SGLs where the controller supports them, else PRPs.
+    #[default]
+    Auto,
+    Prp,
+    Sgl,
+}
+
+/// A job as written, before it is held against a machine.
+#[derive(Clone, Debug)]
+pub struct JobSpec {
+    pub name: String,
+    pub line: usize,
+    raw: RawJob,
+}
+
+/// A parsed workload.
+#[derive(Clone, Debug)]
+pub struct Workload {
+    /// The file it came from (for messages), or a built-in name.
+    pub origin: String,
+    pub description: Option<String>,
+    pub machine: Option<MachineSource>,
+    pub iommu: Option<IommuSetting>,
+    pub jobs: Vec<JobSpec>,
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+/// Parse a workload's text. `origin` names it in errors; relative paths in
+/// `[machine]` are taken relative to `base_dir`.
+pub fn parse(text: &str, origin: &str, base_dir: &Path) -> Result<Workload, WorkloadError> {
+    let err = |line: Option<usize>, job: Option<&str>, message: String| WorkloadError {
+        origin: origin.to_string(),
+        line,
+        job: job.map(str::to_string),
+        message,
+    };
+    let raw: RawFile = toml::from_str(text).map_err(|e| {
+        let line = e.span().map(|s| line_of(text, s.start));
+        let mut msg = e.message().trim().replace('\n', " ");
+        if msg.is_empty() {
+            msg = "malformed TOML".into();
+        }
+        err(line, None, friendly(&msg))
+    })?;
+    let (machine, iommu) = match raw.machine {
+        None => (None, None),
+        Some(m) => {
+            let mut sources = Vec::new();
+            if let Some(p) = m.preset {
+                sources.push(MachineSource::Preset(p));
+            }
+            if let Some(p) = m.snapshot {
+                sources.push(MachineSource::Snapshot(base_dir.join(p)));
+            }
+            if let Some(p) = m.topology {
+                sources.push(MachineSource::Topology(base_dir.join(p)));
+            }
+            if let Some(p) = m.root {
+                sources.push(MachineSource::Root(base_dir.join(p)));
+            }
+            if m.live == Some(true) {
+                sources.push(MachineSource::Live);
+            }
+            if sources.len() > 1 {
+                return Err(err(
+                    None,
+                    None,
+                    "[machine] names more than one source (preset, snapshot, topology, root, live): pick one".into(),
+                ));
+            }
+            let iommu = match m.iommu {
+                None => None,
+                Some(s) => Some(IommuSetting::parse(&s).ok_or_else(|| {
+                    err(
+                        None,
+                        None,
+                        format!(
+                            "[machine] iommu = \"{s}\" is not one of off, passthrough, translated"
+                        ),
+                    )
+                })?),
+            };
+            (sources.pop(), iommu)
+        }
+    };
+    let mut jobs = Vec::new();
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for j in raw.jobs {
+        let line = line_of(text, j.span().start);
+        let raw = j.into_inner();
+        if raw.name.trim().is_empty() {
+            return Err(err(Some(line), None, "a job needs a non-empty name".into()));
+        }
+        if let Some(first) = seen.insert(raw.name.clone(), line) {
+            return Err(err(
+                Some(line),
+                Some(&raw.name),
+                format!("the name is already used by the job on line {first}"),
+            ));
+        }
+        jobs.push(JobSpec {
+            name: raw.name.clone(),
+            line,
+            raw,
+        });
+    }
+    if jobs.is_empty() {
+        return Err(err(
+            None,
+            None,
+            "no jobs: add at least one [[job]] with name, kind, size and its devices".into(),
+        ));
+    }
+    Ok(Workload {
+        origin: origin.to_string(),
+        description: raw.description,
+        machine,
+        iommu,
+        jobs,
+    })
+}
+
+/// Read and parse a workload file.
+pub fn load(path: &Path) -> Result<Workload, WorkloadError> {
+    let origin = path.display().to_string();
+    let meta = std::fs::metadata(path).map_err(|e| WorkloadError {
+        origin: origin.clone(),
+        line: None,
+        job: None,
+        message: format!("cannot read the workload: {}", io_text(&e)),
+    })?;
+    if !meta.is_file() {
+        return Err(WorkloadError {
+            origin,
+            line: None,
+            job: None,
+            message: "not a regular file".into(),
+        });
+    }
+    if meta.len() > 16 << 20 {
+        return Err(WorkloadError {
+            origin,
+            line: None,
+            job: None,
+            message: format!(
+                "{} is too large for a workload file",
+                format_size(meta.len())
+            ),
+        });
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| WorkloadError {
+        origin: origin.clone(),
+        line: None,
+        job: None,
+        message: format!("cannot read the workload: {}", io_text(&e)),
+    })?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    parse(&text, &origin, base)
+}
+
+fn io_text(e: &std::io::Error) -> String {
+    let s = e.to_string();
+    s.split(" (os error").next().unwrap_or(&s).to_lowercase()
+}
+
+/// serde's messages in the words of the format.
+fn friendly(msg: &str) -> String {
+    if msg.starts_with("missing field") {
+        return msg.replacen("missing field", "missing key", 1);
+    }
+    if msg.starts_with("unknown field") {
+        return msg
+            .replacen("unknown field", "unknown key", 1)
+            .replace("expected one of", "the keys are");
+    }
+    msg.to_string()
+}
+
+// ---------------------------------------------------------------------------
+// Resolution against a machine
+// ---------------------------------------------------------------------------
+
+/// What a job does, with its devices resolved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Task {
+    /// O_DIRECT read of `size` bytes at `offset` of `drive` into the
+    /// device memory of `into`.
+    Read { drive: Bdf, into: Bdf, offset: u64 },
+    /// O_DIRECT write of the device memory of `from` to `drive` at `offset`.
+    Write { from: Bdf, drive: Bdf, offset: u64 },
+    /// Drive to drive.
+    Copy {
+        from: Bdf,
+        to: Bdf,
+        from_offset: u64,
+        to_offset: u64,
+        via: Option<Bdf>,
+    },
+    /// RAID-1 rebuild: the surviving mirror `from` onto the replacement `to`.
+    Raid1Rebuild {
+        from: Bdf,
+        to: Bdf,
+        via: Option<Bdf>,
+    },
+    /// RAID-5 read with one member missing, into the memory of `into`.
+    Raid5Read {
+        members: Vec<Bdf>,
+        missing: usize,
+        into: Bdf,
+        chunk: u64,
+        offset: u64,
+    },
+}
+
+impl Task {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Task::Read { .. } => "read",
+            Task::Write { .. } => "write",
+            Task::Copy { .. } => "copy",
+            Task::Raid1Rebuild { .. } => "raid1-rebuild",
+            Task::Raid5Read { .. } => "raid5-read",
+        }
+    }
+}
+
+/// A fault a job injects into the machine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobFault {
+    pub kind: FaultKind,
+    pub device: Bdf,
+    /// Bytes into the job.
+    pub at: u64,
+}
+
+/// The simulator's faults, by the names a workload uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FaultKind {
+    SurpriseRemoval,
+    LinkDown,
+    IommuFault,
+    Revoke,
+}
+
+impl FaultKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FaultKind::SurpriseRemoval => "surprise-removal",
+            FaultKind::LinkDown => "link-down",
+            FaultKind::IommuFault => "iommu-fault",
+            FaultKind::Revoke => "revoke",
+        }
+    }
+}
+
+/// A job ready to run.
+#[derive(Clone, Debug)]
+pub struct Job {
+    pub name: String,
+    pub line: usize,
+    pub task: Task,
+    pub size: u64,
+    /// Indices of the jobs this one waits for.
+    pub after: Vec<usize>,
+    pub policy: Policy,
+    pub data_pointer: DataPointer,
+    pub fault: Option<JobFault>,
+}
+
+/// What resolution needs to know about the machine beyond its topology.
+pub struct Capacities<'a> {
+    pub topo: &'a Topology,
+    /// Bytes of media behind each drive.
+    pub media_size: u64,
+    /// Bytes of device memory a device can give a job, and what it is.
+    pub device_memory: &'a dyn Fn(FnId) -> Option<(u64, String)>,
+}
+
+/// Whether a function is an NVMe controller (class 01:08:xx).
+pub fn is_nvme(topo: &Topology, f: FnId) -> bool {
+    topo.function(f).class >> 8 == 0x0108
+}
+
+impl Workload {
+    fn err(&self, j: Option<&JobSpec>, message: String) -> WorkloadError {
+        WorkloadError {
+            origin: self.origin.clone(),
+            line: j.map(|j| j.line),
+            job: j.map(|j| j.name.clone()),
+            message,
+        }
+    }
+
+    /// Hold the jobs against a machine.
+    pub fn resolve(&self, cap: &Capacities<'_>) -> Result<Vec<Job>, WorkloadError> {
+        let topo = cap.topo;
+        let index: HashMap<&str, usize> = self
+            .jobs
+            .iter()
+            .enumerate()
+            .map(|(i, j)| (j.name.as_str(), i))
+            .collect();
+        let mut out = Vec::new();
+        for j in &self.jobs {
+            let r = &j.raw;
+            let e = |m: String| self.err(Some(j), m);
+            let need = |key: &str, v: &Option<String>| -> Result<String, WorkloadError> {
+                v.clone()
+                    .ok_or_else(|| e(format!("a {} job needs `{key}`", r.kind)))
+            };
+            let device = |key: &str, what: &str| -> Result<(FnId, Bdf), WorkloadError> {
+                topo.lookup(what)
+                    .map(|f| (f, topo.function(f).bdf))
+                    .map_err(|err| {
+                        e(format!(
+                            "`{key}` = \"{what}\": {}",
+                            strip_origin(&err.to_string())
+                        ))
+                    })
+            };
+            let drive = |key: &str, what: &str| -> Result<Bdf, WorkloadError> {
+                let (f, bdf) = device(key, what)?;
+                if !is_nvme(topo, f) {
+                    return Err(e(format!(
+                        "`{key}` = \"{what}\" ({bdf}) is not an NVMe drive (class {:06x})",
+                        topo.function(f).class
+                    )));
+                }
+                Ok(bdf)
+            };
+            let memory = |key: &str, what: &str| -> Result<Bdf, WorkloadError> {
+                let (f, bdf) = device(key, what)?;
+                match (cap.device_memory)(f) {
+                    None => Err(e(format!(
+                        "`{key}` = \"{what}\" ({bdf}) has no device memory for the job: it publishes no P2P memory (p2pmem) and is not a GPU or accelerator"
+                    ))),
+                    Some((bytes, what_mem)) if bytes < r.size.0 => Err(e(format!(
+                        "size {} is more than the {} of {what_mem} of `{key}` = \"{what}\" ({bdf})",
+                        format_size(r.size.0),
+                        format_size(bytes)
+                    ))),
+                    Some(_) => Ok(bdf),
+                }
+            };
+            let media = |key: &str, off: u64| -> Result<u64, WorkloadError> {
+                match off.checked_add(r.size.0) {
+                    Some(end) if end <= cap.media_size => Ok(off),
+                    _ => Err(e(format!(
+                        "{} at {key} {} runs past the end of the drive's {} of media",
+                        format_size(r.size.0),
+                        format_size(off),
+                        format_size(cap.media_size)
+                    ))),
+                }
+            };
+            if r.size.0 == 0 {
+                return Err(e("size is 0: a job moves at least one block".into()));
+            }
+            if r.size.0 % 512 != 0 {
+                return Err(e(format!(
+                    "size {} is not a multiple of 512 bytes, the O_DIRECT block size",
+                    r.size.0
+                )));
+            }
+            let offset = r.offset.map_or(0, |s| s.0);
+            if offset % 512 != 0 {
+                return Err(e(format!(
+                    "offset {offset} is not a multiple of 512 bytes, the O_DIRECT block size"
+                )));
+            }
+            let via = match &r.via {
+                Some(v) => Some(memory("via", v)?),
+                None => None,
+            };
+            let allowed: &[&str] = match r.kind.as_str() {
+                "read" => &["drive", "into", "offset"],
+                "write" => &["from", "drive", "offset"],
+                "copy" => &["from", "to", "offset", "to_offset", "via"],
+                "raid1-rebuild" => &["from", "to", "via"],
+                "raid5-read" => &["members", "missing", "into", "chunk", "offset"],
+                other => {
+                    return Err(e(format!(
+                    "kind = \"{other}\" is not one of read, write, copy, raid1-rebuild, raid5-read"
+                )))
+                }
+            };
+            for (key, set) in [
+                ("drive", r.drive.is_some()),
+                ("into", r.into.is_some()),
+                ("from", r.from.is_some()),
+                ("to", r.to.is_some()),
+                ("offset", r.offset.is_some()),
+                ("to_offset", r.to_offset.is_some()),
+                ("members", r.members.is_some()),
+                ("missing", r.missing.is_some()),
+                ("chunk", r.chunk.is_some()),
+                ("via", r.via.is_some()),
+            ] {
+                if set && !allowed.contains(&key) {
+                    return Err(e(format!(
+                        "`{key}` does not apply to a {} job (it takes {})",
+                        r.kind,
+                        allowed.join(", ")
+                    )));
+                }
+            }
+            let task = match r.kind.as_str() {
+                "read" => Task::Read {
+                    drive: drive("drive", &need("drive", &r.drive)?)?,
+                    into: memory("into", &need("into", &r.into)?)?,
+                    offset: media("offset", offset)?,
+                },
+                "write" => Task::Write {
+                    from: memory("from", &need("from", &r.from)?)?,
+                    drive: drive("drive", &need("drive", &r.drive)?)?,
+                    offset: media("offset", offset)?,
+                },
+                "copy" | "raid1-rebuild" => {
+                    let from = drive("from", &need("from", &r.from)?)?;
+                    let to = drive("to", &need("to", &r.to)?)?;
+                    let to_offset = r.to_offset.map_or(offset, |s| s.0);
+                    if to_offset % 512 != 0 {
+                        return Err(e(format!(
+                            "to_offset {to_offset} is not a multiple of 512 bytes"
+                        )));
+                    }
+                    if from == to {
+                        let overlap =
+                            offset < to_offset + r.size.0 && to_offset < offset + r.size.0;
+                        if r.kind == "raid1-rebuild" || overlap {
+                            return Err(e(format!(
+                                "`from` and `to` are the same drive {from}{}",
+                                if overlap {
+                                    " and the ranges overlap"
+                                } else {
+                                    ""
+                                }
+                            )));
+                        }
+                    }
+                    media("offset", offset)?;
+                    media("to_offset", to_offset)?;
+                    if r.kind == "copy" {
+                        Task::Copy {
+                            from,
+                            to,
+                            from_offset: offset,
+                            to_offset,
+                            via,
+                        }
+                    } else {
+                        Task::Raid1Rebuild { from, to, via }
+                    }
+                }
+                _ => {
+                    let names = r
+                        .members
+                        .clone()
+                        .ok_or_else(|| e("a raid5-read job needs `members`".into()))?;
+                    if names.len() < 3 {
+                        return Err(e(format!(
+                            "RAID-5 needs at least 3 members, `members` has {}",
+                            names.len()
+                        )));
+                    }
+                    let mut members = Vec::new();
+                    for m in &names {
+                        let b = drive("members", m)?;
+                        if members.contains(&b) {
+                            return Err(e(format!("`members` lists {m} ({b}) twice")));
+                        }
+                        members.push(b);
+                    }
+                    let missing_name = need("missing", &r.missing)?;
+                    let mb = drive("missing", &missing_name)?;
+                    let missing = members.iter().position(|&b| b == mb).ok_or_else(|| {
+                        e(format!(
+                            "`missing` = \"{missing_name}\" is not one of `members`"
+                        ))
+                    })?;
+                    let chunk = r.chunk.map_or(512 << 10, |s| s.0);
+                    if chunk < 4096 || !chunk.is_power_of_two() {
+                        return Err(e(format!(
+                            "chunk {} is not a power of two of at least 4K",
+                            format_size(chunk)
+                        )));
+                    }
+                    let data_members = members.len() as u64 - 1;
+                    // Media each member needs: whole stripes covering the range.
+                    let stripe = chunk * data_members;
+                    let first = offset / stripe;
+                    let last = (offset + r.size.0).div_ceil(stripe);
+                    if last.checked_mul(chunk).is_none_or(|m| m > cap.media_size) {
+                        return Err(e(format!(
+                            "{} at offset {} needs more than the {} of media per member",
+                            format_size(r.size.0),
+                            format_size(offset),
+                            format_size(cap.media_size)
+                        )));
+                    }
+                    let _ = first;
+                    Task::Raid5Read {
+                        members,
+                        missing,
+                        into: memory("into", &need("into", &r.into)?)?,
+                        chunk,
+                        offset,
+                    }
+                }
+            };
+            let policy = match r.policy.as_deref() {
+                None | Some("bounce") => Policy::Bounce,
+                Some("p2p-only") => Policy::P2pOnly,
+                Some("host") => Policy::Host,
+                Some(p) => {
+                    return Err(e(format!(
+                        "policy = \"{p}\" is not one of bounce, p2p-only, host"
+                    )))
+                }
+            };
+            let data_pointer = match r.data_pointer.as_deref() {
+                None | Some("auto") => DataPointer::Auto,
+                Some("prp") => DataPointer::Prp,
+                Some("sgl") => DataPointer::Sgl,
+                Some(p) => {
+                    return Err(e(format!(
+                        "data_pointer = \"{p}\" is not one of auto, prp, sgl"
+                    )))
+                }
+            };
+            let fault = match &r.fault {
+                None => None,
+                Some(f) => {
+                    let kind = match f.kind.as_str() {
+                        "surprise-removal" | "remove" => FaultKind::SurpriseRemoval,
+                        "link-down" => FaultKind::LinkDown,
+                        "iommu-fault" => FaultKind::IommuFault,
+                        "revoke" => FaultKind::Revoke,
+                        other => {
+                            return Err(e(format!(
+                                "fault kind = \"{other}\" is not one of surprise-removal, link-down, iommu-fault, revoke"
+                            )))
+                        }
+                    };
+                    let name = f
+                        .device
+                        .clone()
+                        .ok_or_else(|| e("a fault needs `device`".into()))?;
+                    let (_, device) = device("fault.device", &name)?;
+                    if f.at.0 >= r.size.0 {
+                        return Err(e(format!(
+                            "fault at {} is not inside the job's {}",
+                            format_size(f.at.0),
+                            format_size(r.size.0)
+                        )));
+                    }
+                    Some(JobFault {
+                        kind,
+                        device,
+                        at: f.at.0,
+                    })
+                }
+            };
+            let mut after = Vec::new();
+            for a in &r.after.0 {
+                match index.get(a.as_str()) {
+                    Some(&i) if self.jobs[i].name == j.name => {
+                        return Err(e("`after` names the job itself".into()))
+                    }
+                    Some(&i) => after.push(i),
+                    None => {
+                        return Err(e(format!(
+                            "`after` = \"{a}\" names no job (jobs: {})",
+                            self.jobs
+                                .iter()
+                                .map(|j| j.name.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )))
+                    }
+                }
+            }
+            out.push(Job {
+                name: j.name.clone(),
+                line: j.line,
+                task,
+                size: r.size.0,
+                after,
+                policy,
+                data_pointer,
+                fault,
+            });
+        }
+        if let Some(cycle) = find_cycle(&out) {
+            let names: Vec<&str> = cycle.iter().map(|&i| out[i].name.as_str()).collect();
+            let j = &self.jobs[cycle[0]];
+            return Err(self.err(
+                Some(j),
+                format!("`after` makes a cycle: {}", names.join(" -> ")),
+            ));
+        }
+        Ok(out)
+    }
+}
+
+/// `peerdma_pci` names the machine's origin in its lookup errors; the
+/// workload error already names the file.
+fn strip_origin(s: &str) -> String {
+    s.to_string()
+}
+
+/// A cycle in the `after` graph, as job indices ending where it started.
+pub fn find_cycle(jobs: &[Job]) -> Option<Vec<usize>> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        New,
+        Open,
+        Done,
+    }
+    let mut mark = vec![Mark::New; jobs.len()];
+    let mut stack: Vec<usize> = Vec::new();
+    fn visit(
+        i: usize,
+        jobs: &[Job],
+        mark: &mut [Mark],
+        stack: &mut Vec<usize>,
+    ) -> Option<Vec<usize>> {
+        mark[i] = Mark::Open;
+        stack.push(i);
+        for &a in &jobs[i].after {
+            match mark[a] {
+                Mark::Open => {
+                    let at = stack.iter().position(|&s| s == a).unwrap_or(0);
+                    let mut c = stack[at..].to_vec();
+                    c.push(a);
+                    return Some(c);
+                }
+                Mark::New => {
+                    if let Some(c) = visit(a, jobs, mark, stack) {
+                        return Some(c);
+                    }
+                }
+                Mark::Done => {}
+            }
+        }
+        stack.pop();
+        mark[i] = Mark::Done;
+        None
+    }
+    for i in 0..jobs.len() {
+        if mark[i] == Mark::New {
+            if let Some(c) = visit(i, jobs, &mut mark, &mut stack) {
+                return Some(c);
+            }
+        }
+    }
+    None
+}
+
+/// Jobs in an order where every job comes after the jobs it waits for
+/// (stable: file order where `after` allows).
+pub fn run_order(jobs: &[Job]) -> Vec<usize> {
+    let mut done = vec![false; jobs.len()];
+    let mut out = Vec::new();
+    while out.len() < jobs.len() {
+        let before = out.len();
+        for (i, j) in jobs.iter().enumerate() {
+            if !done[i] && j.after.iter().all(|&a| done[a]) {
+                done[i] = true;
+                out.push(i);
+            }
+        }
+        if out.len() == before {
+            // A cycle: resolution refuses these, so this is not reached.
+            break;
+        }
+    }
+    out
+}

@@ -1,0 +1,969 @@
+//! The runner: every job's bytes moved through the simulated fabric by the
+//! consumers, every byte checked, and the whole workload timed in one flow
+//! model, where concurrent jobs share links.
+//!
+//! Bytes move job by job, in an order that respects `after` (the data a
+//! job sees is what the jobs before it left); time is simulated for all
+//! jobs together: each job's legs become flows that start when the jobs it
+//! waits for have ended, and max-min fair sharing decides how fast each
+//! moves. A job's legs run concurrently (a bounce is a pipeline through
+//! its buffer, a drive-to-drive copy one through its staging memory).
+//!
+//! What a job's content is: every drive's media holds pattern data (a
+//! seed per drive) until a job writes it; the device memory a `write` job
+//! sends is filled with a pattern of its own first. A job is verified by
+//! comparing every byte of its destination with its source — against the
+//! pattern where the source was never written, else byte for byte.
+
+use crate::format::{FaultKind, IommuSetting, Job, Policy, Task};
+use peerdma_consumers::block::Op;
+use peerdma_consumers::copy::{drive_to_drive, plan_copy, plan_rebuild, StagingPlan};
+use peerdma_consumers::devmem::DeviceMemory;
+use peerdma_consumers::io::{
+    direct_io, End, Fallback, IoError, IoFault, IoOutcome, Leg, LegPath, Mover,
+};
+use peerdma_consumers::nvme::{NvmeConfig, NvmeDrive};
+use peerdma_consumers::raid::{raid5_degraded_read, write_array, Raid5Layout};
+use peerdma_dma::IommuMode;
+use peerdma_mem::{Address, Bdf, PhysAddr};
+use peerdma_pci::Topology;
+use peerdma_sim::timing::{Flow, Hop, LinkId, SimTime};
+use peerdma_sim::{pattern, Fault, Route, SimConfig, SimMachine};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::time::Instant;
+
+/// What the CPU does in the flow model (bytes per second): stores into a
+/// BAR through write-combining, loads from a BAR (uncached, one read
+/// request at a time), and XOR over data in host memory.
+pub const CPU_MMIO_WRITE_RATE: f64 = 6e9;
+pub const CPU_MMIO_READ_RATE: f64 = 0.3e9;
+pub const CPU_XOR_RATE: f64 = 10e9;
+
+/// How to run a workload.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub iommu: IommuSetting,
+    /// Seed of the drives' pattern data.
+    pub seed: u64,
+    pub nvme: NvmeConfig,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            iommu: IommuSetting::Off,
+            seed: 0x9e37_79b9,
+            nvme: NvmeConfig::default(),
+        }
+    }
+}
+
+/// One leg of a job in the report.
+#[derive(Clone, Debug, Serialize)]
+pub struct LegReport {
+    /// A BDF, or `host` for host memory.
+    pub from: String,
+    pub to: String,
+    /// `bus_addr`, `thru_host_bridge`, `bounced` or `host_memory`: how the
+    /// leg was mapped, by the kernel's rule.
+    pub path: &'static str,
+    pub bytes: u64,
+    /// Whose P2P memory the leg used.
+    pub provider: Option<String>,
+    /// The DMA engine that moved it, or `cpu`.
+    pub by: String,
+    /// The NUMA node of the host memory end, if one is host memory.
+    pub numa_node: Option<u32>,
+    /// What the simulated fabric did with the leg's requests (observed).
+    pub routes: Vec<String>,
+    /// Bytes the fabric answered with Unsupported Request.
+    pub unsupported_bytes: u64,
+}
+
+/// A link and its data rate.
+#[derive(Clone, Debug, Serialize)]
+pub struct Bottleneck {
+    pub link: String,
+    pub gbytes_per_sec: f64,
+}
+
+/// One job in the report.
+#[derive(Clone, Debug, Serialize)]
+pub struct JobReport {
+    pub name: String,
+    pub kind: &'static str,
+    /// Where the data comes from: a drive, device memory, or RAID members.
+    pub source: Vec<String>,
+    /// Where it goes.
+    pub destination: String,
+    pub ok: bool,
+    pub legs: Vec<LegReport>,
+    pub bytes: u64,
+    /// Every byte of the destination was compared with its source.
+    pub verified: bool,
+    pub sim_seconds: f64,
+    pub gbytes_per_sec: f64,
+    /// The narrowest link (or rate limit) of the job's slowest leg.
+    pub bottleneck: Option<Bottleneck>,
+    /// Jobs that shared a link with this one while both moved data.
+    pub shared_with: Vec<String>,
+    pub start_seconds: f64,
+    pub end_seconds: f64,
+    pub bounce_bytes: u64,
+    pub cpu_copy_bytes: u64,
+    pub cpu_xor_bytes: u64,
+    pub commands: u64,
+    pub policy: Policy,
+    pub error: Option<String>,
+    /// Why the job bounced, when it did.
+    pub bounce_reason: Option<String>,
+    pub notes: Vec<String>,
+}
+
+/// The whole run.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    /// Where the machine came from.
+    pub machine: String,
+    pub iommu: IommuSetting,
+    pub jobs: Vec<JobReport>,
+    /// Simulated time from the first job's start to the last job's end.
+    pub sim_seconds: f64,
+    /// Links busiest over the run: (name, direction, bytes, busy fraction).
+    pub busiest_links: Vec<LinkUse>,
+    /// Wall-clock seconds the simulation took.
+    #[serde(skip)]
+    pub wall_seconds: f64,
+}
+
+/// How much one direction of a link carried.
+#[derive(Clone, Debug, Serialize)]
+pub struct LinkUse {
+    pub link: String,
+    pub direction: &'static str,
+    pub bytes: u64,
+    /// Fraction of the run the link moved data.
+    pub busy: f64,
+    pub gbytes_per_sec: f64,
+}
+
+impl Report {
+    /// Whether every job did what it was asked, verified.
+    pub fn ok(&self) -> bool {
+        self.jobs.iter().all(|j| j.ok)
+    }
+}
+
+/// Why the runner could not run at all (a job's own failure is in its
+/// report instead).
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot build the simulated machine")]
+    Machine(#[from] peerdma_sim::BuildError),
+    #[error("timing the workload failed")]
+    Timing(#[from] peerdma_sim::timing::TimingError),
+}
+
+/// A job's flows for the timing model, before they are numbered.
+struct JobFlows {
+    /// Data legs: path, bytes, rate cap.
+    legs: Vec<(Vec<Hop>, u64, Option<f64>)>,
+}
+
+/// What running one job produced.
+struct Done {
+    report: JobReport,
+    flows: JobFlows,
+}
+
+/// The simulated machine of a run and what the runner keeps about it.
+pub struct Runner {
+    sim: SimMachine,
+    devmem: DeviceMemory,
+    drives: HashMap<Bdf, NvmeDrive>,
+    /// Ranges of each drive written by a job (start, end).
+    written: HashMap<Bdf, Vec<(u64, u64)>>,
+    opts: RunOptions,
+    machine: String,
+}
+
+fn drive_seed(seed: u64, d: Bdf) -> u64 {
+    seed ^ (u64::from(d.bus()) << 16 | u64::from(d.device()) << 8 | u64::from(d.function()))
+        .wrapping_mul(0x2545_f491_4f6c_dd1d)
+}
+
+fn name_seed(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+impl Runner {
+    /// A simulated machine for `topo`, every NVMe drive full of pattern data.
+    pub fn new(topo: Topology, opts: RunOptions) -> Result<Runner, RunError> {
+        let machine = topo.origin_label();
+        let sim = SimMachine::new(
+            topo,
+            SimConfig {
+                iommu: match opts.iommu {
+                    IommuSetting::Off => IommuMode::Off,
+                    IommuSetting::Passthrough => IommuMode::Passthrough,
+                    IommuSetting::Translated => IommuMode::Translated,
+                },
+                ..SimConfig::default()
+            },
+        )?;
+        let t = sim.topology().clone();
+        for id in t.ids() {
+            if crate::format::is_nvme(&t, id) {
+                let b = t.function(id).bdf;
+                // Only fails for a device that is not there.
+                let _ = sim.fill_media_pattern(b, drive_seed(opts.seed, b));
+            }
+        }
+        Ok(Runner {
+            sim,
+            devmem: DeviceMemory::new(),
+            drives: HashMap::new(),
+            written: HashMap::new(),
+            opts,
+            machine,
+        })
+    }
+
+    pub fn machine(&self) -> &SimMachine {
+        &self.sim
+    }
+
+    /// Bytes of media behind each drive.
+    pub fn media_size(&self) -> u64 {
+        self.sim.config().media_size
+    }
+
+    fn drive(&mut self, b: Bdf) -> Result<&mut NvmeDrive, IoError> {
+        drive_of(&self.sim, &mut self.drives, self.opts.nvme, b)
+    }
+
+    /// Run `jobs` (resolved against this machine) and time them together.
+    pub fn run(&mut self, jobs: &[Job]) -> Result<Report, RunError> {
+        let wall = Instant::now();
+        let order = crate::format::run_order(jobs);
+        let mut done: Vec<Option<Done>> = (0..jobs.len()).map(|_| None).collect();
+        for &i in &order {
+            done[i] = Some(self.run_job(&jobs[i]));
+        }
+        let done: Vec<Done> = done
+            .into_iter()
+            .map(|d| d.expect("every job ran"))
+            .collect();
+        let mut report = self.time(jobs, &order, done)?;
+        report.wall_seconds = wall.elapsed().as_secs_f64();
+        Ok(report)
+    }
+
+    fn run_job(&mut self, job: &Job) -> Done {
+        let (source, destination) = match &job.task {
+            Task::Read { drive, into, .. } => (vec![drive.to_string()], into.to_string()),
+            Task::Write { from, drive, .. } => (vec![from.to_string()], drive.to_string()),
+            Task::Copy { from, to, .. } | Task::Raid1Rebuild { from, to, .. } => {
+                (vec![from.to_string()], to.to_string())
+            }
+            Task::Raid5Read {
+                members,
+                missing,
+                into,
+                ..
+            } => (
+                members
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| i != missing)
+                    .map(|(_, m)| m.to_string())
+                    .collect(),
+                into.to_string(),
+            ),
+        };
+        let mut report = JobReport {
+            name: job.name.clone(),
+            kind: job.task.kind(),
+            source,
+            destination,
+            ok: false,
+            legs: Vec::new(),
+            bytes: 0,
+            verified: false,
+            sim_seconds: 0.0,
+            gbytes_per_sec: 0.0,
+            bottleneck: None,
+            shared_with: Vec::new(),
+            start_seconds: 0.0,
+            end_seconds: 0.0,
+            bounce_bytes: 0,
+            cpu_copy_bytes: 0,
+            cpu_xor_bytes: 0,
+            commands: 0,
+            policy: job.policy,
+            error: None,
+            bounce_reason: None,
+            notes: Vec::new(),
+        };
+        let mut flows = JobFlows { legs: Vec::new() };
+        match self.execute(job) {
+            Ok((out, check)) => {
+                self.fill(&mut report, &mut flows, &out);
+                report.bytes = out.bytes;
+                match check {
+                    Ok(()) => {
+                        report.verified = true;
+                        report.ok = true;
+                    }
+                    Err(e) => report.error = Some(e),
+                }
+            }
+            Err(e) => {
+                report.error = Some(e);
+            }
+        }
+        if let Some(f) = &job.fault {
+            let revokes = self.sim.join_revokes();
+            for r in revokes {
+                report.notes.push(match r.result {
+                    Ok(_) => format!(
+                        "the revoke of {} finished after in-flight DMA drained",
+                        r.provider
+                    ),
+                    Err(e) => format!("the revoke of {} did not finish: {e}", r.provider),
+                });
+            }
+            report.notes.push(format!(
+                "fault injected: {} of {} at byte {}",
+                f.kind.as_str(),
+                f.device,
+                f.at
+            ));
+        }
+        Done { report, flows }
+    }
+
+    /// Move the job's bytes; then check them. The outer error is a job that
+    /// did not complete; the inner one a completed job with wrong bytes.
+    fn execute(&mut self, job: &Job) -> Result<(IoOutcome, Result<(), String>), String> {
+        let fallback = match job.policy {
+            Policy::Bounce => Fallback::Bounce,
+            Policy::P2pOnly => Fallback::Fail,
+            Policy::Host => Fallback::AlwaysHost,
+        };
+        let fault = job.fault.as_ref().map(|f| IoFault {
+            at: f.at,
+            fault: match f.kind {
+                FaultKind::SurpriseRemoval => Fault::Remove {
+                    device: f.device,
+                    after: 0,
+                },
+                FaultKind::LinkDown => Fault::LinkDown {
+                    below: f.device,
+                    after: 0,
+                },
+                FaultKind::IommuFault => Fault::IommuFault {
+                    device: f.device,
+                    after: 0,
+                },
+                FaultKind::Revoke => Fault::Revoke {
+                    provider: f.device,
+                    after: 0,
+                },
+            },
+        });
+        let err = |e: IoError| format!("{}: {e}", e.errno());
+        match job.task.clone() {
+            Task::Read {
+                drive,
+                into,
+                offset,
+            } => {
+                let p = self
+                    .devmem
+                    .provider(&self.sim, into)
+                    .map_err(|e| e.to_string())?;
+                let buf = p.alloc(job.size).map_err(|e| e.to_string())?;
+                let d =
+                    drive_of(&self.sim, &mut self.drives, self.opts.nvme, drive).map_err(err)?;
+                let out = direct_io(
+                    &self.sim,
+                    d,
+                    Op::Read,
+                    offset,
+                    &[buf.phys()],
+                    fallback,
+                    fault,
+                )
+                .map_err(err)?;
+                let check = self.check_media_to_memory(drive, offset, buf.phys_addr(), job.size);
+                Ok((out, check))
+            }
+            Task::Write {
+                from,
+                drive,
+                offset,
+            } => {
+                let p = self
+                    .devmem
+                    .provider(&self.sim, from)
+                    .map_err(|e| e.to_string())?;
+                let buf = p.alloc(job.size).map_err(|e| e.to_string())?;
+                let seed = name_seed(&job.name);
+                fill_memory(&self.sim, buf.phys_addr(), job.size, seed)
+                    .map_err(|e| e.to_string())?;
+                let d =
+                    drive_of(&self.sim, &mut self.drives, self.opts.nvme, drive).map_err(err)?;
+                let out = direct_io(
+                    &self.sim,
+                    d,
+                    Op::Write,
+                    offset,
+                    &[buf.phys()],
+                    fallback,
+                    fault,
+                )
+                .map_err(err);
+                self.mark_written(drive, offset, job.size);
+                let out = out?;
+                let check = self.check_memory_to_media(buf.phys_addr(), drive, offset, job.size);
+                Ok((out, check))
+            }
+            Task::Copy {
+                from,
+                to,
+                from_offset,
+                to_offset,
+                via,
+            } => {
+                let plan = match job.policy {
+                    Policy::Host => StagingPlan::Host {
+                        why: "policy = \"host\": through host memory".into(),
+                    },
+                    _ => plan_copy(&self.sim, from, to, via).map_err(|e| e.to_string())?,
+                };
+                self.drive_copy(job, from, to, from_offset, to_offset, plan, fault)
+            }
+            Task::Raid1Rebuild { from, to, via } => {
+                let plan = match job.policy {
+                    Policy::Host => StagingPlan::Host {
+                        why: "policy = \"host\": through host memory".into(),
+                    },
+                    _ => plan_rebuild(&self.sim, from, to, via).map_err(|e| e.to_string())?,
+                };
+                self.drive_copy(job, from, to, 0, 0, plan, fault)
+            }
+            Task::Raid5Read {
+                members,
+                missing,
+                into,
+                chunk,
+                offset,
+            } => {
+                let layout = Raid5Layout {
+                    members: members.len(),
+                    chunk,
+                };
+                let seed = name_seed(&job.name);
+                write_array(&self.sim, &members, layout, offset, job.size, seed).map_err(err)?;
+                for &m in &members {
+                    let sb = layout.stripe_bytes();
+                    let first = offset / sb * chunk;
+                    let last = (offset + job.size).div_ceil(sb) * chunk;
+                    self.mark_written(m, first, last - first);
+                }
+                let p = self
+                    .devmem
+                    .provider(&self.sim, into)
+                    .map_err(|e| e.to_string())?;
+                let buf = p.alloc(job.size).map_err(|e| e.to_string())?;
+                for &m in &members {
+                    self.drive(m).map_err(err)?;
+                }
+                let mut drives: Vec<NvmeDrive> = members
+                    .iter()
+                    .map(|m| self.drives.remove(m).expect("set up above"))
+                    .collect();
+                let out = raid5_degraded_read(
+                    &self.sim,
+                    &mut drives,
+                    layout,
+                    missing,
+                    offset,
+                    &[buf.phys()],
+                    fallback,
+                );
+                for (m, d) in members.iter().zip(drives) {
+                    self.drives.insert(*m, d);
+                }
+                let out = out.map_err(err)?;
+                let check = check_pattern(&self.sim, buf.phys_addr(), job.size, seed, offset);
+                Ok((out, check))
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn drive_copy(
+        &mut self,
+        job: &Job,
+        from: Bdf,
+        to: Bdf,
+        from_offset: u64,
+        to_offset: u64,
+        plan: StagingPlan,
+        fault: Option<IoFault>,
+    ) -> Result<(IoOutcome, Result<(), String>), String> {
+        let err = |e: IoError| format!("{}: {e}", e.errno());
+        self.drive(from).map_err(err)?;
+        self.drive(to).map_err(err)?;
+        let mut a = self.drives.remove(&from).expect("set up above");
+        let mut b = self.drives.remove(&to).expect("set up above");
+        let out = drive_to_drive(
+            &self.sim,
+            &mut a,
+            &mut b,
+            from_offset,
+            to_offset,
+            job.size,
+            &plan,
+            fault,
+        );
+        self.drives.insert(from, a);
+        self.drives.insert(to, b);
+        // The source's expected content is known before the copy writes.
+        let before = self.expected(from, from_offset, job.size);
+        self.mark_written(to, to_offset, job.size);
+        let out = out.map_err(err)?;
+        let check = self.check_media_to_media(from, from_offset, before, to, to_offset, job.size);
+        Ok((out, check))
+    }
+
+    fn mark_written(&mut self, d: Bdf, off: u64, len: u64) {
+        self.written.entry(d).or_default().push((off, off + len));
+    }
+
+    /// The pattern seed a drive range holds, when no job wrote it.
+    fn expected(&self, d: Bdf, off: u64, len: u64) -> Option<u64> {
+        let touched = self
+            .written
+            .get(&d)
+            .is_some_and(|w| w.iter().any(|&(a, b)| a < off + len && off < b));
+        (!touched).then(|| drive_seed(self.opts.seed, d))
+    }
+
+    fn check_media_to_memory(
+        &self,
+        d: Bdf,
+        off: u64,
+        mem: PhysAddr,
+        len: u64,
+    ) -> Result<(), String> {
+        match self.expected(d, off, len) {
+            Some(seed) => check_pattern(&self.sim, mem, len, seed, off),
+            None => compare(&self.sim, Side::Media(d, off), Side::Memory(mem), len),
+        }
+    }
+
+    fn check_memory_to_media(
+        &self,
+        mem: PhysAddr,
+        d: Bdf,
+        off: u64,
+        len: u64,
+    ) -> Result<(), String> {
+        compare(&self.sim, Side::Memory(mem), Side::Media(d, off), len)
+    }
+
+    fn check_media_to_media(
+        &self,
+        a: Bdf,
+        aoff: u64,
+        a_seed: Option<u64>,
+        b: Bdf,
+        boff: u64,
+        len: u64,
+    ) -> Result<(), String> {
+        match a_seed {
+            Some(seed) => check_pattern_media(&self.sim, b, boff, len, seed, aoff),
+            None => compare(&self.sim, Side::Media(a, aoff), Side::Media(b, boff), len),
+        }
+    }
+
+    fn fill(&self, r: &mut JobReport, flows: &mut JobFlows, out: &IoOutcome) {
+        let t = self.sim.topology();
+        let end = |e: End| match e {
+            End::Device { bdf } => bdf.to_string(),
+            End::Host { .. } => "host".to_string(),
+        };
+        for l in &out.legs {
+            if l.bytes == 0 {
+                continue;
+            }
+            r.legs.push(LegReport {
+                from: end(l.from),
+                to: end(l.to),
+                path: l.path.as_str(),
+                bytes: l.bytes,
+                provider: l.provider.map(|p| p.to_string()),
+                by: match l.mover {
+                    Mover::Dma { engine } => engine.to_string(),
+                    Mover::Cpu => "cpu".into(),
+                },
+                numa_node: match (l.from, l.to) {
+                    (End::Host { node }, _) | (_, End::Host { node }) => Some(node),
+                    _ => None,
+                },
+                routes: l.routes.iter().map(|r| describe_route(t, r)).collect(),
+                unsupported_bytes: l.unsupported_bytes,
+            });
+            let cap = leg_rate_cap(l);
+            for p in &l.paths {
+                flows.legs.push((p.hops.clone(), p.bytes, cap));
+            }
+        }
+        // Queue and descriptor traffic moves alongside the data.
+        for p in &out.meta_paths {
+            flows.legs.push((p.hops.clone(), p.bytes, None));
+        }
+        if out.cpu_xor_bytes > 0 {
+            flows
+                .legs
+                .push((Vec::new(), out.cpu_xor_bytes, Some(CPU_XOR_RATE)));
+        }
+        r.bounce_bytes = out.bounce_bytes;
+        r.cpu_copy_bytes = out.cpu_copy_bytes;
+        r.cpu_xor_bytes = out.cpu_xor_bytes;
+        r.commands = out.commands;
+        r.bounce_reason = out.bounce_reason.clone();
+        r.notes.extend(out.notes.iter().cloned());
+    }
+
+    /// Time every job together and fill in the times.
+    fn time(&self, jobs: &[Job], order: &[usize], mut done: Vec<Done>) -> Result<Report, RunError> {
+        let net = self.sim.network();
+        let mut flows: Vec<Flow> = Vec::new();
+        // Per job: start marker, data flows, end marker (indices).
+        let mut markers: Vec<(usize, Vec<usize>, usize)> = vec![(0, Vec::new(), 0); jobs.len()];
+        for &i in order {
+            let start = flows.len();
+            flows.push(Flow {
+                also_after: jobs[i].after.iter().map(|&a| markers[a].2).collect(),
+                rate_cap: Some(1e18),
+                ..Flow::default()
+            });
+            let mut data = Vec::new();
+            for (hops, bytes, cap) in &done[i].flows.legs {
+                if hops.is_empty() && cap.is_none() {
+                    // Inside one device (a drive and its own CMB): no link
+                    // to share, nothing to time here.
+                    continue;
+                }
+                data.push(flows.len());
+                flows.push(Flow {
+                    path: hops.clone(),
+                    bytes: *bytes,
+                    after: Some(start),
+                    rate_cap: *cap,
+                    ..Flow::default()
+                });
+            }
+            let end = flows.len();
+            flows.push(Flow {
+                after: Some(start),
+                also_after: data.clone(),
+                rate_cap: Some(1e18),
+                ..Flow::default()
+            });
+            markers[i] = (start, data, end);
+        }
+        let s = net.simulate(&flows)?;
+        let secs = |t: SimTime| t.as_secs_f64();
+        let link_name = |l: LinkId| {
+            net.link(l)
+                .map_or_else(|| format!("link {}", l.index()), |x| x.name.clone())
+        };
+        let link_rate = |l: LinkId| net.link(l).map_or(f64::INFINITY, |x| x.bytes_per_sec);
+        let mut spans: Vec<(SimTime, SimTime)> = vec![(SimTime::ZERO, SimTime::ZERO); jobs.len()];
+        for (i, d) in done.iter_mut().enumerate() {
+            let (st, data, en) = &markers[i];
+            let _ = &d.flows;
+            let start = s.flows[*st].start;
+            let end = s.flows[*en].end;
+            spans[i] = (start, end);
+            let r = &mut d.report;
+            r.start_seconds = secs(start);
+            r.end_seconds = secs(end);
+            let dur = secs(end - start);
+            r.sim_seconds = dur;
+            r.gbytes_per_sec = if dur > 0.0 && r.ok {
+                r.bytes as f64 / dur / 1e9
+            } else {
+                0.0
+            };
+            // The slowest leg alone, and its narrowest link.
+            let mut worst: Option<(f64, Bottleneck)> = None;
+            for &fi in data.iter() {
+                let (hops, bytes, cap) = (&flows[fi].path, &flows[fi].bytes, &flows[fi].rate_cap);
+                let mut narrow: Option<(f64, String)> = None;
+                for h in hops {
+                    let rate = link_rate(h.link);
+                    if narrow.as_ref().is_none_or(|n| rate < n.0) {
+                        narrow = Some((rate, link_name(h.link)));
+                    }
+                }
+                if let Some(c) = cap {
+                    if narrow.as_ref().is_none_or(|n| *c < n.0) {
+                        narrow = Some((*c, cpu_limit_name(*c)));
+                    }
+                }
+                let Some((rate, name)) = narrow else { continue };
+                let alone = *bytes as f64 / rate;
+                if worst.as_ref().is_none_or(|w| alone > w.0) {
+                    worst = Some((
+                        alone,
+                        Bottleneck {
+                            link: name,
+                            gbytes_per_sec: rate / 1e9,
+                        },
+                    ));
+                }
+            }
+            r.bottleneck = worst.map(|w| w.1);
+        }
+        // Who shared links with whom, while both moved data.
+        for i in 0..jobs.len() {
+            let mine: Vec<(LinkId, bool)> = markers[i]
+                .1
+                .iter()
+                .flat_map(|&f| {
+                    flows[f]
+                        .path
+                        .iter()
+                        .map(|h| (h.link, h.dir == peerdma_sim::timing::Dir::Up))
+                })
+                .collect();
+            let mut shared = Vec::new();
+            for j in 0..jobs.len() {
+                if i == j || spans[i].0 >= spans[j].1 || spans[j].0 >= spans[i].1 {
+                    continue;
+                }
+                let theirs = markers[j].1.iter().flat_map(|&f| {
+                    flows[f]
+                        .path
+                        .iter()
+                        .map(|h| (h.link, h.dir == peerdma_sim::timing::Dir::Up))
+                });
+                if theirs.into_iter().any(|x| mine.contains(&x)) {
+                    shared.push(jobs[j].name.clone());
+                }
+            }
+            done[i].report.shared_with = shared;
+        }
+        let makespan = secs(s.makespan);
+        let mut busiest: Vec<LinkUse> = s
+            .channels
+            .iter()
+            .filter(|c| c.bytes > 0)
+            .map(|c| LinkUse {
+                link: link_name(c.link),
+                direction: match c.dir {
+                    peerdma_sim::timing::Dir::Up => "up",
+                    peerdma_sim::timing::Dir::Down => "down",
+                },
+                bytes: c.bytes,
+                busy: if makespan > 0.0 {
+                    secs(c.busy) / makespan
+                } else {
+                    0.0
+                },
+                gbytes_per_sec: link_rate(c.link) / 1e9,
+            })
+            .collect();
+        busiest.sort_by(|a, b| b.busy.total_cmp(&a.busy).then(b.bytes.cmp(&a.bytes)));
+        busiest.truncate(5);
+        Ok(Report {
+            machine: self.machine.clone(),
+            iommu: self.opts.iommu,
+            jobs: done.into_iter().map(|d| d.report).collect(),
+            sim_seconds: makespan,
+            busiest_links: busiest,
+            wall_seconds: 0.0,
+        })
+    }
+}
+
+fn cpu_limit_name(rate: f64) -> String {
+    if rate == CPU_XOR_RATE {
+        "CPU XOR (parity)".into()
+    } else if rate == CPU_MMIO_READ_RATE {
+        "CPU loads from a BAR (uncached MMIO)".into()
+    } else {
+        "CPU stores to a BAR (write-combined MMIO)".into()
+    }
+}
+
+/// A CPU leg is limited by what the CPU can do to a BAR.
+fn leg_rate_cap(l: &Leg) -> Option<f64> {
+    match l.mover {
+        Mover::Cpu => Some(match l.to {
+            End::Device { .. } => CPU_MMIO_WRITE_RATE,
+            End::Host { .. } => CPU_MMIO_READ_RATE,
+        }),
+        Mover::Dma { .. } => None,
+    }
+}
+
+/// A route as a person reads it, with the names the topology gives.
+pub fn describe_route(t: &Topology, r: &Route) -> String {
+    let hb = |id: peerdma_pci::HostBridgeId| t.host_bridge(id).name.clone();
+    let named = |b: Bdf| match t.find(b).and_then(|f| t.function(f).label.clone()) {
+        Some(l) => format!("{l} ({b})"),
+        None => b.to_string(),
+    };
+    match r {
+        Route::Switch { at } => match t.find(*at) {
+            Some(f) if !t.function(f).is_bridge() => {
+                format!("inside {}: its own memory, no link crossed", named(*at))
+            }
+            _ => format!("across the switch {}", named(*at)),
+        },
+        Route::HostMemory { host_bridge, node } => {
+            format!("up through {} into DRAM of node {node}", hb(*host_bridge))
+        }
+        Route::RootComplexPeer {
+            from_host_bridge,
+            to_host_bridge,
+        } if from_host_bridge == to_host_bridge => {
+            format!("through the root complex {}", hb(*from_host_bridge))
+        }
+        Route::RootComplexPeer {
+            from_host_bridge,
+            to_host_bridge,
+        } => format!(
+            "through the root complexes {} -> {}",
+            hb(*from_host_bridge),
+            hb(*to_host_bridge)
+        ),
+        Route::Unsupported { host_bridge } => {
+            format!("Unsupported Request at {}", hb(*host_bridge))
+        }
+    }
+}
+
+/// The driver of drive `b`, set up on first use.
+fn drive_of<'a>(
+    sim: &SimMachine,
+    drives: &'a mut HashMap<Bdf, NvmeDrive>,
+    cfg: NvmeConfig,
+    b: Bdf,
+) -> Result<&'a mut NvmeDrive, IoError> {
+    match drives.entry(b) {
+        std::collections::hash_map::Entry::Occupied(e) => Ok(e.into_mut()),
+        std::collections::hash_map::Entry::Vacant(e) => Ok(e.insert(NvmeDrive::new(sim, b, cfg)?)),
+    }
+}
+
+const PIECE: u64 = 4 << 20;
+
+fn fill_memory(
+    sim: &SimMachine,
+    at: PhysAddr,
+    len: u64,
+    seed: u64,
+) -> Result<(), peerdma_sim::AccessError> {
+    let mut buf = vec![0u8; PIECE.min(len) as usize];
+    let mut done = 0;
+    while done < len {
+        let n = (len - done).min(PIECE) as usize;
+        pattern::fill(seed, done, &mut buf[..n]);
+        sim.cpu_write(at.checked_add(done).unwrap_or(at), &buf[..n])?;
+        done += n as u64;
+    }
+    Ok(())
+}
+
+fn mismatch(at: u64) -> String {
+    format!("verification failed: the data moved but is wrong, first wrong byte at offset {at} of the job")
+}
+
+/// Memory at `mem` against the pattern of `seed` from `pat_off`.
+fn check_pattern(
+    sim: &SimMachine,
+    mem: PhysAddr,
+    len: u64,
+    seed: u64,
+    pat_off: u64,
+) -> Result<(), String> {
+    let mut buf = vec![0u8; PIECE.min(len) as usize];
+    let mut done = 0;
+    while done < len {
+        let n = (len - done).min(PIECE) as usize;
+        let at = mem.checked_add(done).ok_or("address overflow")?;
+        sim.cpu_read(at, &mut buf[..n])
+            .map_err(|e| format!("verification could not read: {e}"))?;
+        if let Some(i) = pattern::first_mismatch(seed, pat_off + done, &buf[..n]) {
+            return Err(mismatch(done + i as u64));
+        }
+        done += n as u64;
+    }
+    Ok(())
+}
+
+fn check_pattern_media(
+    sim: &SimMachine,
+    d: Bdf,
+    off: u64,
+    len: u64,
+    seed: u64,
+    pat_off: u64,
+) -> Result<(), String> {
+    let mut buf = vec![0u8; PIECE.min(len) as usize];
+    let mut done = 0;
+    while done < len {
+        let n = (len - done).min(PIECE) as usize;
+        sim.media_read(d, off + done, &mut buf[..n])
+            .map_err(|e| format!("verification could not read: {e}"))?;
+        if let Some(i) = pattern::first_mismatch(seed, pat_off + done, &buf[..n]) {
+            return Err(mismatch(done + i as u64));
+        }
+        done += n as u64;
+    }
+    Ok(())
+}
+
+enum Side {
+    Media(Bdf, u64),
+    Memory(PhysAddr),
+}
+
+fn compare(sim: &SimMachine, a: Side, b: Side, len: u64) -> Result<(), String> {
+    let mut x = vec![0u8; PIECE.min(len) as usize];
+    let mut y = vec![0u8; PIECE.min(len) as usize];
+    let read = |s: &Side, off: u64, buf: &mut [u8]| -> Result<(), String> {
+        match s {
+            Side::Media(d, base) => sim.media_read(*d, base + off, buf),
+            Side::Memory(m) => sim.cpu_read(m.checked_add(off).unwrap_or(*m), buf),
+        }
+        .map_err(|e| format!("verification could not read: {e}"))
+    };
+    let mut done = 0;
+    while done < len {
+        let n = (len - done).min(PIECE) as usize;
+        read(&a, done, &mut x[..n])?;
+        read(&b, done, &mut y[..n])?;
+        if let Some(i) = x[..n].iter().zip(&y[..n]).position(|(p, q)| p != q) {
+            return Err(mismatch(done + i as u64));
+        }
+        done += n as u64;
+    }
+    Ok(())
+}
+
+/// Whether a leg went the way its path says (for reports).
+pub fn leg_is_p2p(path: LegPath) -> bool {
+    matches!(path, LegPath::BusAddr | LegPath::ThruHostBridge)
+}
