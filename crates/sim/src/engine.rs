@@ -203,7 +203,7 @@ impl SimMachine {
             let e = Entry { addr: addr0, len };
             let mut off = 0;
             while off < e.len {
-                self.faults.fire(&self.topo, &self.providers, done);
+                self.faults.fire(&self.topo, &|b| self.provider(b), done);
                 let n = (e.len - off).min(STEP - (done % STEP));
                 let addr = e
                     .addr

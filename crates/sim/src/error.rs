@@ -57,6 +57,9 @@ pub enum AccessError {
     /// The function publishes no P2P memory.
     #[error("{0} publishes no P2P memory in this machine")]
     NoProvider(Bdf),
+    /// The function already has a P2P provider.
+    #[error("{0} already has a P2P provider in this machine")]
+    ProviderExists(Bdf),
     /// No memory (host DRAM or BAR) holds the whole range.
     #[error("no memory holds {len} bytes at {addr} (host DRAM or a BAR)")]
     NoMemory { addr: PhysAddr, len: u64 },

@@ -90,8 +90,16 @@ impl Faults {
     }
 
     /// Fire the queued faults whose threshold `done` has reached.
-    pub(crate) fn fire(&self, topo: &Topology, providers: &[Provider], done: u64) {
+    pub(crate) fn fire(
+        &self,
+        topo: &Topology,
+        lookup: &dyn Fn(Bdf) -> Option<Provider>,
+        done: u64,
+    ) {
         let mut s = self.lock();
+        if s.pending.is_empty() {
+            return;
+        }
         let pending = std::mem::take(&mut s.pending);
         for f in pending {
             if done < f.after() {
@@ -113,8 +121,20 @@ impl Faults {
                     s.iommu_fault.insert(device);
                 }
                 Fault::Revoke { provider, .. } => {
-                    if let Some(p) = providers.iter().find(|p| p.bdf() == provider).cloned() {
-                        let h = std::thread::spawn(move || p.revoke(REVOKE_TIMEOUT));
+                    if let Some(p) = lookup(provider) {
+                        let q = p.clone();
+                        let h = std::thread::spawn(move || q.revoke(REVOKE_TIMEOUT));
+                        // Revocation starts at this byte, as a driver's
+                        // revoke would: wait until the provider refuses new
+                        // references and DMA (it then waits on its own
+                        // thread for what is in flight to drain).
+                        let t0 = std::time::Instant::now();
+                        while (p.state() == peerdma_p2p::ProviderState::Live || p.published())
+                            && !h.is_finished()
+                            && t0.elapsed() < std::time::Duration::from_secs(1)
+                        {
+                            std::thread::yield_now();
+                        }
                         s.revokes.push((provider, h));
                     }
                 }

@@ -109,7 +109,7 @@ pub struct SimMachine {
     pub(crate) net: Network,
     pub(crate) fabric: Fabric,
     pub(crate) media: Media,
-    pub(crate) providers: Vec<Provider>,
+    pub(crate) providers: std::sync::RwLock<Vec<Provider>>,
     pub(crate) faults: Faults,
     pub(crate) ur_log: Mutex<Vec<UrEvent>>,
     host: Arc<HostMemory>,
@@ -120,7 +120,7 @@ impl std::fmt::Debug for SimMachine {
         f.debug_struct("SimMachine")
             .field("functions", &self.topo.len())
             .field("links", &self.net.links().len())
-            .field("providers", &self.providers.len())
+            .field("providers", &self.providers().len())
             .finish_non_exhaustive()
     }
 }
@@ -174,7 +174,7 @@ impl SimMachine {
             mapper,
             net,
             fabric,
-            providers,
+            providers: std::sync::RwLock::new(providers),
             faults: Faults::default(),
             ur_log: Mutex::new(Vec::new()),
             host: Arc::new(HostMemory(Mutex::new(alloc))),
@@ -228,12 +228,46 @@ impl SimMachine {
     }
 
     /// The P2P provider of a function, if it publishes memory.
-    pub fn provider(&self, bdf: Bdf) -> Option<&Provider> {
-        self.providers.iter().find(|p| p.bdf() == bdf)
+    pub fn provider(&self, bdf: Bdf) -> Option<Provider> {
+        self.providers().into_iter().find(|p| p.bdf() == bdf)
     }
 
-    pub fn providers(&self) -> &[Provider] {
-        &self.providers
+    /// Every P2P provider of the machine: those its topology publishes
+    /// and those added with [`SimMachine::add_provider`].
+    pub fn providers(&self) -> Vec<Provider> {
+        self.providers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Make more device memory a P2P provider of this machine — what a
+    /// driver does with `pci_p2pdma_add_resource` (a GPU exporting its
+    /// VRAM aperture): mappable by the mapping layer, revocable by
+    /// [`Fault::Revoke`](crate::Fault::Revoke). Its range must lie in one
+    /// of its function's memory BARs, and a function has one provider.
+    pub fn add_provider(&self, p: &Provider) -> Result<(), AccessError> {
+        let f = self.id(p.bdf())?;
+        let range = p.range();
+        let inside = self
+            .topo
+            .function(f)
+            .bars
+            .iter()
+            .any(|b| !b.io && b.phys.contains_range(&range));
+        if !inside {
+            return Err(AccessError::NoMemory {
+                addr: range.start(),
+                len: range.len(),
+            });
+        }
+        let mut all = self.providers.write().unwrap_or_else(|e| e.into_inner());
+        if all.iter().any(|q| q.bdf() == p.bdf()) {
+            return Err(AccessError::ProviderExists(p.bdf()));
+        }
+        self.mapper.register_provider(p);
+        all.push(p.clone());
+        Ok(())
     }
 
     /// Allocate `len` bytes (rounded up to whole pages) of host memory on
@@ -355,6 +389,43 @@ impl SimMachine {
             self.fabric
                 .root_complex_link(self.topo.function(f).host_bridge)
         })
+    }
+
+    /// Check `len` bytes of memory at `addr` (host DRAM or a BAR) against
+    /// [`crate::pattern`] data of `seed` from `pattern_offset` on, in place:
+    /// the offset of the first byte that differs, or `None`.
+    pub fn memory_pattern_mismatch(
+        &self,
+        addr: PhysAddr,
+        len: u64,
+        seed: u64,
+        pattern_offset: u64,
+    ) -> Result<Option<u64>, AccessError> {
+        if len == 0 {
+            return Ok(None);
+        }
+        let (region, off) = self.mem.find_or_err(addr, len)?;
+        Ok(self
+            .mem
+            .region(region)
+            .store
+            .pattern_mismatch(off, len, seed, pattern_offset))
+    }
+
+    /// The same for `len` bytes of `dev`'s media at `offset`.
+    pub fn media_pattern_mismatch(
+        &self,
+        dev: Bdf,
+        offset: u64,
+        len: u64,
+        seed: u64,
+        pattern_offset: u64,
+    ) -> Result<Option<u64>, AccessError> {
+        if len == 0 {
+            return Ok(None);
+        }
+        let store = self.media_range(dev, offset, len)?;
+        Ok(store.pattern_mismatch(offset, len, seed, pattern_offset))
     }
 
     /// The NUMA node whose DRAM holds `addr`, if it is host memory.

@@ -182,6 +182,44 @@ fn chunk_mut(chunks: &mut Chunks, unwritten: Unwritten, ci: u64, co: usize, n: u
     })
 }
 
+impl Store {
+    /// The first byte of `[off, off + len)` (as an offset from `off`) that
+    /// is not the pattern of `seed` at `pattern_offset` onwards, checked in
+    /// place.
+    pub(crate) fn pattern_mismatch(
+        &self,
+        off: u64,
+        len: u64,
+        seed: u64,
+        pattern_offset: u64,
+    ) -> Option<u64> {
+        debug_assert!(self.holds(off, len));
+        let unwritten = self.unwritten();
+        let chunks = lock(&self.chunks);
+        let mut tmp: Vec<u8> = Vec::new();
+        let mut done = 0u64;
+        while done < len {
+            let left = usize::try_from(len - done).unwrap_or(usize::MAX);
+            let (ci, co, n) = piece(off + done, left);
+            let found = match chunks.get(&ci) {
+                Some(c) => {
+                    crate::pattern::first_mismatch(seed, pattern_offset + done, &c[co..co + n])
+                }
+                None => {
+                    tmp.resize(n, 0);
+                    unwritten_into(unwritten, off + done, &mut tmp[..n]);
+                    crate::pattern::first_mismatch(seed, pattern_offset + done, &tmp[..n])
+                }
+            };
+            if let Some(i) = found {
+                return Some(done + i as u64);
+            }
+            done += n as u64;
+        }
+        None
+    }
+}
+
 fn read_from(chunks: &Chunks, unwritten: Unwritten, off: u64, dst: &mut [u8]) {
     let mut done = 0usize;
     while done < dst.len() {

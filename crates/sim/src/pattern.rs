@@ -1,18 +1,23 @@
 //! The deterministic content of media that "holds data" without costing
 //! memory ([`crate::SimMachine::fill_media_pattern`]): every 8-byte word
-//! at offset `8 * w` is a hash of `(seed, w)`, so any range can be
+//! at offset `8 * w` is a function of `(seed, w)`, so any range can be
 //! generated — and checked — on its own, in any order, at memory speed.
 //!
-//! The hash is one multiply and a shift: not for cryptography, but every
-//! word differs from its neighbours and from the same word under another
-//! seed, which is what catching misplaced, stale or lost bytes needs.
+//! Word `w` is `z ^ (z >> 29)` with `z = seed + w * K` (K odd): unique for
+//! every `w` of a seed, so a byte from the wrong offset, a stale byte or a
+//! zero shows, and consecutive words are one add apart, so a range is
+//! generated with no multiply in the loop. It is not for cryptography.
+
+const K: u64 = 0x9e37_79b9_7f4a_7c15;
+
+#[inline]
+fn mix(z: u64) -> u64 {
+    z ^ (z >> 29)
+}
 
 #[inline]
 fn word(seed: u64, w: u64) -> u64 {
-    let z = (w ^ seed.rotate_left(17))
-        .wrapping_add(seed)
-        .wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    z ^ (z >> 29)
+    mix(seed.wrapping_add(w.wrapping_mul(K)))
 }
 
 /// The pattern of `seed` for the bytes at `offset .. offset + buf.len()`.
@@ -25,49 +30,38 @@ pub fn fill(seed: u64, offset: u64, buf: &mut [u8]) {
         i += 1;
         off += 1;
     }
-    let mut w = off / 8;
+    let mut z = seed.wrapping_add((off / 8).wrapping_mul(K));
     let mut chunks = buf[i..].chunks_exact_mut(8);
     for c in &mut chunks {
-        c.copy_from_slice(&word(seed, w).to_le_bytes());
-        w = w.wrapping_add(1);
+        c.copy_from_slice(&mix(z).to_le_bytes());
+        z = z.wrapping_add(K);
     }
     let rest = chunks.into_remainder();
-    let bytes = word(seed, w).to_le_bytes();
     let n = rest.len();
-    rest.copy_from_slice(&bytes[..n]);
+    rest.copy_from_slice(&mix(z).to_le_bytes()[..n]);
 }
 
 /// The first byte of `buf` (as an index) that is not the pattern of
 /// `seed` at `offset`, or `None` when all match.
 pub fn first_mismatch(seed: u64, offset: u64, buf: &[u8]) -> Option<usize> {
-    let mut expect = [0u8; 8];
-    // Head up to an 8-byte boundary, byte by byte.
-    let head = (((8 - offset % 8) % 8) as usize).min(buf.len());
-    if head > 0 {
-        let mut e = [0u8; 8];
-        fill(seed, offset, &mut e[..head]);
-        if let Some(i) = e[..head].iter().zip(&buf[..head]).position(|(a, b)| a != b) {
-            return Some(i);
+    // Blocks of expected bytes, generated and compared a block at a time
+    // (both loops vectorize); the exact byte is looked for only in a block
+    // that differs.
+    const BLOCK: usize = 512;
+    let mut expect = [0u8; BLOCK];
+    let mut done = 0usize;
+    while done < buf.len() {
+        let n = (buf.len() - done).min(BLOCK);
+        fill(seed, offset + done as u64, &mut expect[..n]);
+        if expect[..n] != buf[done..done + n] {
+            let i = expect[..n]
+                .iter()
+                .zip(&buf[done..done + n])
+                .position(|(a, b)| a != b)
+                .unwrap_or(0);
+            return Some(done + i);
         }
-    }
-    // Whole words, compared as words.
-    let mut w = (offset + head as u64) / 8;
-    let body = &buf[head..];
-    let mut chunks = body.chunks_exact(8);
-    for (k, c) in (&mut chunks).enumerate() {
-        let want = word(seed, w).to_le_bytes();
-        if c != want {
-            let i = c.iter().zip(&want).position(|(a, b)| a != b).unwrap_or(0);
-            return Some(head + 8 * k + i);
-        }
-        w = w.wrapping_add(1);
-    }
-    let rest = chunks.remainder();
-    if !rest.is_empty() {
-        expect.copy_from_slice(&word(seed, w).to_le_bytes());
-        if let Some(i) = rest.iter().zip(&expect).position(|(a, b)| a != b) {
-            return Some(buf.len() - rest.len() + i);
-        }
+        done += n;
     }
     None
 }
