@@ -122,6 +122,9 @@ enum Cmd {
         /// file for `peerdma sim`) instead of running it.
         #[arg(long)]
         print_workload: bool,
+        /// Bytes each read moves (the other jobs move half as much).
+        #[arg(long, value_name = "BYTES", default_value = "1G", value_parser = parse_bytes)]
+        size: u64,
     },
     /// Copy between files and block devices by the best path: P2P memory
     /// when both ends' devices can reach a provider, else host memory.
@@ -417,14 +420,20 @@ fn run_demo(
     iommu: &str,
     verbose: bool,
     print_workload: bool,
+    size: u64,
     json: bool,
 ) -> Result<ExitCode> {
+    const STEP: u64 = 4 << 20;
+    if size < STEP || size % STEP != 0 {
+        bail!("--size {size}: the demo's reads are whole multiples of 4 MiB (try 1G or 64M)");
+    }
     let topo = src.source()?.load()?;
+    let text = peerdma_workload::demo::workload_text_sized(&topo, size, size / 2);
     if print_workload {
-        print(&peerdma_workload::demo::workload_text(&topo))?;
+        print(&text)?;
         return Ok(ExitCode::SUCCESS);
     }
-    let w = peerdma_workload::demo::workload(&topo)?;
+    let w = peerdma_workload::format::parse(&text, "the demo workload", std::path::Path::new("."))?;
     let opts = peerdma_workload::run::RunOptions {
         iommu: iommu_setting(iommu)?,
         ..Default::default()
@@ -575,9 +584,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
         iommu,
         verbose,
         print_workload,
+        size,
     } = &cli.cmd
     {
-        return run_demo(&cli.source, iommu, *verbose, *print_workload, cli.json);
+        return run_demo(
+            &cli.source,
+            iommu,
+            *verbose,
+            *print_workload,
+            *size,
+            cli.json,
+        );
     }
 
     let source = cli.source.source()?;

@@ -92,6 +92,8 @@ pub enum BlockError {
     Private(MemKind),
     #[error("EINVAL: an empty I/O")]
     Empty,
+    #[error("ENODEV: the P2P memory of {provider} is revoked: no new mappings or DMA")]
+    Revoked { provider: Bdf },
     #[error("ENOMEM: mapping for {device} failed: {source}")]
     Map {
         device: Bdf,
@@ -106,6 +108,7 @@ impl BlockError {
         match self {
             BlockError::QueueNoP2p { .. } | BlockError::NotSupported { .. } => "EREMOTEIO",
             BlockError::Map { .. } => "ENOMEM",
+            BlockError::Revoked { .. } => "ENODEV",
             _ => "EINVAL",
         }
     }
@@ -294,6 +297,9 @@ pub fn map_request(
                 client,
                 reason,
             },
+            MapError::P2p(peerdma_p2p::P2pError::Revoked { bdf }) => {
+                BlockError::Revoked { provider: bdf }
+            }
             other => BlockError::Map {
                 device,
                 source: other,

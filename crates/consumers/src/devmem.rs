@@ -88,7 +88,7 @@ impl DeviceMemory {
         bdf: peerdma_mem::Bdf,
     ) -> Result<Provider, DevMemError> {
         if let Some(p) = sim.provider(bdf) {
-            return Ok(p.clone());
+            return Ok(p);
         }
         let mut ex = self.exported.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(p) = ex.get(&bdf) {
@@ -105,7 +105,10 @@ impl DeviceMemory {
                         why: e.to_string(),
                     })?;
                 p.publish(true);
-                sim.mapper().register_provider(&p);
+                sim.add_provider(&p).map_err(|e| DevMemError::Export {
+                    bdf,
+                    why: e.to_string(),
+                })?;
                 ex.insert(bdf, p.clone());
                 Ok(p)
             }

@@ -269,12 +269,23 @@ pub fn parse(text: &str, origin: &str, base_dir: &Path) -> Result<Workload, Work
         message,
     };
     let raw: RawFile = toml::from_str(text).map_err(|e| {
-        let line = e.span().map(|s| line_of(text, s.start));
-        let mut msg = e.message().trim().replace('\n', " ");
-        if msg.is_empty() {
-            msg = "malformed TOML".into();
-        }
-        err(line, None, friendly(&msg))
+        let at = e.span().map_or(text.len(), |s| s.start).min(text.len());
+        let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+        let line_end = text[at..].find('\n').map_or(text.len(), |i| at + i);
+        let before = text[line_start..at].trim_end();
+        let after = text[at..line_end].trim();
+        let message = e.message().trim();
+        let msg = if before.ends_with('=') && (after.is_empty() || after.starts_with('#')) {
+            let key = before.trim_end_matches('=').trim();
+            format!("`{key}` has no value")
+        } else if message.is_empty() {
+            "this line is not TOML".to_string()
+        } else if message.starts_with("invalid string") {
+            "expected a value (text goes in quotes: name = \"load\")".to_string()
+        } else {
+            friendly(&message.replace('\n', " "))
+        };
+        err(Some(line_of(text, at)), None, msg)
     })?;
     let (machine, iommu) = match raw.machine {
         None => (None, None),
@@ -781,7 +792,12 @@ impl Workload {
                         .device
                         .clone()
                         .ok_or_else(|| e("a fault needs `device`".into()))?;
-                    let (_, device) = device("fault.device", &name)?;
+                    let (fid, device) = device("fault.device", &name)?;
+                    if kind == FaultKind::Revoke && (cap.device_memory)(fid).is_none() {
+                        return Err(e(format!(
+                            "a revoke fault needs device memory to revoke, and \"{name}\" ({device}) has none"
+                        )));
+                    }
                     if f.at.0 >= r.size.0 {
                         return Err(e(format!(
                             "fault at {} is not inside the job's {}",

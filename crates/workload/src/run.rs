@@ -375,7 +375,7 @@ impl Runner {
                 },
             },
         });
-        let err = |e: IoError| format!("{}: {e}", e.errno());
+        let err = errno_text;
         match job.task.clone() {
             Task::Read {
                 drive,
@@ -517,7 +517,7 @@ impl Runner {
         plan: StagingPlan,
         fault: Option<IoFault>,
     ) -> Result<(IoOutcome, Result<(), String>), String> {
-        let err = |e: IoError| format!("{}: {e}", e.errno());
+        let err = errno_text;
         self.drive(from).map_err(err)?;
         self.drive(to).map_err(err)?;
         let mut a = self.drives.remove(&from).expect("set up above");
@@ -854,6 +854,17 @@ pub fn describe_route(t: &Topology, r: &Route) -> String {
     }
 }
 
+/// An I/O error as a user of read()/write() would see it: the errno, then
+/// what happened (once, when the message already starts with it).
+fn errno_text(e: IoError) -> String {
+    let m = e.to_string();
+    if m.starts_with(e.errno()) {
+        m
+    } else {
+        format!("{}: {m}", e.errno())
+    }
+}
+
 /// The driver of drive `b`, set up on first use.
 fn drive_of<'a>(
     sim: &SimMachine,
@@ -898,19 +909,11 @@ fn check_pattern(
     seed: u64,
     pat_off: u64,
 ) -> Result<(), String> {
-    let mut buf = vec![0u8; PIECE.min(len) as usize];
-    let mut done = 0;
-    while done < len {
-        let n = (len - done).min(PIECE) as usize;
-        let at = mem.checked_add(done).ok_or("address overflow")?;
-        sim.cpu_read(at, &mut buf[..n])
-            .map_err(|e| format!("verification could not read: {e}"))?;
-        if let Some(i) = pattern::first_mismatch(seed, pat_off + done, &buf[..n]) {
-            return Err(mismatch(done + i as u64));
-        }
-        done += n as u64;
+    match sim.memory_pattern_mismatch(mem, len, seed, pat_off) {
+        Ok(None) => Ok(()),
+        Ok(Some(at)) => Err(mismatch(at)),
+        Err(e) => Err(format!("verification could not read: {e}")),
     }
-    Ok(())
 }
 
 fn check_pattern_media(
@@ -921,18 +924,11 @@ fn check_pattern_media(
     seed: u64,
     pat_off: u64,
 ) -> Result<(), String> {
-    let mut buf = vec![0u8; PIECE.min(len) as usize];
-    let mut done = 0;
-    while done < len {
-        let n = (len - done).min(PIECE) as usize;
-        sim.media_read(d, off + done, &mut buf[..n])
-            .map_err(|e| format!("verification could not read: {e}"))?;
-        if let Some(i) = pattern::first_mismatch(seed, pat_off + done, &buf[..n]) {
-            return Err(mismatch(done + i as u64));
-        }
-        done += n as u64;
+    match sim.media_pattern_mismatch(d, off, len, seed, pat_off) {
+        Ok(None) => Ok(()),
+        Ok(Some(at)) => Err(mismatch(at)),
+        Err(e) => Err(format!("verification could not read: {e}")),
     }
-    Ok(())
 }
 
 enum Side {

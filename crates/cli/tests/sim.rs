@@ -1,0 +1,129 @@
+//! `peerdma sim` and `peerdma demo` as users run them.
+
+use serde_json::Value;
+use std::process::{Command, Output};
+
+fn peerdma(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_peerdma"))
+        .args(args)
+        .output()
+        .expect("run peerdma")
+}
+
+fn write(text: &str) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("w.toml");
+    std::fs::write(&p, text).unwrap();
+    let s = p.display().to_string();
+    (dir, s)
+}
+
+#[test]
+fn demo_runs_on_every_preset_and_says_what_it_verified() {
+    for preset in ["dual-xeon", "epyc", "gpu-storage-16", "workstation"] {
+        let o = peerdma(&["demo", "--preset", preset, "--size", "8M"]);
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            o.status.success(),
+            "{preset}: {}{out}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(out.contains("moved and verified byte for byte"), "{out}");
+        assert!(out.contains("narrowest link"), "{out}");
+        assert!(!out.contains("FAILED"), "{out}");
+    }
+    let out = String::from_utf8(peerdma(&["demo", "--size", "8M"]).stdout).unwrap();
+    for job in [
+        "load-p2p",
+        "load-via-host",
+        "load-host-bridge",
+        "checkpoint",
+        "copy",
+        "rebuild",
+        "raid5-degraded",
+        "fan-out-a",
+    ] {
+        assert!(out.contains(job), "the default machine shows {job}: {out}");
+    }
+    assert!(out.contains("P2P or not, the same read"), "{out}");
+}
+
+#[test]
+fn the_demos_workload_is_a_workload_file() {
+    let o = peerdma(&[
+        "demo",
+        "--preset",
+        "workstation",
+        "--print-workload",
+        "--size",
+        "8M",
+    ]);
+    assert!(o.status.success());
+    let text = String::from_utf8(o.stdout).unwrap();
+    assert!(text.contains("kind = \"read\""), "{text}");
+    let (_d, path) = write(&text);
+    let o = peerdma(&["sim", &path, "--preset", "workstation", "--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let jobs = v["jobs"].as_array().unwrap();
+    assert!(jobs
+        .iter()
+        .all(|j| j["ok"] == true && j["verified"] == true));
+    // On this machine nothing can do P2P: every leg is bounced.
+    for j in jobs {
+        for l in j["legs"].as_array().unwrap() {
+            assert_eq!(l["path"], "bounced", "{j}");
+        }
+    }
+}
+
+#[test]
+fn sim_uses_the_workloads_machine_unless_told_otherwise() {
+    let (_d, path) = write(
+        "[machine]\npreset = \"workstation\"\niommu = \"translated\"\n\n[[job]]\nname = \"l\"\nkind = \"read\"\ndrive = \"nvme0\"\ninto = \"gpu\"\nsize = \"4M\"\n",
+    );
+    let o = peerdma(&["sim", &path]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{out}");
+    assert!(
+        out.contains("preset 'workstation', IOMMU translated"),
+        "{out}"
+    );
+    assert!(out.contains("bounced through host memory"), "{out}");
+    // A source on the command line wins; `gpu` is not a device there.
+    let o = peerdma(&["sim", &path, "--preset", "dual-xeon", "--iommu", "off"]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&format!("{path}:5: job 'l': `into` = \"gpu\"")),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_job_that_fails_is_exit_status_1_and_a_bad_workload_2() {
+    let (_d, path) = write(
+        "[[job]]\nname = \"strict\"\nkind = \"read\"\ndrive = \"nvme0\"\ninto = \"gpu\"\nsize = \"4M\"\npolicy = \"p2p-only\"\n",
+    );
+    let o = peerdma(&["sim", &path, "--preset", "workstation"]);
+    assert_eq!(o.status.code(), Some(1));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("FAILED: EREMOTEIO"), "{out}");
+
+    let (_d2, bad) = write("[[job]]\nname = \"x\"\nkind = \"read\"\nsize = \"1G\"\ndrive = \"nvme0\"\ninto = \"gpu0\"\nafter = \"y\"\n");
+    let o = peerdma(&["sim", &bad]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(
+        err.contains(":1: job 'x': `after` = \"y\" names no job"),
+        "{err}"
+    );
+
+    let o = peerdma(&["sim", "/nonexistent/w.toml"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("/nonexistent/w.toml"));
+    let o = peerdma(&["demo", "--iommu", "sometimes"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--iommu sometimes"));
+}
