@@ -123,7 +123,7 @@ enum Cmd {
         #[arg(long)]
         print_workload: bool,
         /// Bytes each read moves (the other jobs move half as much).
-        #[arg(long, value_name = "BYTES", default_value = "1G", value_parser = parse_bytes)]
+        #[arg(long, value_name = "BYTES", default_value = "512M", value_parser = parse_bytes)]
         size: u64,
     },
     /// Copy between files and block devices by the best path: P2P memory

@@ -154,7 +154,7 @@ pub fn render_job(t: &Topology, j: &JobReport) -> String {
                 .unwrap_or_default()
         );
         if !l.routes.is_empty() {
-            let _ = writeln!(s, "        fabric: {}", l.routes.join("; "));
+            let _ = writeln!(s, "        fabric (observed): {}", l.routes.join("; "));
         }
         if l.unsupported_bytes > 0 {
             let _ = writeln!(

@@ -75,7 +75,10 @@ pub struct LegReport {
     pub by: String,
     /// The NUMA node of the host memory end, if one is host memory.
     pub numa_node: Option<u32>,
-    /// What the simulated fabric did with the leg's requests (observed).
+    /// How the path is known: `observed`, because the simulated fabric
+    /// carried every request of the leg (its routes are listed).
+    pub known: &'static str,
+    /// What the simulated fabric did with the leg's requests.
     pub routes: Vec<String>,
     /// Bytes the fabric answered with Unsupported Request.
     pub unsupported_bytes: u64,
@@ -168,7 +171,9 @@ pub enum RunError {
 /// A job's flows for the timing model, before they are numbered.
 struct JobFlows {
     /// Data legs: path, bytes, rate cap.
-    legs: Vec<(Vec<Hop>, u64, Option<f64>)>,
+    /// Path, bytes, rate cap, and whether it is the job's data (not queue
+    /// and descriptor traffic).
+    legs: Vec<(Vec<Hop>, u64, Option<f64>, bool)>,
 }
 
 /// What running one job produced.
@@ -617,22 +622,23 @@ impl Runner {
                     (End::Host { node }, _) | (_, End::Host { node }) => Some(node),
                     _ => None,
                 },
+                known: "observed",
                 routes: l.routes.iter().map(|r| describe_route(t, r)).collect(),
                 unsupported_bytes: l.unsupported_bytes,
             });
             let cap = leg_rate_cap(l);
             for p in &l.paths {
-                flows.legs.push((p.hops.clone(), p.bytes, cap));
+                flows.legs.push((p.hops.clone(), p.bytes, cap, true));
             }
         }
         // Queue and descriptor traffic moves alongside the data.
         for p in &out.meta_paths {
-            flows.legs.push((p.hops.clone(), p.bytes, None));
+            flows.legs.push((p.hops.clone(), p.bytes, None, false));
         }
         if out.cpu_xor_bytes > 0 {
             flows
                 .legs
-                .push((Vec::new(), out.cpu_xor_bytes, Some(CPU_XOR_RATE)));
+                .push((Vec::new(), out.cpu_xor_bytes, Some(CPU_XOR_RATE), true));
         }
         r.bounce_bytes = out.bounce_bytes;
         r.cpu_copy_bytes = out.cpu_copy_bytes;
@@ -648,6 +654,8 @@ impl Runner {
         let mut flows: Vec<Flow> = Vec::new();
         // Per job: start marker, data flows, end marker (indices).
         let mut markers: Vec<(usize, Vec<usize>, usize)> = vec![(0, Vec::new(), 0); jobs.len()];
+        // The flows of each job's data (for the bottleneck and sharing).
+        let mut data_flows: Vec<Vec<usize>> = vec![Vec::new(); jobs.len()];
         for &i in order {
             let start = flows.len();
             flows.push(Flow {
@@ -656,13 +664,17 @@ impl Runner {
                 ..Flow::default()
             });
             let mut data = Vec::new();
-            for (hops, bytes, cap) in &done[i].flows.legs {
+            let mut data_only = Vec::new();
+            for (hops, bytes, cap, is_data) in &done[i].flows.legs {
                 if hops.is_empty() && cap.is_none() {
                     // Inside one device (a drive and its own CMB): no link
                     // to share, nothing to time here.
                     continue;
                 }
                 data.push(flows.len());
+                if *is_data {
+                    data_only.push(flows.len());
+                }
                 flows.push(Flow {
                     path: hops.clone(),
                     bytes: *bytes,
@@ -679,6 +691,7 @@ impl Runner {
                 ..Flow::default()
             });
             markers[i] = (start, data, end);
+            data_flows[i] = data_only;
         }
         let s = net.simulate(&flows)?;
         let secs = |t: SimTime| t.as_secs_f64();
@@ -689,7 +702,7 @@ impl Runner {
         let link_rate = |l: LinkId| net.link(l).map_or(f64::INFINITY, |x| x.bytes_per_sec);
         let mut spans: Vec<(SimTime, SimTime)> = vec![(SimTime::ZERO, SimTime::ZERO); jobs.len()];
         for (i, d) in done.iter_mut().enumerate() {
-            let (st, data, en) = &markers[i];
+            let (st, _, en) = &markers[i];
             let _ = &d.flows;
             let start = s.flows[*st].start;
             let end = s.flows[*en].end;
@@ -706,7 +719,7 @@ impl Runner {
             };
             // The slowest leg alone, and its narrowest link.
             let mut worst: Option<(f64, Bottleneck)> = None;
-            for &fi in data.iter() {
+            for &fi in data_flows[i].iter() {
                 let (hops, bytes, cap) = (&flows[fi].path, &flows[fi].bytes, &flows[fi].rate_cap);
                 let mut narrow: Option<(f64, String)> = None;
                 for h in hops {
@@ -736,8 +749,7 @@ impl Runner {
         }
         // Who shared links with whom, while both moved data.
         for i in 0..jobs.len() {
-            let mine: Vec<(LinkId, bool)> = markers[i]
-                .1
+            let mine: Vec<(LinkId, bool)> = data_flows[i]
                 .iter()
                 .flat_map(|&f| {
                     flows[f]
@@ -751,7 +763,7 @@ impl Runner {
                 if i == j || spans[i].0 >= spans[j].1 || spans[j].0 >= spans[i].1 {
                     continue;
                 }
-                let theirs = markers[j].1.iter().flat_map(|&f| {
+                let theirs = data_flows[j].iter().flat_map(|&f| {
                     flows[f]
                         .path
                         .iter()
