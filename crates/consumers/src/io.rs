@@ -52,6 +52,8 @@ pub enum LegPath {
     Bounced,
     /// Plain host memory I/O (the buffer is host memory).
     HostMemory,
+    /// Frames on the wire between two machines' NICs.
+    Wire,
 }
 
 impl LegPath {
@@ -61,6 +63,7 @@ impl LegPath {
             LegPath::ThruHostBridge => "thru_host_bridge",
             LegPath::Bounced => "bounced",
             LegPath::HostMemory => "host_memory",
+            LegPath::Wire => "wire",
         }
     }
     pub fn describe(self) -> &'static str {
@@ -69,6 +72,7 @@ impl LegPath {
             LegPath::ThruHostBridge => "P2P through the host bridge",
             LegPath::Bounced => "bounced through host memory",
             LegPath::HostMemory => "host memory",
+            LegPath::Wire => "on the wire",
         }
     }
 }
@@ -86,6 +90,11 @@ pub enum Mover {
 /// One leg of an I/O: bytes from one end to the other by one path.
 #[derive(Clone, Debug, Serialize)]
 pub struct Leg {
+    /// The machine whose DMA engine (or CPU) moved the leg; for a wire leg,
+    /// the sending machine (0 on a workload of one machine).
+    pub machine: crate::net::MachineId,
+    /// For a wire leg, the receiving machine.
+    pub peer_machine: Option<crate::net::MachineId>,
     pub from: End,
     pub to: End,
     pub path: LegPath,
@@ -103,14 +112,10 @@ pub struct Leg {
 }
 
 impl Leg {
-    pub(crate) fn new(
-        from: End,
-        to: End,
-        path: LegPath,
-        provider: Option<Bdf>,
-        mover: Mover,
-    ) -> Leg {
+    pub fn new(from: End, to: End, path: LegPath, provider: Option<Bdf>, mover: Mover) -> Leg {
         Leg {
+            machine: 0,
+            peer_machine: None,
             from,
             to,
             path,
@@ -123,7 +128,7 @@ impl Leg {
         }
     }
 
-    pub(crate) fn add(&mut self, t: &Transfer) {
+    pub fn add(&mut self, t: &Transfer) {
         self.bytes += t.bytes;
         self.unsupported_bytes += t.unsupported_bytes;
         for r in &t.routes {
@@ -134,8 +139,17 @@ impl Leg {
         add_paths(&mut self.paths, &t.paths);
     }
 
+    /// The same leg on machine `m` (and, for a wire leg, to `peer`).
+    pub fn on(mut self, m: crate::net::MachineId, peer: Option<crate::net::MachineId>) -> Leg {
+        self.machine = m;
+        self.peer_machine = peer;
+        self
+    }
+
     fn same_kind(&self, other: &Leg) -> bool {
-        self.from == other.from
+        self.machine == other.machine
+            && self.peer_machine == other.peer_machine
+            && self.from == other.from
             && self.to == other.to
             && self.path == other.path
             && self.provider == other.provider
@@ -143,7 +157,7 @@ impl Leg {
     }
 }
 
-pub(crate) fn add_paths(into: &mut Vec<PathBytes>, from: &[PathBytes]) {
+pub fn add_paths(into: &mut Vec<PathBytes>, from: &[PathBytes]) {
     for p in from {
         match into.iter_mut().find(|q| q.hops == p.hops) {
             Some(q) => q.bytes += p.bytes,
@@ -222,7 +236,8 @@ impl IoOutcome {
         }
     }
 
-    pub(crate) fn leg(&mut self, leg: Leg) -> usize {
+    /// The index of the leg like `leg` in `legs`, added if new.
+    pub fn leg(&mut self, leg: Leg) -> usize {
         match self.legs.iter().position(|l| l.same_kind(&leg)) {
             Some(i) => i,
             None => {

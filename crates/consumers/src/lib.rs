@@ -19,5 +19,6 @@ pub mod block;
 pub mod copy;
 pub mod devmem;
 pub mod io;
+pub mod net;
 pub mod nvme;
 pub mod raid;
