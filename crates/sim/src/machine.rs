@@ -391,6 +391,29 @@ impl SimMachine {
         })
     }
 
+    /// Write `len` bytes of [`crate::pattern`] data of `seed`, from
+    /// `pattern_offset` on, into memory at `addr` (host DRAM or a BAR) —
+    /// data produced where it lives, outside any DMA: an application
+    /// filling its buffer, a GPU kernel writing its memory. What
+    /// [`SimMachine::memory_pattern_mismatch`] checks against.
+    pub fn fill_memory_pattern(
+        &self,
+        addr: PhysAddr,
+        len: u64,
+        seed: u64,
+        pattern_offset: u64,
+    ) -> Result<(), AccessError> {
+        if len == 0 {
+            return Ok(());
+        }
+        let (region, off) = self.mem.find_or_err(addr, len)?;
+        self.mem
+            .region(region)
+            .store
+            .fill_pattern(off, len, seed, pattern_offset);
+        Ok(())
+    }
+
     /// Check `len` bytes of memory at `addr` (host DRAM or a BAR) against
     /// [`crate::pattern`] data of `seed` from `pattern_offset` on, in place:
     /// the offset of the first byte that differs, or `None`.

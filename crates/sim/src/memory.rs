@@ -141,6 +141,22 @@ impl Store {
         write_into(&mut lock(&self.chunks), self.unwritten(), off, src);
     }
 
+    /// Write the pattern of `seed` from `pattern_offset` on into `len`
+    /// bytes at `off` (inside), generated in place.
+    pub(crate) fn fill_pattern(&self, off: u64, len: u64, seed: u64, pattern_offset: u64) {
+        debug_assert!(self.holds(off, len));
+        let unwritten = self.unwritten();
+        let mut chunks = lock(&self.chunks);
+        let mut done = 0u64;
+        while done < len {
+            let left = usize::try_from(len - done).unwrap_or(usize::MAX);
+            let (ci, co, n) = piece(off + done, left);
+            let c = chunk_mut(&mut chunks, unwritten, ci, co, n);
+            crate::pattern::fill(seed, pattern_offset + done, &mut c[co..co + n]);
+            done += n as u64;
+        }
+    }
+
     /// Fill `len` bytes at `off` with `byte`.
     pub(crate) fn fill(&self, off: u64, len: u64, byte: u8) {
         debug_assert!(self.holds(off, len));
