@@ -80,8 +80,15 @@ pub(crate) enum Unwritten {
 #[derive(Debug)]
 pub(crate) struct Store {
     size: u64,
-    chunks: Mutex<Chunks>,
-    unwritten: Mutex<Unwritten>,
+    /// The chunks and what unwritten bytes read as, under one lock (taken
+    /// once per access).
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    chunks: Chunks,
+    unwritten: Unwritten,
 }
 
 /// The chunk, offset in it, and bytes of it a span starting at `off` with
@@ -97,20 +104,18 @@ impl Store {
     pub(crate) fn new(size: u64) -> Store {
         Store {
             size,
-            chunks: Mutex::new(BTreeMap::new()),
-            unwritten: Mutex::new(Unwritten::Zero),
+            inner: Mutex::new(Inner {
+                chunks: BTreeMap::new(),
+                unwritten: Unwritten::Zero,
+            }),
         }
     }
 
     /// Forget every written byte: the whole store now reads as `what`.
     pub(crate) fn reset(&self, what: Unwritten) {
-        let mut chunks = lock(&self.chunks);
-        chunks.clear();
-        *lock(&self.unwritten) = what;
-    }
-
-    fn unwritten(&self) -> Unwritten {
-        *lock(&self.unwritten)
+        let mut g = lock(&self.inner);
+        g.chunks.clear();
+        g.unwritten = what;
     }
 
     pub(crate) fn size(&self) -> u64 {
@@ -125,33 +130,35 @@ impl Store {
     /// Bytes actually backed.
     #[cfg(test)]
     pub(crate) fn resident(&self) -> u64 {
-        lock(&self.chunks).len() as u64 * CHUNK
+        lock(&self.inner).chunks.len() as u64 * CHUNK
     }
 
     /// Copy `dst.len()` bytes at offset `off` into `dst` (inside: see
     /// [`Store::holds`]).
     pub(crate) fn read(&self, off: u64, dst: &mut [u8]) {
         debug_assert!(self.holds(off, dst.len() as u64));
-        read_from(&lock(&self.chunks), self.unwritten(), off, dst);
+        let g = lock(&self.inner);
+        read_from(&g.chunks, g.unwritten, off, dst);
     }
 
     /// Copy `src` in at offset `off` (inside: see [`Store::holds`]).
     pub(crate) fn write(&self, off: u64, src: &[u8]) {
         debug_assert!(self.holds(off, src.len() as u64));
-        write_into(&mut lock(&self.chunks), self.unwritten(), off, src);
+        let g = &mut *lock(&self.inner);
+        write_into(&mut g.chunks, g.unwritten, off, src);
     }
 
     /// Write the pattern of `seed` from `pattern_offset` on into `len`
     /// bytes at `off` (inside), generated in place.
     pub(crate) fn fill_pattern(&self, off: u64, len: u64, seed: u64, pattern_offset: u64) {
         debug_assert!(self.holds(off, len));
-        let unwritten = self.unwritten();
-        let mut chunks = lock(&self.chunks);
+        let g = &mut *lock(&self.inner);
+        let (chunks, unwritten) = (&mut g.chunks, g.unwritten);
         let mut done = 0u64;
         while done < len {
             let left = usize::try_from(len - done).unwrap_or(usize::MAX);
             let (ci, co, n) = piece(off + done, left);
-            let c = chunk_mut(&mut chunks, unwritten, ci, co, n);
+            let c = chunk_mut(chunks, unwritten, ci, co, n);
             crate::pattern::fill(seed, pattern_offset + done, &mut c[co..co + n]);
             done += n as u64;
         }
@@ -160,14 +167,14 @@ impl Store {
     /// Fill `len` bytes at `off` with `byte`.
     pub(crate) fn fill(&self, off: u64, len: u64, byte: u8) {
         debug_assert!(self.holds(off, len));
-        let unwritten = self.unwritten();
-        let mut chunks = lock(&self.chunks);
+        let g = &mut *lock(&self.inner);
+        let (chunks, unwritten) = (&mut g.chunks, g.unwritten);
         let mut done = 0u64;
         while done < len {
             let left = usize::try_from(len - done).unwrap_or(usize::MAX);
             let (ci, co, n) = piece(off + done, left);
             if byte != 0 || unwritten != Unwritten::Zero || chunks.contains_key(&ci) {
-                chunk_mut(&mut chunks, unwritten, ci, co, n)[co..co + n].fill(byte);
+                chunk_mut(chunks, unwritten, ci, co, n)[co..co + n].fill(byte);
             }
             done += n as u64;
         }
@@ -210,8 +217,8 @@ impl Store {
         pattern_offset: u64,
     ) -> Option<u64> {
         debug_assert!(self.holds(off, len));
-        let unwritten = self.unwritten();
-        let chunks = lock(&self.chunks);
+        let g = lock(&self.inner);
+        let (chunks, unwritten) = (&g.chunks, g.unwritten);
         let mut tmp: Vec<u8> = Vec::new();
         let mut done = 0u64;
         while done < len {
@@ -262,15 +269,15 @@ fn write_into(chunks: &mut Chunks, unwritten: Unwritten, off: u64, src: &[u8]) {
 /// address order; one lock when both are the same store).
 pub(crate) fn copy(src: &Store, soff: u64, dst: &Store, doff: u64, len: u64) {
     debug_assert!(src.holds(soff, len) && dst.holds(doff, len));
-    let (su, du) = (src.unwritten(), dst.unwritten());
     if std::ptr::eq(src, dst) {
-        let mut chunks = lock(&src.chunks);
+        let g = &mut *lock(&src.inner);
+        let u = g.unwritten;
         let mut tmp = vec![0u8; len.min(CHUNK) as usize];
         let mut done = 0;
         while done < len {
             let n = (len - done).min(CHUNK) as usize;
-            read_from(&chunks, su, soff + done, &mut tmp[..n]);
-            write_into(&mut chunks, du, doff + done, &tmp[..n]);
+            read_from(&g.chunks, u, soff + done, &mut tmp[..n]);
+            write_into(&mut g.chunks, u, doff + done, &tmp[..n]);
             done += n as u64;
         }
         return;
@@ -280,13 +287,15 @@ pub(crate) fn copy(src: &Store, soff: u64, dst: &Store, doff: u64, len: u64) {
     } else {
         (dst, src)
     };
-    let ga = lock(&a.chunks);
-    let gb = lock(&b.chunks);
+    let ga = lock(&a.inner);
+    let gb = lock(&b.inner);
     let (s, mut d) = if std::ptr::eq(a, src) {
         (ga, gb)
     } else {
         (gb, ga)
     };
+    let (su, du) = (s.unwritten, d.unwritten);
+    let (s, d) = (&s.chunks, &mut d.chunks);
     let mut done = 0u64;
     while done < len {
         let left = usize::try_from(len - done).unwrap_or(usize::MAX);
@@ -295,7 +304,7 @@ pub(crate) fn copy(src: &Store, soff: u64, dst: &Store, doff: u64, len: u64) {
         let n = sn.min(dn);
         match s.get(&sci) {
             Some(sc) => {
-                chunk_mut(&mut d, du, dci, dco, n)[dco..dco + n].copy_from_slice(&sc[sco..sco + n]);
+                chunk_mut(d, du, dci, dco, n)[dco..dco + n].copy_from_slice(&sc[sco..sco + n]);
             }
             None if su == Unwritten::Zero && du == Unwritten::Zero => {
                 if let Some(dc) = d.get_mut(&dci) {
@@ -303,7 +312,7 @@ pub(crate) fn copy(src: &Store, soff: u64, dst: &Store, doff: u64, len: u64) {
                 }
             }
             None => {
-                let dc = chunk_mut(&mut d, du, dci, dco, n);
+                let dc = chunk_mut(d, du, dci, dco, n);
                 unwritten_into(su, soff + done, &mut dc[dco..dco + n]);
             }
         }
