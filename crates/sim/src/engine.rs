@@ -100,6 +100,10 @@ struct Entry {
     len: u64,
 }
 
+/// A piece of a DMA against one store: (offset in the store, offset on the
+/// device's side, bytes).
+pub(crate) type Piece = (u64, u64, u64);
+
 /// Routes a DMA keeps while it runs: at most this many windows.
 const WINDOWS: usize = 4;
 
@@ -180,15 +184,15 @@ impl SimMachine {
     }
 
     /// Move bytes between the engine's local side and the list, step by
-    /// step. `local(store, offset, local_offset, n)` reads or writes `n`
-    /// bytes of the device's side at `local_offset` against `store` at
-    /// `offset`.
+    /// step. `local(store, pieces)` reads or writes, for each piece
+    /// `(offset, local_offset, n)`, `n` bytes of the device's side at
+    /// `local_offset` against `store` at `offset`.
     fn run(
         &self,
         engine: Bdf,
         sgl: &DmaSgl,
         write: bool,
-        local: &mut dyn FnMut(&Store, u64, u64, u64),
+        local: &mut dyn FnMut(&Store, &[Piece]),
     ) -> Result<Transfer, DmaError> {
         let (initiator, ticket) = self.start(engine, sgl, write)?;
         let entries: Vec<(DmaAddr, u64)> = sgl.entries().iter().map(|e| (e.addr, e.len)).collect();
@@ -212,7 +216,7 @@ impl SimMachine {
         initiator: FnId,
         entries: &[(DmaAddr, u64)],
         write: bool,
-        local: &mut dyn FnMut(&Store, u64, u64, u64),
+        local: &mut dyn FnMut(&Store, &[Piece]),
     ) -> Result<Transfer, DmaError> {
         let parts = self.parts();
         let mut done = 0u64;
@@ -220,35 +224,47 @@ impl SimMachine {
         let mut unsupported = 0u64;
         let mut flows: Vec<(Vec<Hop>, u64)> = Vec::new();
         let mut cache: Vec<Window> = Vec::new();
+        // Pieces through known windows into one store, moved together
+        // (one lock) before anything else happens.
+        let mut batch: Vec<Piece> = Vec::new();
+        let mut batch_region: Option<crate::memmap::RegionId> = None;
         for &(addr0, len) in entries {
             let e = Entry { addr: addr0, len };
             let mut off = 0;
             while off < e.len {
                 let quiet = self.faults.quiet();
                 if !quiet {
+                    self.flush(local, &mut batch, batch_region);
                     cache.clear();
                     self.faults.fire(&self.topo, &|b| self.provider(b), done);
                 }
                 let n = (e.len - off).min(STEP - (done % STEP));
-                let addr = e
+                let Some(addr) = e
                     .addr
                     .checked_add(off)
                     .filter(|a| a.checked_add(n - 1).is_some())
-                    .ok_or(DmaError::AddressOverflow {
+                else {
+                    self.flush(local, &mut batch, batch_region);
+                    return Err(DmaError::AddressOverflow {
                         addr: e.addr,
                         len: e.len,
-                    })?;
+                    });
+                };
                 if quiet {
                     let a = addr.raw();
                     if let Some(w) = cache.iter().find(|w| w.lo <= a && a + n <= w.hi) {
-                        let store = &self.mem.region(w.region).store;
-                        local(store, w.offset + (a - w.lo), done, n);
+                        if batch_region != Some(w.region) {
+                            self.flush(local, &mut batch, batch_region);
+                            batch_region = Some(w.region);
+                        }
+                        batch.push((w.offset + (a - w.lo), done, n));
                         flows[w.flow].1 += n;
                         off += n;
                         done += n;
                         continue;
                     }
                 }
+                self.flush(local, &mut batch, batch_region);
                 let req = Request {
                     initiator,
                     addr,
@@ -270,13 +286,17 @@ impl SimMachine {
                     };
                     match &p.target {
                         Target::Memory { region, offset } => {
-                            local(&self.mem.region(*region).store, *offset, local_off, p.len);
+                            batch_region = Some(*region);
+                            batch.push((*offset, local_off, p.len));
+                            self.flush(local, &mut batch, batch_region);
                         }
                         Target::Unsupported { addr, reason } => {
                             unsupported += p.len;
                             self.log_unsupported(engine, *addr, p.len, write, reason);
                             if !write {
-                                local(&ALL_ONES, 0, local_off, p.len);
+                                // A step is at most 1 MiB: inside the
+                                // one-chunk all-ones store.
+                                local(&ALL_ONES, &[(0, local_off, p.len)]);
                             }
                         }
                     }
@@ -309,6 +329,7 @@ impl SimMachine {
                 done += n;
             }
         }
+        self.flush(local, &mut batch, batch_region);
         Ok(Transfer {
             bytes: done,
             mapped: None,
@@ -323,6 +344,19 @@ impl SimMachine {
                 .collect(),
             time: self.time_alone(flows),
         })
+    }
+
+    /// Move the pieces gathered for one store, and start over.
+    fn flush(
+        &self,
+        local: &mut dyn FnMut(&Store, &[Piece]),
+        batch: &mut Vec<Piece>,
+        region: Option<crate::memmap::RegionId>,
+    ) {
+        if let (false, Some(r)) = (batch.is_empty(), region) {
+            local(&self.mem.region(r).store, batch);
+        }
+        batch.clear();
     }
 
     /// The time of a DMA alone on an idle machine: its pieces one after
@@ -371,9 +405,7 @@ impl SimMachine {
     /// read from a drive).
     pub fn dma_write(&self, engine: Bdf, sgl: &DmaSgl, data: &[u8]) -> Result<Transfer, DmaError> {
         Self::check_len(data.len(), sgl)?;
-        self.run(engine, sgl, true, &mut |s, off, loff, n| {
-            s.write(off, &data[loff as usize..(loff + n) as usize])
-        })
+        self.run(engine, sgl, true, &mut |s, ps| s.write_pieces(ps, data))
     }
 
     /// The device reads the memory of the list into `out`.
@@ -384,9 +416,7 @@ impl SimMachine {
         out: &mut [u8],
     ) -> Result<Transfer, DmaError> {
         Self::check_len(out.len(), sgl)?;
-        self.run(engine, sgl, false, &mut |s, off, loff, n| {
-            s.read(off, &mut out[loff as usize..(loff + n) as usize])
-        })
+        self.run(engine, sgl, false, &mut |s, ps| s.read_pieces(ps, out))
     }
 
     /// The device moves `sgl.len()` bytes from its media at `media_offset`
@@ -398,8 +428,10 @@ impl SimMachine {
         sgl: &DmaSgl,
     ) -> Result<Transfer, DmaError> {
         let media = self.media_range(engine, media_offset, sgl.len())?;
-        self.run(engine, sgl, true, &mut |s, off, loff, n| {
-            memory::copy(&media, media_offset + loff, s, off, n)
+        self.run(engine, sgl, true, &mut |s, ps| {
+            for &(off, loff, n) in ps {
+                memory::copy(&media, media_offset + loff, s, off, n)
+            }
         })
     }
 
@@ -412,8 +444,10 @@ impl SimMachine {
         media_offset: u64,
     ) -> Result<Transfer, DmaError> {
         let media = self.media_range(engine, media_offset, sgl.len())?;
-        self.run(engine, sgl, false, &mut |s, off, loff, n| {
-            memory::copy(s, off, &media, media_offset + loff, n)
+        self.run(engine, sgl, false, &mut |s, ps| {
+            for &(off, loff, n) in ps {
+                memory::copy(s, off, &media, media_offset + loff, n)
+            }
         })
     }
 
@@ -509,20 +543,24 @@ impl SimMachine {
                         list: len,
                     });
                 }
-                self.run_entries(engine, initiator, entries, true, &mut |s, off, loff, n| {
-                    s.write(off, &data[loff as usize..(loff + n) as usize])
+                self.run_entries(engine, initiator, entries, true, &mut |s, ps| {
+                    s.write_pieces(ps, data)
                 })
             }
             Local::Media(m) => {
                 let media = self.media_range(engine, m, len)?;
-                self.run_entries(engine, initiator, entries, true, &mut |s, off, loff, n| {
-                    memory::copy(&media, m + loff, s, off, n)
+                self.run_entries(engine, initiator, entries, true, &mut |s, ps| {
+                    for &(off, loff, n) in ps {
+                        memory::copy(&media, m + loff, s, off, n)
+                    }
                 })
             }
             Local::Own(phys) => {
                 let (store, base) = self.own(engine, phys, len)?;
-                self.run_entries(engine, initiator, entries, true, &mut |s, off, loff, n| {
-                    memory::copy(store, base + loff, s, off, n)
+                self.run_entries(engine, initiator, entries, true, &mut |s, ps| {
+                    for &(off, loff, n) in ps {
+                        memory::copy(store, base + loff, s, off, n)
+                    }
                 })
             }
         }
@@ -547,20 +585,24 @@ impl SimMachine {
                         list: len,
                     });
                 }
-                self.run_entries(engine, initiator, entries, false, &mut |s, off, loff, n| {
-                    s.read(off, &mut out[loff as usize..(loff + n) as usize])
+                self.run_entries(engine, initiator, entries, false, &mut |s, ps| {
+                    s.read_pieces(ps, out)
                 })
             }
             LocalMut::Media(m) => {
                 let media = self.media_range(engine, m, len)?;
-                self.run_entries(engine, initiator, entries, false, &mut |s, off, loff, n| {
-                    memory::copy(s, off, &media, m + loff, n)
+                self.run_entries(engine, initiator, entries, false, &mut |s, ps| {
+                    for &(off, loff, n) in ps {
+                        memory::copy(s, off, &media, m + loff, n)
+                    }
                 })
             }
             LocalMut::Own(phys) => {
                 let (store, base) = self.own(engine, phys, len)?;
-                self.run_entries(engine, initiator, entries, false, &mut |s, off, loff, n| {
-                    memory::copy(s, off, store, base + loff, n)
+                self.run_entries(engine, initiator, entries, false, &mut |s, ps| {
+                    for &(off, loff, n) in ps {
+                        memory::copy(s, off, store, base + loff, n)
+                    }
                 })
             }
         }

@@ -391,6 +391,25 @@ impl SimMachine {
         })
     }
 
+    /// Make `dev`'s memory BAR `bar` hold data: every byte reads as
+    /// [`crate::pattern`] data of `seed` at its offset in the BAR — device
+    /// memory full of a dataset (a GPU's VRAM) that costs nothing until it
+    /// is written, as [`SimMachine::fill_media_pattern`] does for media.
+    /// What was written to the BAR before is forgotten.
+    pub fn fill_bar_pattern(&self, dev: Bdf, bar: u8, seed: u64) -> Result<(), AccessError> {
+        let f = self.id(dev)?;
+        let (region, _, _) = self
+            .mem
+            .bars()
+            .find(|&(_, function, index)| function == f && index == bar)
+            .ok_or(AccessError::NoBar { device: dev, bar })?;
+        self.mem
+            .region(region)
+            .store
+            .reset(crate::memory::Unwritten::Pattern(seed));
+        Ok(())
+    }
+
     /// Write `len` bytes of [`crate::pattern`] data of `seed`, from
     /// `pattern_offset` on, into memory at `addr` (host DRAM or a BAR) —
     /// data produced where it lives, outside any DMA: an application

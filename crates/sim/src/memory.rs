@@ -164,6 +164,45 @@ impl Store {
         }
     }
 
+    /// [`Store::write`] for many pieces `(offset, offset in src, len)`
+    /// under one lock.
+    pub(crate) fn write_pieces(&self, pieces: &[(u64, u64, u64)], src: &[u8]) {
+        let g = &mut *lock(&self.inner);
+        let unwritten = g.unwritten;
+        // Consecutive pieces mostly land in the chunk the last one did.
+        let mut cur: Option<(u64, &mut Chunk)> = None;
+        for &(off, loff, n) in pieces {
+            debug_assert!(self.holds(off, n));
+            let mut done = 0usize;
+            let n = n as usize;
+            while done < n {
+                let (ci, co, k) = piece(off + done as u64, n - done);
+                let hit = matches!(&cur, Some((c, _)) if *c == ci);
+                if !hit {
+                    chunk_mut(&mut g.chunks, unwritten, ci, co, k);
+                    cur = g.chunks.get_mut(&ci).map(|c| (ci, c));
+                }
+                let Some((_, c)) = cur.as_mut() else {
+                    return;
+                };
+                let from = loff as usize + done;
+                c[co..co + k].copy_from_slice(&src[from..from + k]);
+                done += k;
+            }
+        }
+    }
+
+    /// [`Store::read`] for many pieces `(offset, offset in dst, len)`
+    /// under one lock.
+    pub(crate) fn read_pieces(&self, pieces: &[(u64, u64, u64)], dst: &mut [u8]) {
+        let g = lock(&self.inner);
+        for &(off, loff, n) in pieces {
+            debug_assert!(self.holds(off, n));
+            let (a, b) = (loff as usize, (loff + n) as usize);
+            read_from(&g.chunks, g.unwritten, off, &mut dst[a..b]);
+        }
+    }
+
     /// Fill `len` bytes at `off` with `byte`.
     pub(crate) fn fill(&self, off: u64, len: u64, byte: u8) {
         debug_assert!(self.holds(off, len));

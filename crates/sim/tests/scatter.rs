@@ -354,6 +354,37 @@ fn pattern_data_is_written_where_it_lives() {
             "another offset is other data"
         );
     }
+    // A BAR full of data: every byte reads as the pattern at its offset in
+    // the BAR, by the CPU and by DMA, until written.
+    let gpu = m.device("gpu0").unwrap();
+    let bar = m
+        .topology()
+        .function(m.topology().find(gpu).unwrap())
+        .bars
+        .iter()
+        .find(|b| b.index == 1)
+        .unwrap()
+        .phys;
+    m.fill_bar_pattern(gpu, 1, 77).unwrap();
+    let at = bar.start().checked_add(5 << 30).unwrap();
+    assert_eq!(
+        m.memory_pattern_mismatch(at, 3 << 20, 77, 5 << 30).unwrap(),
+        None
+    );
+    m.cpu_write(at, &[1, 2, 3]).unwrap();
+    assert_eq!(
+        m.memory_pattern_mismatch(at, 8, 77, 5 << 30).unwrap(),
+        Some(0)
+    );
+    assert_eq!(
+        m.memory_pattern_mismatch(at.checked_add(3).unwrap(), 1 << 20, 77, (5 << 30) + 3)
+            .unwrap(),
+        None,
+        "the rest of the written chunk keeps the pattern"
+    );
+    let err = m.fill_bar_pattern(gpu, 2, 1).unwrap_err();
+    assert!(matches!(err, AccessError::NoBar { bar: 2, .. }), "{err}");
+    assert!(err.to_string().contains("no memory BAR 2"), "{err}");
     let err = m
         .fill_memory_pattern(PhysAddr::new(u64::MAX - 10), 100, 1, 0)
         .unwrap_err();
