@@ -773,3 +773,25 @@ fn a_stuck_consumer_stalls_the_transfer_and_says_so() {
     assert!(r.verified_bytes > 0 && r.verified_bytes < 8 << 20);
     assert!(r.binding_freed, "closing the socket gave everything back");
 }
+
+#[test]
+fn a_dataset_in_gpu_memory_to_gpu_memory_on_another_machine() {
+    // GPU memory on machine 0, sent as it is (devmem TX), into GPU memory
+    // on machine 1 (devmem RX): both ends by bus address below a switch.
+    let p = Pair::new("dual-xeon", IommuMode::Off, "nic0", "nic0");
+    let src = p.m0.device("gpu1").unwrap();
+    let mut spec = TransferSpec::new(BYTES, p.m1.device("gpu0").unwrap());
+    spec.from = SendFrom::DeviceDataset { dev: src };
+    spec.dmabuf_len = 16 << 20;
+    let r = p.run(&spec).unwrap();
+    assert!(r.complete && r.binding_freed, "{:?}", r.stalled);
+    let tx = r
+        .outcome
+        .legs
+        .iter()
+        .find(|l| l.machine == 0 && l.path != LegPath::Wire)
+        .unwrap();
+    assert_eq!(tx.from, End::Device { bdf: src });
+    assert_eq!(tx.path, LegPath::BusAddr);
+    assert!(tx.routes.iter().all(|r| matches!(r, Route::Switch { .. })));
+}

@@ -43,8 +43,15 @@ use peerdma_sim::{DmaError, HostBuffer, LocalMut, PathBytes, SimMachine};
 pub enum SendFrom {
     /// Host memory of a NUMA node (plain TCP: the kernel's socket buffer).
     Host { node: u32 },
-    /// Device memory of `dev` (devmem TX from a bound dma-buf).
+    /// Device memory of `dev` (devmem TX from a bound dma-buf), which the
+    /// application fills as a ring.
     Device { dev: Bdf },
+    /// Device memory of `dev` that already holds the whole stream — a
+    /// dataset in GPU memory sent as it is (devmem TX): the memory BAR
+    /// reads as the stream's pattern data (the simulator's
+    /// `fill_bar_pattern`, which forgets what was written to that BAR),
+    /// and the application writes nothing.
+    DeviceDataset { dev: Bdf },
 }
 
 /// One machine of a flow: its simulator, its device memory, its number.
@@ -86,6 +93,8 @@ pub struct Sender<'m> {
     from: End,
     provider: Option<Bdf>,
     seed: u64,
+    /// The pattern offset of stream byte 0.
+    pattern_base: u64,
     filled: u64,
     stream_len: u64,
 }
@@ -109,6 +118,8 @@ impl<'m> Sender<'m> {
                 "a send buffer of {sndbuf} bytes (at least 64 KiB)"
             )));
         }
+        let mut pattern_base = 0;
+        let mut filled = 0;
         let (mem, vec, end, provider) = match from {
             SendFrom::Host { node } => {
                 let b = sim.alloc_host(sndbuf, node).map_err(|e| NetError::Access {
@@ -129,6 +140,39 @@ impl<'m> Sender<'m> {
                         dev,
                         why: e.to_string(),
                     })?;
+                let v = a.phys();
+                (SendMem::Device(a), v, End::Device { bdf: dev }, Some(dev))
+            }
+            SendFrom::DeviceDataset { dev } => {
+                let p = host.mem.provider(sim, dev).map_err(|e| NetError::Export {
+                    dev,
+                    why: e.to_string(),
+                })?;
+                let bar_start = sim
+                    .topology()
+                    .find(dev)
+                    .and_then(|f| {
+                        sim.topology()
+                            .function(f)
+                            .bars
+                            .iter()
+                            .find(|b| b.index == p.bar())
+                            .map(|b| b.phys.start())
+                    })
+                    .ok_or(NetError::NoDevice(dev))?;
+                sim.fill_bar_pattern(dev, p.bar(), seed)
+                    .map_err(|e| NetError::Access {
+                        what: format!("the dataset in {dev}'s memory"),
+                        source: e,
+                    })?;
+                let a = p
+                    .alloc_aligned(stream_len.max(sndbuf), 2 << 20)
+                    .map_err(|e| NetError::Export {
+                        dev,
+                        why: e.to_string(),
+                    })?;
+                pattern_base = a.phys_addr().raw() - bar_start.raw();
+                filled = stream_len;
                 let v = a.phys();
                 (SendMem::Device(a), v, End::Device { bdf: dev }, Some(dev))
             }
@@ -166,9 +210,16 @@ impl<'m> Sender<'m> {
             from: end,
             provider,
             seed,
-            filled: 0,
+            pattern_base,
+            filled,
             stream_len,
         })
+    }
+
+    /// The pattern offset of stream byte 0: stream byte `s` is the
+    /// pattern data of the seed at `pattern_base() + s`.
+    pub fn pattern_base(&self) -> u64 {
+        self.pattern_base
     }
 
     pub fn nic(&self) -> Bdf {
@@ -922,6 +973,7 @@ pub fn run_transfer(
             .ok_or(NetError::NotBound { nic: to.nic })?;
         (b.dmabuf_phys(), b.exporter())
     };
+    let base = flow.tx.pattern_base();
     let mut cmsgs: Vec<DevmemCmsg> = Vec::new();
     let mut held: Vec<u32> = Vec::new();
     let mut read = 0u64;
@@ -939,7 +991,7 @@ pub fn run_transfer(
                 .ok_or_else(|| NetError::Config("dma-buf address overflow".into()))?;
             let bad = receiver
                 .sim
-                .memory_pattern_mismatch(at, u64::from(c.frag_size), spec.seed, read)
+                .memory_pattern_mismatch(at, u64::from(c.frag_size), spec.seed, base + read)
                 .map_err(|e| NetError::Access {
                     what: "checking received bytes".into(),
                     source: e,
