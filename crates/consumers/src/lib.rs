@@ -10,7 +10,9 @@
 //! * [`copy`]: drive to drive through a CMB or host memory;
 //! * [`raid`]: md-style RAID-1 rebuild and RAID-5 degraded read;
 //! * [`devmem`]: the device memory a consumer can use (a CMB, a GPU's
-//!   VRAM aperture).
+//!   VRAM aperture);
+//! * [`net`]: machines joined by a wire, and devmem TCP receive into
+//!   device memory.
 //!
 //! They use the simulator's public API only (DESIGN.md: sim knows no
 //! consumer).

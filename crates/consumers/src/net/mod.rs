@@ -5,6 +5,24 @@
 //! frames on the wire are a leg of their own ([`crate::io::LegPath::Wire`]),
 //! from the sending NIC to the receiving one, which the runner times on the
 //! wire's link.
+//!
+//! devmem TCP receive, modelled on `net/core/devmem.c` and the page pool's
+//! memory provider:
+//!
+//! * [`nic`]: a NIC on the simulated machine — RX rings in host memory,
+//!   header split, the driver's buffer layout, drops for want of buffers;
+//! * [`devmem`]: a dma-buf of device memory bound to an RX queue, mapped
+//!   for the NIC by the kernel's verdict (refused where P2P cannot work),
+//!   carved into `net_iov`s in a gen_pool;
+//! * [`page_pool`]: the queue's page pool over the binding, with
+//!   `pp_ref_count` and recycling;
+//! * [`tcp`]: the socket — frags as `(dma-buf offset, size, token)`,
+//!   `SO_DEVMEM_DONTNEED` — and the sender's TCP;
+//! * [`frame`]: Ethernet, IPv4 and TCP headers as bytes, MSS, line bytes;
+//! * [`flow`]: a flow between two NICs in rounds, a user program
+//!   ([`flow::run_transfer`]) and its report, with the legs for timing;
+//! * [`utilization`]: buffer utilization and throughput for MTU × `net_iov`
+//!   size × layout, as a table.
 
 use peerdma_mem::Bdf;
 

@@ -461,7 +461,7 @@ pub struct SenderStats {
     /// Losses at the tail, with nothing after them to report them: a
     /// retransmission timeout (at least `TCP_RTO_MIN`, 200 ms).
     pub timeouts: u64,
-    /// Rounds the sender had data but the window was closed.
+    /// Rounds the sender had data but the receiver's window was closed.
     pub zero_window: u64,
 }
 
@@ -516,7 +516,8 @@ impl TcpSender {
             .min(self.snd_una.saturating_add(self.cwnd * u64::from(self.mss)))
             .min(self.stream_len)
             .min(avail);
-        if self.snd_nxt < self.stream_len && edge <= self.snd_nxt && out.is_empty() {
+        let window_edge = self.snd_una.saturating_add(self.rwnd);
+        if self.snd_nxt < self.stream_len && window_edge <= self.snd_nxt && out.is_empty() {
             self.stats.zero_window += 1;
         }
         while out.len() < budget && self.snd_nxt < edge {
