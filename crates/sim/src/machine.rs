@@ -10,7 +10,7 @@ use crate::media::Media;
 use crate::memmap::{HostAllocators, MemoryMap};
 use crate::timing::{Flow, LinkId, Network, Schedule, SimTime, TimingError};
 use peerdma_dma::{BouncePolicy, DmaSgl, IommuMode, Mapper, MapperConfig};
-use peerdma_mem::{Bdf, Direction, MemKind, PhysAddr, PhysVec, PAGE_SIZE};
+use peerdma_mem::{AddrRange, Bdf, Direction, MemKind, PhysAddr, PhysVec, PAGE_SIZE};
 use peerdma_p2p::Provider;
 use peerdma_pci::{FnId, PortType, Topology};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -454,7 +454,43 @@ impl SimMachine {
             .pattern_mismatch(off, len, seed, pattern_offset))
     }
 
-    /// The same for `len` bytes of `dev`'s media at `offset`.
+    /// [`SimMachine::memory_pattern_mismatch`] for many ranges `(addr, len,
+    /// pattern_offset)` of one seed, in order — every frag of a receive
+    /// checked in one call: the index of the first range with a byte that
+    /// differs and that byte's offset in it, or `None`.
+    pub fn memory_patterns_mismatch(
+        &self,
+        ranges: &[(PhysAddr, u64, u64)],
+        seed: u64,
+    ) -> Result<Option<(usize, u64)>, AccessError> {
+        let mut run: Vec<(u64, u64, u64)> = Vec::new();
+        let mut i = 0;
+        while i < ranges.len() {
+            let (addr, len, _) = ranges[i];
+            let (region, _) = self.mem.find_or_err(addr, len.max(1))?;
+            let r = self.mem.region(region);
+            // The ranges from here on that lie in the same memory.
+            run.clear();
+            let mut j = i;
+            while j < ranges.len() {
+                let (a, l, po) = ranges[j];
+                let inside = AddrRange::new(a, l.max(1)).is_ok_and(|w| r.range.contains_range(&w));
+                if !inside {
+                    break;
+                }
+                run.push((r.range.offset_of(a).unwrap_or(0), l, po));
+                j += 1;
+            }
+            if let Some((k, at)) = r.store.patterns_mismatch(&run, seed) {
+                return Ok(Some((i + k, at)));
+            }
+            i = j;
+        }
+        Ok(None)
+    }
+
+    /// [`SimMachine::memory_pattern_mismatch`] for `len` bytes of `dev`'s
+    /// media at `offset`.
     pub fn media_pattern_mismatch(
         &self,
         dev: Bdf,

@@ -257,29 +257,55 @@ impl Store {
     ) -> Option<u64> {
         debug_assert!(self.holds(off, len));
         let g = lock(&self.inner);
-        let (chunks, unwritten) = (&g.chunks, g.unwritten);
         let mut tmp: Vec<u8> = Vec::new();
-        let mut done = 0u64;
-        while done < len {
-            let left = usize::try_from(len - done).unwrap_or(usize::MAX);
-            let (ci, co, n) = piece(off + done, left);
-            let found = match chunks.get(&ci) {
-                Some(c) => {
-                    crate::pattern::first_mismatch(seed, pattern_offset + done, &c[co..co + n])
-                }
-                None => {
-                    tmp.resize(n, 0);
-                    unwritten_into(unwritten, off + done, &mut tmp[..n]);
-                    crate::pattern::first_mismatch(seed, pattern_offset + done, &tmp[..n])
-                }
-            };
-            if let Some(i) = found {
-                return Some(done + i as u64);
-            }
-            done += n as u64;
-        }
-        None
+        mismatch_in(&g, off, len, seed, pattern_offset, &mut tmp)
     }
+
+    /// [`Store::pattern_mismatch`] for many ranges `(offset, len,
+    /// pattern_offset)` under one lock: the first range with a byte that
+    /// differs, and that byte's offset in it.
+    pub(crate) fn patterns_mismatch(
+        &self,
+        ranges: &[(u64, u64, u64)],
+        seed: u64,
+    ) -> Option<(usize, u64)> {
+        let g = lock(&self.inner);
+        let mut tmp: Vec<u8> = Vec::new();
+        ranges.iter().enumerate().find_map(|(k, &(off, len, po))| {
+            debug_assert!(self.holds(off, len));
+            mismatch_in(&g, off, len, seed, po, &mut tmp).map(|i| (k, i))
+        })
+    }
+}
+
+/// The first byte of `[off, off + len)` that is not the pattern of `seed`
+/// from `pattern_offset` on (as an offset from `off`).
+fn mismatch_in(
+    g: &Inner,
+    off: u64,
+    len: u64,
+    seed: u64,
+    pattern_offset: u64,
+    tmp: &mut Vec<u8>,
+) -> Option<u64> {
+    let mut done = 0u64;
+    while done < len {
+        let left = usize::try_from(len - done).unwrap_or(usize::MAX);
+        let (ci, co, n) = piece(off + done, left);
+        let found = match g.chunks.get(&ci) {
+            Some(c) => crate::pattern::first_mismatch(seed, pattern_offset + done, &c[co..co + n]),
+            None => {
+                tmp.resize(n, 0);
+                unwritten_into(g.unwritten, off + done, &mut tmp[..n]);
+                crate::pattern::first_mismatch(seed, pattern_offset + done, &tmp[..n])
+            }
+        };
+        if let Some(i) = found {
+            return Some(done + i as u64);
+        }
+        done += n as u64;
+    }
+    None
 }
 
 fn read_from(chunks: &Chunks, unwritten: Unwritten, off: u64, dst: &mut [u8]) {

@@ -327,6 +327,12 @@ fn lists_are_checked() {
     assert!(matches!(err, DmaError::AddressOverflow { .. }), "{err}");
 }
 
+fn pattern_byte(seed: u64, offset: u64) -> u8 {
+    let mut b = [0u8];
+    pattern::fill(seed, offset, &mut b);
+    b[0]
+}
+
 #[test]
 fn pattern_data_is_written_where_it_lives() {
     let m = machine("dual-xeon", IommuMode::Off);
@@ -382,6 +388,29 @@ fn pattern_data_is_written_where_it_lives() {
         None,
         "the rest of the written chunk keeps the pattern"
     );
+    // Many ranges in one call: host memory, the CMB and the BAR.
+    let ranges = [
+        (host.phys().addr(), 4096u64, 993u64),
+        (at.checked_add(8).unwrap(), 5000, (5 << 30) + 8),
+        (cmb.phys_addr(), 1 << 20, 1000),
+    ];
+    m.fill_memory_pattern(host.phys().addr(), 4096, 77, 993)
+        .unwrap();
+    m.fill_memory_pattern(cmb.phys_addr(), 1 << 20, 77, 1000)
+        .unwrap();
+    assert_eq!(m.memory_patterns_mismatch(&ranges, 77).unwrap(), None);
+    let wrong = pattern_byte(77, 1000 + 12345) ^ 0xff;
+    m.cpu_write(cmb.phys_addr().checked_add(12345).unwrap(), &[wrong])
+        .unwrap();
+    assert_eq!(
+        m.memory_patterns_mismatch(&ranges, 77).unwrap(),
+        Some((2, 12345)),
+        "the third range, at the byte written"
+    );
+    let err = m
+        .memory_patterns_mismatch(&[(PhysAddr::new(u64::MAX - 10), 100, 0)], 77)
+        .unwrap_err();
+    assert!(matches!(err, AccessError::NoMemory { .. }), "{err}");
     let err = m.fill_bar_pattern(gpu, 2, 1).unwrap_err();
     assert!(matches!(err, AccessError::NoBar { bar: 2, .. }), "{err}");
     assert!(err.to_string().contains("no memory BAR 2"), "{err}");
