@@ -795,3 +795,95 @@ fn a_dataset_in_gpu_memory_to_gpu_memory_on_another_machine() {
     assert_eq!(tx.path, LegPath::BusAddr);
     assert!(tx.routes.iter().all(|r| matches!(r, Route::Switch { .. })));
 }
+
+#[test]
+fn a_link_going_down_below_the_gpu_is_an_error_that_names_it() {
+    let p = Pair::new("dual-xeon", IommuMode::Off, "nic0", "nic0");
+    let gpu = p.m1.device("gpu0").unwrap();
+    p.m1.inject(peerdma_sim::Fault::LinkDown {
+        below: gpu,
+        after: 100_000,
+    })
+    .unwrap();
+    let spec = TransferSpec::new(BYTES, gpu);
+    let err = p.run(&spec).unwrap_err();
+    assert!(matches!(err, NetError::Dma { .. }), "{err}");
+    assert_eq!(err.errno(), "EIO");
+    let full = format!("{err}: {}", std::error::Error::source(&err).unwrap());
+    assert!(full.contains("payloads into the bound dma-buf"), "{full}");
+    assert!(
+        full.contains(&gpu.to_string()) && full.contains("down"),
+        "{full}"
+    );
+}
+
+#[test]
+fn a_stale_bus_address_mapping_faults_in_the_iommu() {
+    // The binding maps gpu0 for nic0 by bus address (one switch). Turning
+    // ACS redirect on at the NIC's port afterwards sends its writes up to
+    // the root complex, where the IOMMU has no mapping for them: the DMA
+    // stops with an IOMMU fault, nothing lands anywhere else.
+    let p = Pair::new("dual-xeon", IommuMode::Translated, "nic0", "nic0");
+    let mut flow = small_flow(&p, 2048, 256, 8 << 20);
+    assert_eq!(flow.rx.binding().unwrap().path(), LegPath::BusAddr);
+    let mut frags = Vec::new();
+    for _ in 0..3 {
+        flow.round().unwrap();
+        flow.rx.recvmsg(&mut frags, u64::MAX).unwrap();
+    }
+    p.m1.set_acs_ctrl(p.m1.device("sw0-p12").unwrap(), 0x1d)
+        .unwrap();
+    let err = flow.round().unwrap_err();
+    let NetError::Dma { source, .. } = &err else {
+        panic!("{err}");
+    };
+    assert!(
+        matches!(source, peerdma_sim::DmaError::Iommu { .. }),
+        "{source}"
+    );
+    assert!(!p.m1.mapper().iommu_faults().is_empty());
+    // What the user read before is intact.
+    check(&p, &flow, &frags, 0);
+}
+
+#[test]
+fn the_check_finds_the_first_byte_that_is_not_the_senders() {
+    let p = Pair::new("dual-xeon", IommuMode::Off, "nic0", "nic0");
+    let mut flow = small_flow(&p, 2048, 256, 4 << 20);
+    let mut frags = Vec::new();
+    for _ in 0..3 {
+        flow.round().unwrap();
+        flow.rx.recvmsg(&mut frags, u64::MAX).unwrap();
+    }
+    let b = flow.rx.binding().unwrap();
+    let at = peerdma_consumers::net::flow::FragCheck {
+        dmabuf: b.dmabuf_phys(),
+        memory: b.exporter(),
+        seed: 9,
+        pattern_base: 0,
+    };
+    let mut scratch = Vec::new();
+    let total: u64 = frags.iter().map(|c| u64::from(c.frag_size)).sum();
+    assert_eq!(
+        peerdma_consumers::net::flow::check_frags(&p.m1, &at, &frags, &mut scratch, 0).unwrap(),
+        total
+    );
+    // A GPU kernel scribbles on byte 100 of the fifth frag.
+    let c = frags[4];
+    let addr = b.dmabuf_phys().checked_add(c.frag_offset + 100).unwrap();
+    let mut byte = [0u8];
+    p.m1.cpu_read(addr, &mut byte).unwrap();
+    p.m1.cpu_write(addr, &[byte[0] ^ 0x20]).unwrap();
+    let err =
+        peerdma_consumers::net::flow::check_frags(&p.m1, &at, &frags, &mut scratch, 0).unwrap_err();
+    let before: u64 = frags[..4].iter().map(|c| u64::from(c.frag_size)).sum();
+    assert!(
+        matches!(err, NetError::Corrupt { stream_offset, dmabuf_offset, memory }
+            if stream_offset == before + 100 && dmabuf_offset == c.frag_offset + 100 && memory == b.exporter()),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains(&format!("byte {}", before + 100)),
+        "{err}"
+    );
+}

@@ -924,6 +924,54 @@ pub fn dontneed_calls(tokens: &mut [u32]) -> Vec<Vec<DmabufToken>> {
     calls
 }
 
+/// Where frags land and what they must hold: the dma-buf's first byte, its
+/// memory's owner, and the sender's data (pattern data of `seed`, stream
+/// byte `s` at pattern offset `pattern_base + s`).
+#[derive(Clone, Copy, Debug)]
+pub struct FragCheck {
+    pub dmabuf: PhysAddr,
+    pub memory: Bdf,
+    pub seed: u64,
+    pub pattern_base: u64,
+}
+
+/// Check received frags, in stream order from stream byte `read`, where
+/// they landed in device memory against what the sender sent; the stream
+/// offset after them, or the first byte that differs as
+/// [`NetError::Corrupt`]. `ranges` is scratch space.
+pub fn check_frags(
+    sim: &SimMachine,
+    at: &FragCheck,
+    frags: &[DevmemCmsg],
+    ranges: &mut Vec<(PhysAddr, u64, u64)>,
+    read: u64,
+) -> Result<u64, NetError> {
+    ranges.clear();
+    let mut pos = read;
+    for c in frags {
+        let addr = at
+            .dmabuf
+            .checked_add(c.frag_offset)
+            .ok_or_else(|| NetError::Config("dma-buf address overflow".into()))?;
+        ranges.push((addr, u64::from(c.frag_size), at.pattern_base + pos));
+        pos += u64::from(c.frag_size);
+    }
+    let bad = sim
+        .memory_patterns_mismatch(ranges, at.seed)
+        .map_err(|e| NetError::Access {
+            what: "checking received bytes".into(),
+            source: e,
+        })?;
+    if let Some((k, i)) = bad {
+        return Err(NetError::Corrupt {
+            stream_offset: ranges[k].2 - at.pattern_base + i,
+            dmabuf_offset: frags[k].frag_offset + i,
+            memory: at.memory,
+        });
+    }
+    Ok(pos)
+}
+
 /// The user program: receive `spec.bytes` from `sender`'s port `from`
 /// over `wire` into device memory of `receiver`, check every byte where it
 /// landed, give tokens back by the spec's policy; then unbind, close, and
@@ -973,8 +1021,14 @@ pub fn run_transfer(
             .ok_or(NetError::NotBound { nic: to.nic })?;
         (b.dmabuf_phys(), b.exporter())
     };
-    let base = flow.tx.pattern_base();
+    let frags_at = FragCheck {
+        dmabuf: phys,
+        memory,
+        seed: spec.seed,
+        pattern_base: flow.tx.pattern_base(),
+    };
     let mut cmsgs: Vec<DevmemCmsg> = Vec::new();
+    let mut ranges: Vec<(PhysAddr, u64, u64)> = Vec::new();
     let mut held: Vec<u32> = Vec::new();
     let mut read = 0u64;
     let mut util = Utilization::default();
@@ -985,27 +1039,8 @@ pub fn run_transfer(
         let r = flow.round()?;
         cmsgs.clear();
         let n = flow.rx.recvmsg(&mut cmsgs, u64::MAX)?;
-        for c in &cmsgs {
-            let at = phys
-                .checked_add(c.frag_offset)
-                .ok_or_else(|| NetError::Config("dma-buf address overflow".into()))?;
-            let bad = receiver
-                .sim
-                .memory_pattern_mismatch(at, u64::from(c.frag_size), spec.seed, base + read)
-                .map_err(|e| NetError::Access {
-                    what: "checking received bytes".into(),
-                    source: e,
-                })?;
-            if let Some(i) = bad {
-                return Err(NetError::Corrupt {
-                    stream_offset: read + i,
-                    dmabuf_offset: c.frag_offset + i,
-                    memory,
-                });
-            }
-            read += u64::from(c.frag_size);
-            held.push(c.frag_token);
-        }
+        held.extend(cmsgs.iter().map(|c| c.frag_token));
+        read = check_frags(receiver.sim, &frags_at, &cmsgs, &mut ranges, read)?;
         if let Some(b) = flow.rx.binding() {
             let (payload, bytes) = b.held();
             sum_payload += u128::from(payload);
