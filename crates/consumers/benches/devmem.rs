@@ -1,12 +1,15 @@
 //! devmem TCP receive against memcpy, side by side in one run:
 //!
 //! * `devmem_8GiB/devmem TCP receive`: 8 GiB over a 100 Gb/s wire at MTU
-//!   1500 from host memory of one simulated dual-xeon into gpu0's memory
-//!   on another, through nic0 of each: TSO reads out of the send buffer,
-//!   real frames, header split, payloads into 4 KiB `net_iov`s of a 16 MiB
-//!   dma-buf (a ring reused as tokens come back), every byte checked where
-//!   it landed, tokens given back 1024 at a time, the binding freed at the
-//!   end;
+//!   1500 from gpu1's memory on one simulated dual-xeon (a dataset sent as
+//!   it lies, devmem TX) into gpu0's memory on another, through nic0 of
+//!   each: the sending NIC reads each burst out of GPU memory by DMA
+//!   (TSO), real frames with real headers cross the wire, the receiving
+//!   NIC splits headers into host memory and payloads into 4 KiB
+//!   `net_iov`s of a 16 MiB dma-buf (a ring reused as tokens come back),
+//!   the driver and the socket hand out frags, every byte is checked where
+//!   it landed, tokens go back 1024 at a time, and the binding is freed at
+//!   the end;
 //! * `devmem_8GiB/memcpy`: plain memcpy of the same 8 GiB on this machine.
 //!
 //! Both are reported in bytes per second; after the group, a line gives
@@ -18,7 +21,7 @@
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use peerdma_consumers::devmem::DeviceMemory;
-use peerdma_consumers::net::flow::{run_transfer, Host, TransferSpec};
+use peerdma_consumers::net::flow::{run_transfer, Host, SendFrom, TransferSpec};
 use peerdma_consumers::net::{Port, Wire};
 use peerdma_pci::Source;
 use peerdma_sim::{SimConfig, SimMachine};
@@ -59,6 +62,9 @@ fn devmem_8gib(c: &mut Criterion) {
             latency_ns: 1000,
         };
         let mut spec = TransferSpec::new(BIG, m1.device("gpu0").expect("gpu0"));
+        spec.from = SendFrom::DeviceDataset {
+            dev: m0.device("gpu1").expect("gpu1"),
+        };
         spec.dmabuf_len = 16 << 20;
         let run = |spec: &TransferSpec| {
             let r = run_transfer(
@@ -77,7 +83,11 @@ fn devmem_8gib(c: &mut Criterion) {
                 spec,
             )
             .expect("transfer");
-            assert!(r.complete && r.verified_bytes == BIG, "{:?}", r.stalled);
+            assert!(
+                r.complete && r.verified_bytes == spec.bytes,
+                "{:?}",
+                r.stalled
+            );
             assert!(r.binding_freed);
             r
         };

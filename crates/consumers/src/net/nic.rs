@@ -9,7 +9,7 @@
 //!   driver writes as it posts buffers from the page pool and the NIC
 //!   fetches by DMA;
 //! * completions (32 bytes each) the NIC writes and the driver reads;
-//! * header buffers, one 256-byte slot per completion: with header split
+//! * header buffers, one 128-byte slot per completion: with header split
 //!   (`ethtool -G … tcp-data-split on`) the NIC writes a frame's Ethernet,
 //!   IP and TCP headers there and its payload into the posted buffers —
 //!   `net_iov`s of device memory when a dma-buf is bound.
@@ -38,8 +38,9 @@ use peerdma_sim::{HostBuffer, Local, LocalMut, SimMachine, Transfer};
 pub const DESC_SIZE: u64 = 16;
 /// Bytes of a completion.
 pub const CQE_SIZE: u64 = 32;
-/// Bytes of a header buffer slot.
-pub const HDR_SLOT: u64 = 256;
+/// Bytes of a header buffer slot (the longest header here is 66 bytes).
+pub const HDR_SLOT: u64 = 128;
+const _: () = assert!(super::frame::MAX_HEADER as u64 <= HDR_SLOT);
 
 /// How the driver lays packets out in the buffers it posts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
