@@ -111,10 +111,10 @@ fn ipv4_checksum(h: &[u8]) -> u16 {
     !(sum as u16)
 }
 
-/// Write the headers of a segment into `out` (at least
-/// [`TcpOptions::header_len`] bytes); the header length.
+/// Write the headers of a segment into `out`; the header length
+/// ([`TcpOptions::header_len`]).
 pub fn write_headers(
-    out: &mut [u8],
+    out: &mut [u8; MAX_HEADER],
     key: &FlowKey,
     opts: TcpOptions,
     seq: u32,

@@ -300,7 +300,7 @@ const EMPTY: u32 = u32::MAX;
 
 impl RxQueue {
     /// Start queue `index` of `nic` with fresh rings.
-    pub fn new(sim: &SimMachine, nic: &Nic, index: u32) -> Result<RxQueue, NetError> {
+    pub(crate) fn new(sim: &SimMachine, nic: &Nic, index: u32) -> Result<RxQueue, NetError> {
         if index >= nic.cfg.rx_queues {
             return Err(NetError::NoQueue {
                 nic: nic.bdf,
@@ -336,7 +336,7 @@ impl RxQueue {
 
     /// The driver posts buffers from the pool until the ring is full or
     /// the pool is empty, and writes their descriptors into the ring.
-    pub fn refill(
+    pub(crate) fn refill(
         &mut self,
         sim: &SimMachine,
         b: &mut Binding,
@@ -485,7 +485,7 @@ impl RxQueue {
     /// drops its references to the buffers the NIC finished, and refills
     /// the ring.
     #[allow(clippy::too_many_arguments)]
-    pub fn receive(
+    pub(crate) fn receive(
         &mut self,
         sim: &SimMachine,
         nic: Bdf,
@@ -497,6 +497,22 @@ impl RxQueue {
         out: &mut RxBurst,
         deliver: &mut dyn FnMut(&RxPacket, &mut Binding, &mut PagePool) -> Result<(), NetError>,
     ) -> Result<(), NetError> {
+        // The frames come from the caller: each must fit what it claims.
+        for (k, f) in frames.iter().enumerate() {
+            let end = u64::from(f.payload_at) + u64::from(f.payload_len);
+            if end > payload.len() as u64
+                || f.payload_len == 0
+                || usize::from(f.header_len) > super::frame::MAX_HEADER
+            {
+                return Err(NetError::Frame(format!(
+                    "frame {k}: {} payload bytes at {} of {} and a {}-byte header",
+                    f.payload_len,
+                    f.payload_at,
+                    payload.len(),
+                    f.header_len
+                )));
+            }
+        }
         self.fetch(sim, nic, scratch, out)?;
         scratch.entries.clear();
         scratch.hdr_entries.clear();
@@ -755,7 +771,7 @@ impl RxQueue {
 
     /// Stop the queue: the driver drops its references to every buffer
     /// still posted (the NIC will not write them any more).
-    pub fn stop(&mut self, b: &mut Binding, pool: &mut PagePool) -> Result<(), NetError> {
+    pub(crate) fn stop(&mut self, b: &mut Binding, pool: &mut PagePool) -> Result<(), NetError> {
         while self.reclaimed < self.posted {
             let slot = (self.reclaimed % self.size) as usize;
             let niov = std::mem::replace(&mut self.slots[slot], EMPTY);

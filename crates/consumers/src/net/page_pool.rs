@@ -66,7 +66,7 @@ impl PagePool {
     /// `page_pool_create` with the dma-buf provider (`mp_dmabuf_devmem_init`
     /// takes a reference to the binding). `ring_size` is the recycle ring's
     /// size (the driver passes its RX ring size as `pool_size`).
-    pub fn new(binding: &mut Binding, ring_size: usize) -> PagePool {
+    pub(crate) fn new(binding: &mut Binding, ring_size: usize) -> PagePool {
         binding.get();
         PagePool {
             cache: Vec::with_capacity(ALLOC_CACHE),
@@ -102,7 +102,7 @@ impl PagePool {
 
     /// `page_pool_alloc_netmems`: a `net_iov` with `pp_ref_count` 1, or
     /// none when the cache, the ring and the provider are all empty.
-    pub fn alloc(&mut self, b: &mut Binding) -> Option<u32> {
+    pub(crate) fn alloc(&mut self, b: &mut Binding) -> Option<u32> {
         if self.destroying {
             return None;
         }
@@ -136,7 +136,7 @@ impl PagePool {
 
     /// Another reference to `i` (an skb frag, a user token).
     #[inline]
-    pub fn get(b: &mut Binding, i: u32) {
+    pub(crate) fn get(b: &mut Binding, i: u32) {
         b.niovs[i as usize].pp_ref += 1;
     }
 
@@ -146,7 +146,7 @@ impl PagePool {
     /// straight back to the provider, and releases the binding when the
     /// last `net_iov` is home.
     #[inline]
-    pub fn put(&mut self, b: &mut Binding, i: u32, direct: bool) -> Result<(), NetError> {
+    pub(crate) fn put(&mut self, b: &mut Binding, i: u32, direct: bool) -> Result<(), NetError> {
         let n = &mut b.niovs[i as usize];
         n.pp_ref = n.pp_ref.saturating_sub(1);
         if n.pp_ref > 0 {
@@ -187,7 +187,7 @@ impl PagePool {
     /// `page_pool_destroy` (after the driver gave back what it had
     /// posted): the cache and the ring go back to the provider; the pool
     /// lives on until the `net_iov`s still out come back.
-    pub fn destroy(&mut self, b: &mut Binding) -> Result<(), NetError> {
+    pub(crate) fn destroy(&mut self, b: &mut Binding) -> Result<(), NetError> {
         self.destroying = true;
         let mut cached = std::mem::take(&mut self.cache);
         cached.extend(self.ring.drain(..));

@@ -178,6 +178,23 @@ impl DevmemSocket {
                 parsed.payload_len, pkt.payload_len
             )));
         }
+        let frags = pkt
+            .frags
+            .get(..usize::from(pkt.nfrags))
+            .ok_or_else(|| NetError::Frame(format!("a packet of {} frags", pkt.nfrags)))?;
+        let sum: u64 = frags.iter().map(|f| u64::from(f.2)).sum();
+        let bad = frags.iter().find(|&&(n, off, l)| {
+            n >= b.niov_count() || u64::from(off) + u64::from(l) > u64::from(b.niov_size())
+        });
+        if sum != u64::from(pkt.payload_len) || bad.is_some() {
+            return Err(NetError::Frame(format!(
+                "a packet's frags {frags:?} do not hold its {} bytes inside net_iovs of binding {} ({} of {} bytes)",
+                pkt.payload_len,
+                b.id(),
+                b.niov_count(),
+                b.niov_size()
+            )));
+        }
         let mut skb = Skb {
             seq: unwrap_seq(parsed.seq, self.rcv_nxt),
             len: pkt.payload_len,
@@ -476,7 +493,7 @@ pub struct Segment {
 impl TcpSender {
     pub fn new(mss: u32, stream_len: u64, rwnd: u64) -> TcpSender {
         TcpSender {
-            mss,
+            mss: mss.max(1),
             stream_len,
             snd_una: 0,
             snd_nxt: 0,
