@@ -723,6 +723,8 @@ fn utilization_of_1500_byte_packets_in_64k_net_iovs() {
     );
     for r in &rows {
         assert!(r.gbytes_per_sec > 1.0, "{r:?}");
+        // nic0's Gen3 x8 link is narrower than the 100 Gb/s wire.
+        assert_eq!(r.bottleneck, "receiver: sw0-p12<->nic0", "{r:?}");
     }
     let text = peerdma_consumers::net::utilization::render_table(&rows);
     assert!(text.contains("2.2%") && text.contains("64 KiB"), "{text}");

@@ -58,9 +58,25 @@ fn stage(net: &Network, sim: &SimMachine, paths: &[&PathBytes]) -> Result<(f64, 
         .iter()
         .max_by_key(|c| c.busy)
         .and_then(|c| net.link(c.link))
-        .map(|l| l.name.clone())
+        .map(|l| named(sim, &l.name))
         .unwrap_or_default();
     Ok((s.makespan.as_secs_f64(), busiest))
+}
+
+/// A link's name with the names the topology gives its ends
+/// (`sw0-p12<->nic0` for `0000:19:12.0<->0000:1d:00.0`).
+fn named(sim: &SimMachine, link: &str) -> String {
+    let t = sim.topology();
+    link.split("<->")
+        .map(|end| {
+            end.parse::<Bdf>()
+                .ok()
+                .and_then(|b| t.find(b))
+                .and_then(|f| t.function(f).label.clone())
+                .unwrap_or_else(|| end.to_string())
+        })
+        .collect::<Vec<_>>()
+        .join("<->")
 }
 
 /// The time of `report`'s transfer from `sender` to `receiver` over
