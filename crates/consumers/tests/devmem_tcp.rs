@@ -166,6 +166,7 @@ fn bytes_arrive_intact_by_bus_address_and_through_the_host_bridge() {
             assert_eq!(r.verified_bytes, BYTES, "{what}");
             assert_eq!(r.path, want, "{what}: the kernel's verdict");
             assert_eq!(r.drops + r.socket_drops, 0, "{what}");
+            assert!(r.outcome.notes.is_empty(), "{what}: {:?}", r.outcome.notes);
             assert_eq!(r.packets, BYTES.div_ceil(1460), "{what}");
             assert!(r.binding_freed, "{what}");
             check_legs(&r, p.wire.a.nic, rx_nic, g);
@@ -770,8 +771,13 @@ fn a_stuck_consumer_stalls_the_transfer_and_says_so() {
     let r = p.run(&spec).unwrap();
     assert!(!r.complete);
     assert!(r.drops > 0, "{r:?}");
-    let why = r.stalled.unwrap();
+    let why = r.stalled.clone().unwrap();
     assert!(why.contains("page pool is empty"), "{why}");
+    let notes = r.outcome.notes.join("\n");
+    assert!(
+        notes.contains("dropped") && notes.contains("stopped after"),
+        "{notes}"
+    );
     assert!(r.verified_bytes > 0 && r.verified_bytes < 8 << 20);
     assert!(r.binding_freed, "closing the socket gave everything back");
 }

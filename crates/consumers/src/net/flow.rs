@@ -1096,6 +1096,32 @@ pub fn run_transfer(
     let mut outcome = flow.outcome();
     outcome.bytes = read;
     let qstats = flow.rx.queue().map(|q| q.stats).unwrap_or_default();
+    let sstats = flow.rx.socket().stats;
+    if qstats.missed > 0 {
+        outcome.notes.push(format!(
+            "{} dropped {} frames for want of RX buffers: the page pool ran dry while the user held tokens",
+            to.nic, qstats.missed
+        ));
+    }
+    if sstats.rcvbuf_drops > 0 {
+        outcome.notes.push(format!(
+            "the socket dropped {} segments: its receive buffer ({} bytes) was full of buffers that hold little payload each",
+            sstats.rcvbuf_drops,
+            flow.rx.socket().rcvbuf
+        ));
+    }
+    if flow.tcp.stats.timeouts > 0 {
+        outcome.notes.push(format!(
+            "{} retransmission timeouts (at least 200 ms each, not in the flow model's time)",
+            flow.tcp.stats.timeouts
+        ));
+    }
+    if let Some(why) = &stalled {
+        outcome.notes.push(format!(
+            "stopped after {read} of {} bytes: {why}",
+            spec.bytes
+        ));
+    }
     // Unbind, close the socket: the binding must come free.
     flow.rx.unbind()?;
     flow.rx.close()?;
