@@ -800,7 +800,9 @@ pub struct TransferSpec {
 impl TransferSpec {
     /// `bytes` into `into`'s memory from host memory of node 0, with the
     /// kernel's defaults: 4 KiB `net_iov`s, a 64 MiB dma-buf, the default
-    /// buffer layout, tokens given back 1024 at a time.
+    /// buffer layout, tokens given back 1024 at a time. With larger
+    /// `net_iov`s, size the dma-buf for a full ring and what the user
+    /// holds, or the pool runs dry (and the report says so).
     pub fn new(bytes: u64, into: Bdf) -> TransferSpec {
         TransferSpec {
             bytes,
