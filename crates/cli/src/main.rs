@@ -376,34 +376,50 @@ fn run_sim(
         || src.snapshot.is_some()
         || src.topology.is_some()
         || src.preset.is_some();
-    let source = match (&w.machine, given) {
-        (Some(m), false) => match m {
-            MachineSource::Preset(p) => Source::Preset(p.clone()),
-            MachineSource::Snapshot(f) => Source::Snapshot(f.clone()),
-            MachineSource::Topology(f) => Source::Description(f.clone()),
-            MachineSource::Root(d) => Source::Root(d.clone()),
-            MachineSource::Live => Source::Live,
-        },
-        _ => src.source()?,
-    };
-    let topo = source.load()?;
+    if given && w.machines.len() > 1 {
+        bail!(
+            "{}: the workload names its machines ([machine.{}] and more): --live, --root, --snapshot, --topology and --preset apply to a workload of one machine",
+            path.display(),
+            w.machines[0].name
+        );
+    }
+    let override_iommu = iommu.map(iommu_setting).transpose()?;
+    let mut machines = Vec::new();
+    for m in &w.machines {
+        let source = match (&m.source, given) {
+            (Some(s), false) => match s {
+                MachineSource::Preset(p) => Source::Preset(p.clone()),
+                MachineSource::Snapshot(f) => Source::Snapshot(f.clone()),
+                MachineSource::Topology(f) => Source::Description(f.clone()),
+                MachineSource::Root(d) => Source::Root(d.clone()),
+                MachineSource::Live => Source::Live,
+            },
+            _ => src.source()?,
+        };
+        let topo = source.load()?;
+        machines.push((topo, override_iommu.or(m.iommu).unwrap_or_default()));
+    }
     let defaults = peerdma_workload::run::RunOptions::default();
     let opts = peerdma_workload::run::RunOptions {
-        iommu: match iommu {
-            Some(s) => iommu_setting(s)?,
-            None => w.iommu.unwrap_or_default(),
-        },
+        iommu: machines.first().map_or(defaults.iommu, |m| m.1),
         seed: seed.unwrap_or(defaults.seed),
         ..defaults
     };
-    let (report, t) = peerdma_workload::run_workload(&w, topo, opts)?;
+    let (report, topos) = peerdma_workload::run_machines(&w, machines, opts)?;
     if json {
         let mut s = peerdma_workload::report::to_json(&report);
         s.push('\n');
         print(&s)?;
     } else {
+        let names = peerdma_workload::report::Names::new(
+            w.machines
+                .iter()
+                .zip(&topos)
+                .map(|(m, t)| (m.name.clone(), t.as_ref()))
+                .collect(),
+        );
         print(&peerdma_workload::report::render(
-            &t,
+            &names,
             &report,
             &format!("peerdma sim {}", path.display()),
         ))?;

@@ -111,10 +111,28 @@ impl<'de> Deserialize<'de> for Names {
 struct RawFile {
     #[serde(default)]
     description: Option<String>,
+    /// One machine (`[machine]` with its source), or several by name
+    /// (`[machine.a]`, `[machine.b]`).
     #[serde(default)]
-    machine: Option<RawMachine>,
+    machine: Option<toml::Table>,
+    #[serde(default)]
+    wire: Option<toml::Spanned<RawWire>>,
     #[serde(default, rename = "job")]
     jobs: Vec<toml::Spanned<RawJob>>,
+}
+
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+struct RawWire {
+    a: String,
+    b: String,
+    /// Line rate in Gbit/s, each direction.
+    gbps: f64,
+    #[serde(default)]
+    mtu: Option<u32>,
+    /// One-way latency: nanoseconds, or "2us", "500ns", "1ms".
+    #[serde(default)]
+    latency: Option<toml::Value>,
 }
 
 #[derive(Deserialize, Debug, Default, Clone)]
@@ -240,15 +258,48 @@ pub struct JobSpec {
     raw: RawJob,
 }
 
+/// One machine of a workload, as written.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MachineSpec {
+    /// The name jobs use for it (`a` in `a:gpu0`); empty for the one
+    /// machine of a workload that names none.
+    pub name: String,
+    pub source: Option<MachineSource>,
+    pub iommu: Option<IommuSetting>,
+}
+
+/// The wire of a workload, as written: two NICs named `machine:device`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WireSpec {
+    pub a: String,
+    pub b: String,
+    pub bytes_per_sec: f64,
+    pub mtu: u32,
+    pub latency_ns: u64,
+    pub line: usize,
+}
+
 /// A parsed workload.
 #[derive(Clone, Debug)]
 pub struct Workload {
     /// The file it came from (for messages), or a built-in name.
     pub origin: String,
     pub description: Option<String>,
-    pub machine: Option<MachineSource>,
-    pub iommu: Option<IommuSetting>,
+    /// At least one; several only when they are named.
+    pub machines: Vec<MachineSpec>,
+    pub wire: Option<WireSpec>,
     pub jobs: Vec<JobSpec>,
+}
+
+impl Workload {
+    /// The source of a workload of one machine.
+    pub fn machine(&self) -> Option<&MachineSource> {
+        self.machines.first().and_then(|m| m.source.as_ref())
+    }
+    /// The IOMMU of a workload of one machine.
+    pub fn iommu(&self) -> Option<IommuSetting> {
+        self.machines.first().and_then(|m| m.iommu)
+    }
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -287,45 +338,126 @@ pub fn parse(text: &str, origin: &str, base_dir: &Path) -> Result<Workload, Work
         };
         err(Some(line_of(text, at)), None, msg)
     })?;
-    let (machine, iommu) = match raw.machine {
-        None => (None, None),
-        Some(m) => {
-            let mut sources = Vec::new();
-            if let Some(p) = m.preset {
-                sources.push(MachineSource::Preset(p));
-            }
-            if let Some(p) = m.snapshot {
-                sources.push(MachineSource::Snapshot(base_dir.join(p)));
-            }
-            if let Some(p) = m.topology {
-                sources.push(MachineSource::Topology(base_dir.join(p)));
-            }
-            if let Some(p) = m.root {
-                sources.push(MachineSource::Root(base_dir.join(p)));
-            }
-            if m.live == Some(true) {
-                sources.push(MachineSource::Live);
-            }
-            if sources.len() > 1 {
-                return Err(err(
+    let source_of = |name: &str, m: RawMachine| -> Result<MachineSpec, WorkloadError> {
+        let label = if name.is_empty() {
+            "[machine]".to_string()
+        } else {
+            format!("[machine.{name}]")
+        };
+        let mut sources = Vec::new();
+        if let Some(p) = m.preset {
+            sources.push(MachineSource::Preset(p));
+        }
+        if let Some(p) = m.snapshot {
+            sources.push(MachineSource::Snapshot(base_dir.join(p)));
+        }
+        if let Some(p) = m.topology {
+            sources.push(MachineSource::Topology(base_dir.join(p)));
+        }
+        if let Some(p) = m.root {
+            sources.push(MachineSource::Root(base_dir.join(p)));
+        }
+        if m.live == Some(true) {
+            sources.push(MachineSource::Live);
+        }
+        if sources.len() > 1 {
+            return Err(err(
+                None,
+                None,
+                format!("{label} names more than one source (preset, snapshot, topology, root, live): pick one"),
+            ));
+        }
+        let iommu = match m.iommu {
+            None => None,
+            Some(s) => Some(IommuSetting::parse(&s).ok_or_else(|| {
+                err(
                     None,
                     None,
-                    "[machine] names more than one source (preset, snapshot, topology, root, live): pick one".into(),
-                ));
+                    format!("{label} iommu = \"{s}\" is not one of off, passthrough, translated"),
+                )
+            })?),
+        };
+        Ok(MachineSpec {
+            name: name.to_string(),
+            source: sources.pop(),
+            iommu,
+        })
+    };
+    const MACHINE_KEYS: [&str; 6] = ["preset", "snapshot", "topology", "root", "live", "iommu"];
+    let machines = match raw.machine {
+        None => vec![MachineSpec {
+            name: String::new(),
+            source: None,
+            iommu: None,
+        }],
+        Some(table) => {
+            let line = text.find("[machine").map_or(1, |at| line_of(text, at));
+            let one = table.is_empty() || table.keys().any(|k| MACHINE_KEYS.contains(&k.as_str()));
+            let bad = |m: String| err(Some(line), None, m);
+            if one {
+                let m = RawMachine::deserialize(toml::Value::Table(table))
+                    .map_err(|e| bad(format!("[machine]: {}", friendly(e.message().trim()))))?;
+                vec![source_of("", m)?]
+            } else {
+                let mut out = Vec::new();
+                for (name, v) in table {
+                    if !name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                    {
+                        return Err(bad(format!(
+                            "[machine.{name}]: a machine's name is letters, digits, '-' and '_'"
+                        )));
+                    }
+                    let toml::Value::Table(t) = v else {
+                        return Err(bad(format!(
+                            "[machine] key `{name}` is not a source (preset, snapshot, topology, root, live, iommu) or a machine table ([machine.{name}])"
+                        )));
+                    };
+                    let m = RawMachine::deserialize(toml::Value::Table(t)).map_err(|e| {
+                        bad(format!(
+                            "[machine.{name}]: {}",
+                            friendly(e.message().trim())
+                        ))
+                    })?;
+                    out.push(source_of(&name, m)?);
+                }
+                out
             }
-            let iommu = match m.iommu {
-                None => None,
-                Some(s) => Some(IommuSetting::parse(&s).ok_or_else(|| {
-                    err(
-                        None,
-                        None,
-                        format!(
-                            "[machine] iommu = \"{s}\" is not one of off, passthrough, translated"
-                        ),
-                    )
-                })?),
+        }
+    };
+    let wire = match raw.wire {
+        None => None,
+        Some(w) => {
+            let line = line_of(text, w.span().start);
+            let w = w.into_inner();
+            let bad = |m: String| err(Some(line), None, format!("[wire]: {m}"));
+            if !(w.gbps.is_finite() && w.gbps > 0.0) {
+                return Err(bad(format!(
+                    "gbps = {} is not a positive line rate in Gbit/s",
+                    w.gbps
+                )));
+            }
+            let mtu = w.mtu.unwrap_or(1500);
+            if !(576..=65535).contains(&mtu) {
+                return Err(bad(format!("mtu = {mtu} is not between 576 and 65535")));
+            }
+            let latency_ns = match &w.latency {
+                None => 1000,
+                Some(v) => parse_latency(v).ok_or_else(|| {
+                    bad(format!(
+                        "latency = {v} is not a time such as 500, \"500ns\", \"2us\" or \"1ms\""
+                    ))
+                })?,
             };
-            (sources.pop(), iommu)
+            Some(WireSpec {
+                a: w.a,
+                b: w.b,
+                bytes_per_sec: w.gbps * 1e9 / 8.0,
+                mtu,
+                latency_ns,
+                line,
+            })
         }
     };
     let mut jobs = Vec::new();
@@ -359,8 +491,8 @@ pub fn parse(text: &str, origin: &str, base_dir: &Path) -> Result<Workload, Work
     Ok(Workload {
         origin: origin.to_string(),
         description: raw.description,
-        machine,
-        iommu,
+        machines,
+        wire,
         jobs,
     })
 }
@@ -401,6 +533,28 @@ pub fn load(path: &Path) -> Result<Workload, WorkloadError> {
     })?;
     let base = path.parent().unwrap_or(Path::new("."));
     parse(&text, &origin, base)
+}
+
+/// A latency: nanoseconds as a number, or a number with ns, us/µs or ms.
+fn parse_latency(v: &toml::Value) -> Option<u64> {
+    match v {
+        toml::Value::Integer(n) => u64::try_from(*n).ok(),
+        toml::Value::String(s) => {
+            let s = s.trim();
+            let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+            let (num, unit) = s.split_at(split);
+            let n: f64 = num.parse().ok()?;
+            let mul = match unit.trim() {
+                "ns" => 1.0,
+                "us" | "µs" => 1e3,
+                "ms" => 1e6,
+                _ => return None,
+            };
+            let ns = n * mul;
+            (0.0..1e15).contains(&ns).then_some(ns.round() as u64)
+        }
+        _ => None,
+    }
 }
 
 fn io_text(e: &std::io::Error) -> String {
@@ -504,6 +658,8 @@ impl FaultKind {
 pub struct Job {
     pub name: String,
     pub line: usize,
+    /// The machine the job's devices are on.
+    pub machine: usize,
     pub task: Task,
     pub size: u64,
     /// Indices of the jobs this one waits for.
@@ -537,9 +693,89 @@ impl Workload {
         }
     }
 
-    /// Hold the jobs against a machine.
-    pub fn resolve(&self, cap: &Capacities<'_>) -> Result<Vec<Job>, WorkloadError> {
-        let topo = cap.topo;
+    /// Where `what` (`DEVICE`, or `MACHINE:DEVICE` when the workload names
+    /// several machines) is: the machine's index and the device's name.
+    pub fn locate<'w>(&self, what: &'w str) -> Result<(usize, &'w str), String> {
+        if self.machines.len() == 1 {
+            return Ok((0, what));
+        }
+        if let Some((m, rest)) = what.split_once(':') {
+            if let Some(i) = self.machines.iter().position(|x| x.name == m) {
+                return Ok((i, rest));
+            }
+        }
+        let names: Vec<String> = self
+            .machines
+            .iter()
+            .map(|m| format!("{}:DEVICE", m.name))
+            .collect();
+        Err(format!(
+            "\"{what}\" does not say which machine: write {}",
+            names.join(" or ")
+        ))
+    }
+
+    /// The wire between two machines' NICs, held against the machines.
+    pub fn resolve_wire(
+        &self,
+        caps: &[Capacities<'_>],
+    ) -> Result<Option<peerdma_consumers::net::Wire>, WorkloadError> {
+        let Some(w) = &self.wire else { return Ok(None) };
+        let err = |m: String| WorkloadError {
+            origin: self.origin.clone(),
+            line: Some(w.line),
+            job: None,
+            message: format!("[wire]: {m}"),
+        };
+        let port = |key: &str, what: &str| -> Result<peerdma_consumers::net::Port, WorkloadError> {
+            let (m, name) = self
+                .locate(what)
+                .map_err(|x| err(format!("`{key}` = {x}")))?;
+            let topo = caps
+                .get(m)
+                .ok_or_else(|| err(format!("`{key}` = \"{what}\": no such machine")))?
+                .topo;
+            let f = topo
+                .lookup(name)
+                .map_err(|e| err(format!("`{key}` = \"{what}\": {e}")))?;
+            let func = topo.function(f);
+            if func.base_class() != 0x02 {
+                return Err(err(format!(
+                    "`{key}` = \"{what}\" ({}) is not a network controller (class {:06x})",
+                    func.bdf, func.class
+                )));
+            }
+            Ok(peerdma_consumers::net::Port {
+                machine: m,
+                nic: func.bdf,
+            })
+        };
+        let a = port("a", &w.a)?;
+        let b = port("b", &w.b)?;
+        if a == b {
+            return Err(err("`a` and `b` are the same NIC".into()));
+        }
+        Ok(Some(peerdma_consumers::net::Wire {
+            a,
+            b,
+            bytes_per_sec: w.bytes_per_sec,
+            mtu: w.mtu,
+            latency_ns: w.latency_ns,
+        }))
+    }
+
+    /// Hold the jobs against the machines (`caps[i]` is machine `i`).
+    pub fn resolve(&self, caps: &[Capacities<'_>]) -> Result<Vec<Job>, WorkloadError> {
+        if caps.len() != self.machines.len() {
+            return Err(self.err(
+                None,
+                format!(
+                    "{} machine(s) given for a workload of {}",
+                    caps.len(),
+                    self.machines.len()
+                ),
+            ));
+        }
         let index: HashMap<&str, usize> = self
             .jobs
             .iter()
@@ -554,8 +790,21 @@ impl Workload {
                 v.clone()
                     .ok_or_else(|| e(format!("a {} job needs `{key}`", r.kind)))
             };
+            // Every device of a storage job is on one machine.
+            let on: std::cell::Cell<Option<usize>> = std::cell::Cell::new(None);
             let device = |key: &str, what: &str| -> Result<(FnId, Bdf), WorkloadError> {
-                topo.lookup(what)
+                let (m, name) = self.locate(what).map_err(|x| e(format!("`{key}` = {x}")))?;
+                match on.get() {
+                    Some(prev) if prev != m => {
+                        return Err(e(format!(
+                            "`{key}` = \"{what}\" is on machine {} but the job's other devices are on {}: a {} job runs on one machine",
+                            self.machines[m].name, self.machines[prev].name, r.kind
+                        )))
+                    }
+                    _ => on.set(Some(m)),
+                }
+                let topo = caps[m].topo;
+                topo.lookup(name)
                     .map(|f| (f, topo.function(f).bdf))
                     .map_err(|err| {
                         e(format!(
@@ -564,8 +813,10 @@ impl Workload {
                         ))
                     })
             };
+            let cap = |_: ()| &caps[on.get().unwrap_or(0)];
             let drive = |key: &str, what: &str| -> Result<Bdf, WorkloadError> {
                 let (f, bdf) = device(key, what)?;
+                let topo = cap(()).topo;
                 if !is_nvme(topo, f) {
                     return Err(e(format!(
                         "`{key}` = \"{what}\" ({bdf}) is not an NVMe drive (class {:06x})",
@@ -576,7 +827,7 @@ impl Workload {
             };
             let memory = |key: &str, what: &str| -> Result<Bdf, WorkloadError> {
                 let (f, bdf) = device(key, what)?;
-                match (cap.device_memory)(f) {
+                match (cap(()).device_memory)(f) {
                     None => Err(e(format!(
                         "`{key}` = \"{what}\" ({bdf}) has no device memory for the job: it publishes no P2P memory (p2pmem) and is not a GPU or accelerator"
                     ))),
@@ -589,13 +840,14 @@ impl Workload {
                 }
             };
             let media = |key: &str, off: u64| -> Result<u64, WorkloadError> {
+                let size = cap(()).media_size;
                 match off.checked_add(r.size.0) {
-                    Some(end) if end <= cap.media_size => Ok(off),
+                    Some(end) if end <= size => Ok(off),
                     _ => Err(e(format!(
                         "{} at {key} {} runs past the end of the drive's {} of media",
                         format_size(r.size.0),
                         format_size(off),
-                        format_size(cap.media_size)
+                        format_size(size)
                     ))),
                 }
             };
@@ -736,12 +988,13 @@ impl Workload {
                     let stripe = chunk * data_members;
                     let first = offset / stripe;
                     let last = (offset + r.size.0).div_ceil(stripe);
-                    if last.checked_mul(chunk).is_none_or(|m| m > cap.media_size) {
+                    let media_size = cap(()).media_size;
+                    if last.checked_mul(chunk).is_none_or(|m| m > media_size) {
                         return Err(e(format!(
                             "{} at offset {} needs more than the {} of media per member",
                             format_size(r.size.0),
                             format_size(offset),
-                            format_size(cap.media_size)
+                            format_size(media_size)
                         )));
                     }
                     let _ = first;
@@ -793,7 +1046,7 @@ impl Workload {
                         .clone()
                         .ok_or_else(|| e("a fault needs `device`".into()))?;
                     let (fid, device) = device("fault.device", &name)?;
-                    if kind == FaultKind::Revoke && (cap.device_memory)(fid).is_none() {
+                    if kind == FaultKind::Revoke && (cap(()).device_memory)(fid).is_none() {
                         return Err(e(format!(
                             "a revoke fault needs device memory to revoke, and \"{name}\" ({device}) has none"
                         )));
@@ -834,6 +1087,7 @@ impl Workload {
             out.push(Job {
                 name: j.name.clone(),
                 line: j.line,
+                machine: on.get().unwrap_or(0),
                 task,
                 size: r.size.0,
                 after,
