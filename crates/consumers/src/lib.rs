@@ -22,3 +22,4 @@ pub mod io;
 pub mod net;
 pub mod nvme;
 pub mod raid;
+pub mod rdma;
