@@ -21,5 +21,6 @@ pub mod devmem;
 pub mod io;
 pub mod net;
 pub mod nvme;
+pub mod nvmet;
 pub mod raid;
 pub mod rdma;

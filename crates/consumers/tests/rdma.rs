@@ -554,7 +554,14 @@ fn a_vfio_style_dmabuf_revoke_mid_transfer_stops_its_importers() {
 
 #[test]
 fn nic_and_gpu_faults_mid_operation_fail_with_the_fault_named() {
-    let cases: Vec<(&str, usize, &str, fn(Bdf) -> Fault, WcStatus)> = vec![
+    type Case = (
+        &'static str,
+        usize,
+        &'static str,
+        fn(Bdf) -> Fault,
+        WcStatus,
+    );
+    let cases: Vec<Case> = vec![
         (
             "responder NIC removed",
             1,

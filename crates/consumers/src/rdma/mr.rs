@@ -116,7 +116,7 @@ impl MrInner {
         len: u64,
         write: bool,
         remote: bool,
-        dma: &mut dyn FnMut(&[(DmaAddr, u64)], Reach) -> Result<R, E>,
+        dma: &mut DmaFn<'_, R, E>,
     ) -> Result<Result<R, E>, AccessError> {
         let m = self;
         let key = m.key;
@@ -221,6 +221,9 @@ impl MrInner {
         }
     }
 }
+
+/// What the NIC runs with an MR's DMA address pieces in hand.
+pub(crate) type DmaFn<'f, R, E> = dyn FnMut(&[(DmaAddr, u64)], Reach) -> Result<R, E> + 'f;
 
 /// Why the NIC could not reach an MR's memory.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]

@@ -411,7 +411,12 @@ impl<'a> Connection<'a> {
 
     /// Send one packet across the wire, from the requester (`forward`) or
     /// the responder; returns the packet as the other NIC parsed it.
-    fn send(&self, p: &Packet, forward: bool, out: &mut RdmaOutcome) -> Result<Packet, RdmaError> {
+    fn send_packet(
+        &self,
+        p: &Packet,
+        forward: bool,
+        out: &mut RdmaOutcome,
+    ) -> Result<Packet, RdmaError> {
         let (from, to) = if forward {
             (self.req.nic, self.resp.nic)
         } else {
@@ -577,7 +582,7 @@ impl<'a> Connection<'a> {
                 payload: std::mem::take(&mut payload),
             };
             self.psn = (self.psn + 1) & 0xff_ffff;
-            let got = self.send(&pkt, true, &mut out)?;
+            let got = self.send_packet(&pkt, true, &mut out)?;
             payload = pkt.payload;
             // Responder: check the MR, place the payload.
             self.fire(events, sm, pos, n)?;
@@ -643,7 +648,73 @@ impl<'a> Connection<'a> {
             aeth: Some((s, self.msn)),
             payload: Vec::new(),
         };
-        self.send(&p, false, out).map(|_| ())
+        self.send_packet(&p, false, out).map(|_| ())
+    }
+
+    /// SEND of `len` bytes (one packet at most) from the local MR at
+    /// `local_va` into the receive buffer the responder posted: `recv` at
+    /// `recv_va` (an NVMe-oF command or response capsule).
+    pub fn send(
+        &mut self,
+        local: &MemoryRegion,
+        local_va: u64,
+        len: u64,
+        recv: &MemoryRegion,
+        recv_va: u64,
+    ) -> Result<RdmaOutcome, RdmaError> {
+        const OP: &str = "SEND";
+        self.check_state(OP, len)?;
+        if len == 0 || len > u64::from(self.pmtu) {
+            return Err(RdmaError::Invalid(format!(
+                "a SEND of {len} bytes (1 byte to the path MTU of {})",
+                self.pmtu
+            )));
+        }
+        if recv.nic() != self.resp.nic.bdf {
+            return Err(RdmaError::Invalid(format!(
+                "the receive buffer is registered on {}, not on the responder {}",
+                recv.nic(),
+                self.resp.nic.bdf
+            )));
+        }
+        let mut out = RdmaOutcome::default();
+        let mut payload = vec![0u8; len as usize];
+        if let Err(e) = (Dma {
+            ep: self.req,
+            out: &mut out.io,
+        })
+        .read(&local.inner, local_va, &mut payload, false)
+        {
+            let status = match e {
+                PacketFail::Access(_) => WcStatus::LocProtErr,
+                PacketFail::Dma(_) => WcStatus::LocQpOpErr,
+            };
+            return Err(self.fail(OP, len, 0, status, e.to_string()));
+        }
+        let pkt = Packet {
+            opcode: Opcode::SendOnly,
+            dest_qp: self.resp_qpn,
+            psn: self.psn,
+            ack_req: true,
+            reth: None,
+            aeth: None,
+            payload,
+        };
+        self.psn = (self.psn + 1) & 0xff_ffff;
+        let got = self.send_packet(&pkt, true, &mut out)?;
+        if let Err(e) = (Dma {
+            ep: self.resp,
+            out: &mut out.io,
+        })
+        .write(&recv.inner, recv_va, &got.payload, false)
+        {
+            // The receiver could not place it: a receive error is a NAK.
+            self.ack(Syndrome::RemoteOperational, &mut out)?;
+            return Err(self.fail(OP, len, 0, WcStatus::RemOpErr, e.to_string()));
+        }
+        self.ack(Syndrome::Ack, &mut out)?;
+        out.io.bytes = len;
+        Ok(out)
     }
 
     /// RDMA READ of `len` bytes of the responder's MR `rkey` at `remote_va`
@@ -678,7 +749,7 @@ impl<'a> Connection<'a> {
             aeth: None,
             payload: Vec::new(),
         };
-        let got = self.send(&req, true, &mut out)?;
+        let got = self.send_packet(&req, true, &mut out)?;
         let pm = u64::from(self.pmtu);
         let n_pkts = len.div_ceil(pm);
         self.psn = (self.psn + n_pkts as u32) & 0xff_ffff;
@@ -731,7 +802,7 @@ impl<'a> Connection<'a> {
                 .then_some((Syndrome::Ack, self.msn)),
                 payload: std::mem::take(&mut payload),
             };
-            let got = self.send(&pkt, false, &mut out)?;
+            let got = self.send_packet(&pkt, false, &mut out)?;
             payload = pkt.payload;
             // Requester: place the response in the local MR.
             self.fire(events, rm, pos, n)?;
