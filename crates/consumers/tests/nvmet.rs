@@ -363,3 +363,25 @@ fn faults_mid_write_fail_the_job_and_name_the_fault() {
         );
     }
 }
+
+#[test]
+fn the_host_can_write_from_its_gpu_memory() {
+    // GPUDirect on both ends: the host's NIC reads GPU memory, the
+    // target's NIC writes the CMB.
+    let p = Pair::new("dual-xeon", IommuMode::Off);
+    let mut d = p.drive("nvme0");
+    let mut job = p.job(Op::Write, "nic0", "nvme0", MIB, P2pMem::Auto);
+    job.host_memory = Memory::Device(p.dev(0, "gpu0"));
+    let r = run_nvmet(&p.hosts(), &p.wire("nic0", "nic0"), &mut d, &job).unwrap();
+    r.check.as_ref().unwrap();
+    r.teardown.as_ref().unwrap();
+    let l0 = r.outcome.io.legs.iter().find(|l| l.machine == 0).unwrap();
+    assert_eq!(l0.path, LegPath::BusAddr);
+    assert_eq!(
+        l0.from,
+        End::Device {
+            bdf: p.dev(0, "gpu0")
+        }
+    );
+    assert_eq!(r.host_memory_bytes_saved, MIB);
+}

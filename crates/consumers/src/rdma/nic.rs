@@ -13,7 +13,7 @@
 
 use crate::io::{End, IoOutcome, Leg, LegPath, Mover};
 use crate::net::{MachineId, Port, Wire};
-use crate::rdma::dmabuf::{DmaBuf, DmaBufError, Placement};
+use crate::rdma::dmabuf::{DmaBuf, Placement};
 use crate::rdma::mr::{Access, AccessError, MemoryRegion, MrInner, MrKind, Reach};
 use crate::rdma::packet::{self, Opcode, Packet, Reth, Syndrome};
 use crate::rdma::{lock, RdmaError, WcStatus};
@@ -822,13 +822,5 @@ impl<'a> Connection<'a> {
         self.msn = (self.msn + 1) & 0xff_ffff;
         out.io.bytes = len;
         Ok(out)
-    }
-}
-
-/// Registration errors by their dma-buf cause, for callers that match.
-pub fn registration_cause(e: &RdmaError) -> Option<&DmaBufError> {
-    match e {
-        RdmaError::Registration { source, .. } => Some(source),
-        _ => None,
     }
 }
