@@ -10,7 +10,12 @@
 //! * [`copy`]: drive to drive through a CMB or host memory;
 //! * [`raid`]: md-style RAID-1 rebuild and RAID-5 degraded read;
 //! * [`devmem`]: the device memory a consumer can use (a CMB, a GPU's
-//!   VRAM aperture).
+//!   VRAM aperture);
+//! * [`rdma`]: dma-bufs of GPU memory, RDMA memory regions on them
+//!   (dynamic and pinned), RDMA WRITE and READ between two machines over
+//!   the wire, GPUDirect RDMA;
+//! * [`nvmet`]: the NVMe-oF target staging in P2P memory (nvmet's
+//!   `p2pmem`), or in host memory where none fits.
 //!
 //! They use the simulator's public API only (DESIGN.md: sim knows no
 //! consumer).
@@ -21,4 +26,6 @@ pub mod devmem;
 pub mod io;
 pub mod net;
 pub mod nvme;
+pub mod nvmet;
 pub mod raid;
+pub mod rdma;
