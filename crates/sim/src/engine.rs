@@ -205,6 +205,11 @@ impl SimMachine {
             while off < e.len {
                 self.faults.fire(&self.topo, &|b| self.provider(b), done);
                 let n = (e.len - off).min(STEP - (done % STEP));
+                // A queued fault fires at its byte: end the step there.
+                let n = match self.faults.next_threshold(done) {
+                    Some(t) => n.min(t - done),
+                    None => n,
+                };
                 let addr = e
                     .addr
                     .checked_add(off)
