@@ -167,6 +167,16 @@ struct RawJob {
     via: Option<String>,
     data_pointer: Option<String>,
     fault: Option<RawFault>,
+    /// RDMA: the kind of the dma-buf memory regions.
+    mr: Option<String>,
+    /// RDMA: bytes per work request.
+    message: Option<Size>,
+    /// RDMA: the responder's GPU driver moves the buffer at this byte.
+    migrate_at: Option<Size>,
+    /// NVMe-oF: the namespace's p2pmem setting.
+    p2pmem: Option<String>,
+    /// NVMe-oF: bytes per command.
+    io_size: Option<Size>,
 }
 
 #[derive(Deserialize, Debug, Clone)]
@@ -609,6 +619,43 @@ pub enum Task {
         chunk: u64,
         offset: u64,
     },
+    /// An RDMA WRITE (`from` is the requester's buffer, `to` the
+    /// responder's memory region) or READ (`from` the responder's region,
+    /// `to` the requester's buffer), across the wire.
+    Rdma {
+        write: bool,
+        from: MemRef,
+        to: MemRef,
+        pinned: bool,
+        message: u64,
+        migrate_at: Option<u64>,
+    },
+    /// NVMe-oF: a remote host writes its buffer `host` to (or reads it
+    /// from) the namespace on `drive` of the target, across the wire.
+    Nvmeof {
+        write: bool,
+        host: MemRef,
+        drive: (usize, Bdf),
+        offset: u64,
+        io_size: u64,
+        p2pmem: P2pMemSetting,
+    },
+}
+
+/// Memory of a machine: host memory, or a device's memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemRef {
+    pub machine: usize,
+    /// `None`: host memory (on the NIC's NUMA node).
+    pub device: Option<Bdf>,
+}
+
+/// The NVMe-oF namespace's `p2pmem` setting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum P2pMemSetting {
+    Off,
+    Auto,
+    Device(Bdf),
 }
 
 impl Task {
@@ -619,6 +666,10 @@ impl Task {
             Task::Copy { .. } => "copy",
             Task::Raid1Rebuild { .. } => "raid1-rebuild",
             Task::Raid5Read { .. } => "raid5-read",
+            Task::Rdma { write: true, .. } => "rdma-write",
+            Task::Rdma { write: false, .. } => "rdma-read",
+            Task::Nvmeof { write: true, .. } => "nvmeof-write",
+            Task::Nvmeof { write: false, .. } => "nvmeof-read",
         }
     }
 }
@@ -627,6 +678,8 @@ impl Task {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct JobFault {
     pub kind: FaultKind,
+    /// The machine of the device.
+    pub machine: usize,
     pub device: Bdf,
     /// Bytes into the job.
     pub at: u64,
@@ -876,9 +929,12 @@ impl Workload {
                 "copy" => &["from", "to", "offset", "to_offset", "via"],
                 "raid1-rebuild" => &["from", "to", "via"],
                 "raid5-read" => &["members", "missing", "into", "chunk", "offset"],
+                "rdma-write" | "rdma-read" => &["from", "to", "mr", "message", "migrate_at"],
+                "nvmeof-write" => &["from", "drive", "offset", "p2pmem", "io_size"],
+                "nvmeof-read" => &["into", "drive", "offset", "p2pmem", "io_size"],
                 other => {
                     return Err(e(format!(
-                    "kind = \"{other}\" is not one of read, write, copy, raid1-rebuild, raid5-read"
+                    "kind = \"{other}\" is not one of read, write, copy, raid1-rebuild, raid5-read, rdma-write, rdma-read, nvmeof-write, nvmeof-read"
                 )))
                 }
             };
@@ -893,6 +949,11 @@ impl Workload {
                 ("missing", r.missing.is_some()),
                 ("chunk", r.chunk.is_some()),
                 ("via", r.via.is_some()),
+                ("mr", r.mr.is_some()),
+                ("message", r.message.is_some()),
+                ("migrate_at", r.migrate_at.is_some()),
+                ("p2pmem", r.p2pmem.is_some()),
+                ("io_size", r.io_size.is_some()),
             ] {
                 if set && !allowed.contains(&key) {
                     return Err(e(format!(
@@ -902,7 +963,157 @@ impl Workload {
                     )));
                 }
             }
+            // Network jobs: their devices are on the two ends of the wire.
+            let net_mem = |key: &str, what: &str| -> Result<MemRef, WorkloadError> {
+                let (m, name) = self.locate(what).map_err(|x| e(format!("`{key}` = {x}")))?;
+                if name == "host" {
+                    return Ok(MemRef {
+                        machine: m,
+                        device: None,
+                    });
+                }
+                let topo = caps[m].topo;
+                let f = topo
+                    .lookup(name)
+                    .map_err(|err| e(format!("`{key}` = \"{what}\": {err}")))?;
+                let bdf = topo.function(f).bdf;
+                match (caps[m].device_memory)(f) {
+                    None => Err(e(format!(
+                        "`{key}` = \"{what}\" ({bdf}) has no device memory: it publishes no P2P memory (p2pmem) and is not a GPU or accelerator (\"host\" names host memory)"
+                    ))),
+                    Some((bytes, what_mem)) if bytes < r.size.0 => Err(e(format!(
+                        "size {} is more than the {} of {what_mem} of `{key}` = \"{what}\" ({bdf})",
+                        format_size(r.size.0),
+                        format_size(bytes)
+                    ))),
+                    Some(_) => Ok(MemRef { machine: m, device: Some(bdf) }),
+                }
+            };
+            let across = |a: &MemRef, b: &MemRef| -> Result<(), WorkloadError> {
+                let Some(w) = &self.wire else {
+                    return Err(e(format!(
+                        "a {} job crosses a wire: add [wire] with the two NICs",
+                        r.kind
+                    )));
+                };
+                let ends = |m: usize| {
+                    self.locate(&w.a).map(|x| x.0) == Ok(m)
+                        || self.locate(&w.b).map(|x| x.0) == Ok(m)
+                };
+                if a.machine == b.machine || !ends(a.machine) || !ends(b.machine) {
+                    return Err(e(format!(
+                        "a {} job moves data between the machines at the two ends of the wire ({} and {})",
+                        r.kind, w.a, w.b
+                    )));
+                }
+                Ok(())
+            };
             let task = match r.kind.as_str() {
+                "rdma-write" | "rdma-read" => {
+                    let from = net_mem("from", &need("from", &r.from)?)?;
+                    let to = net_mem("to", &need("to", &r.to)?)?;
+                    across(&from, &to)?;
+                    let pinned = match r.mr.as_deref() {
+                        None | Some("dynamic") => false,
+                        Some("pinned") => true,
+                        Some(x) => {
+                            return Err(e(format!("mr = \"{x}\" is not one of dynamic, pinned")))
+                        }
+                    };
+                    let message = r.message.map_or(1 << 20, |s| s.0);
+                    if message == 0 || message > 1 << 31 {
+                        return Err(e(format!(
+                            "message = {message} is not between 1 byte and 2 GiB"
+                        )));
+                    }
+                    let migrate_at = r.migrate_at.map(|s| s.0);
+                    if migrate_at.is_some_and(|m| m >= r.size.0) {
+                        return Err(e("migrate_at is not inside the job".into()));
+                    }
+                    Task::Rdma {
+                        write: r.kind == "rdma-write",
+                        from,
+                        to,
+                        pinned,
+                        message,
+                        migrate_at,
+                    }
+                }
+                "nvmeof-write" | "nvmeof-read" => {
+                    let write = r.kind == "nvmeof-write";
+                    let host = if write {
+                        net_mem("from", &need("from", &r.from)?)?
+                    } else {
+                        net_mem("into", &need("into", &r.into)?)?
+                    };
+                    let dname = need("drive", &r.drive)?;
+                    let (dm, dn) = self
+                        .locate(&dname)
+                        .map_err(|x| e(format!("`drive` = {x}")))?;
+                    let topo = caps[dm].topo;
+                    let df = topo
+                        .lookup(dn)
+                        .map_err(|err| e(format!("`drive` = \"{dname}\": {err}")))?;
+                    if !is_nvme(topo, df) {
+                        return Err(e(format!(
+                            "`drive` = \"{dname}\" ({}) is not an NVMe drive",
+                            topo.function(df).bdf
+                        )));
+                    }
+                    let drive = (dm, topo.function(df).bdf);
+                    across(
+                        &host,
+                        &MemRef {
+                            machine: dm,
+                            device: None,
+                        },
+                    )?;
+                    if offset
+                        .checked_add(r.size.0)
+                        .is_none_or(|x| x > caps[dm].media_size)
+                    {
+                        return Err(e(format!(
+                            "{} at offset {} runs past the end of the drive's {} of media",
+                            format_size(r.size.0),
+                            format_size(offset),
+                            format_size(caps[dm].media_size)
+                        )));
+                    }
+                    let p2pmem = match r.p2pmem.as_deref() {
+                        None | Some("off") => P2pMemSetting::Off,
+                        Some("auto") => P2pMemSetting::Auto,
+                        Some(x) => {
+                            let (m, n) =
+                                self.locate(x).map_err(|y| e(format!("`p2pmem` = {y}")))?;
+                            if m != dm {
+                                return Err(e(format!(
+                                    "`p2pmem` = \"{x}\" is not on the target machine"
+                                )));
+                            }
+                            let t = caps[m].topo;
+                            let f = t.lookup(n).map_err(|err| {
+                                e(format!(
+                                    "`p2pmem` = \"{x}\" is not off, auto or a device: {err}"
+                                ))
+                            })?;
+                            P2pMemSetting::Device(t.function(f).bdf)
+                        }
+                    };
+                    let io_size = r.io_size.map_or(128 << 10, |s| s.0);
+                    if io_size == 0 || io_size % 512 != 0 {
+                        return Err(e(format!(
+                            "io_size = {io_size} is not a whole number of 512-byte blocks"
+                        )));
+                    }
+                    Task::Nvmeof {
+                        write,
+                        host,
+                        drive,
+                        offset,
+                        io_size,
+                        p2pmem,
+                    }
+                }
                 "read" => Task::Read {
                     drive: drive("drive", &need("drive", &r.drive)?)?,
                     into: memory("into", &need("into", &r.into)?)?,
@@ -1060,6 +1271,7 @@ impl Workload {
                     }
                     Some(JobFault {
                         kind,
+                        machine: self.locate(&name).map_or(0, |x| x.0),
                         device,
                         at: f.at.0,
                     })
@@ -1084,10 +1296,20 @@ impl Workload {
                     }
                 }
             }
+            let machine = match &task {
+                Task::Rdma {
+                    write: true, from, ..
+                } => from.machine,
+                Task::Rdma {
+                    write: false, to, ..
+                } => to.machine,
+                Task::Nvmeof { host, .. } => host.machine,
+                _ => on.get().unwrap_or(0),
+            };
             out.push(Job {
                 name: j.name.clone(),
                 line: j.line,
-                machine: on.get().unwrap_or(0),
+                machine,
                 task,
                 size: r.size.0,
                 after,

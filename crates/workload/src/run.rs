@@ -16,6 +16,7 @@
 //! pattern where the source was never written, else byte for byte.
 
 use crate::format::{FaultKind, IommuSetting, Job, Policy, Task};
+use crate::format::{MemRef, P2pMemSetting};
 use peerdma_consumers::block::Op;
 use peerdma_consumers::copy::{drive_to_drive, plan_copy, plan_rebuild, StagingPlan};
 use peerdma_consumers::devmem::DeviceMemory;
@@ -128,6 +129,19 @@ pub struct JobReport {
     pub cpu_copy_bytes: u64,
     pub cpu_xor_bytes: u64,
     pub commands: u64,
+    /// Network jobs: packets on the wire (both ways) and their line bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub packets: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wire_bytes: Option<u64>,
+    /// NVMe-oF: what the target staged where, and the host memory that
+    /// P2P memory saved against the same job without it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub staged_p2p_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub staged_host_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_memory_bytes_saved: Option<u64>,
     pub policy: Policy,
     pub error: Option<String>,
     /// Why the job bounced, when it did.
@@ -336,27 +350,13 @@ impl Machine {
         };
         let fault = job.fault.as_ref().map(|f| IoFault {
             at: f.at,
-            fault: match f.kind {
-                FaultKind::SurpriseRemoval => Fault::Remove {
-                    device: f.device,
-                    after: 0,
-                },
-                FaultKind::LinkDown => Fault::LinkDown {
-                    below: f.device,
-                    after: 0,
-                },
-                FaultKind::IommuFault => Fault::IommuFault {
-                    device: f.device,
-                    after: 0,
-                },
-                FaultKind::Revoke => Fault::Revoke {
-                    provider: f.device,
-                    after: 0,
-                },
-            },
+            fault: sim_fault(f),
         });
         let err = errno_text;
         match job.task.clone() {
+            Task::Rdma { .. } | Task::Nvmeof { .. } => {
+                Err("a network job needs both machines of the wire".into())
+            }
             Task::Read {
                 drive,
                 into,
@@ -654,6 +654,17 @@ impl Runner {
                     .collect(),
                 into.to_string(),
             ),
+            Task::Rdma { from, to, .. } => (vec![self.mem_name(from)], self.mem_name(to)),
+            Task::Nvmeof {
+                write, host, drive, ..
+            } => {
+                let d = format!("{}:{}", self.machines[drive.0].name, drive.1);
+                if *write {
+                    (vec![self.mem_name(host)], d)
+                } else {
+                    (vec![d], self.mem_name(host))
+                }
+            }
         };
         let mut report = JobReport {
             name: job.name.clone(),
@@ -675,21 +686,35 @@ impl Runner {
             cpu_copy_bytes: 0,
             cpu_xor_bytes: 0,
             commands: 0,
+            packets: None,
+            wire_bytes: None,
+            staged_p2p_bytes: None,
+            staged_host_bytes: None,
+            host_memory_bytes_saved: None,
             policy: job.policy,
             error: None,
             bounce_reason: None,
             notes: Vec::new(),
         };
         let mut flows = JobFlows { legs: Vec::new() };
-        let result = self.machines[job.machine].execute(job);
+        let net = matches!(job.task, Task::Rdma { .. } | Task::Nvmeof { .. });
+        let result = if net {
+            self.execute_net(job, &mut report)
+        } else {
+            self.machines[job.machine]
+                .execute(job)
+                .map(|(o, c)| (o, c, None, job.machine))
+        };
         match result {
-            Ok((mut out, check)) => {
-                // A storage job runs on one machine: its consumers number
-                // no machines, so its legs are that machine's.
-                for l in &mut out.legs {
-                    l.machine = job.machine;
+            Ok((mut out, check, wire_bytes, meta_machine)) => {
+                if !net {
+                    // A storage job runs on one machine: its consumers
+                    // number no machines, so its legs are that machine's.
+                    for l in &mut out.legs {
+                        l.machine = job.machine;
+                    }
                 }
-                self.fill(job.machine, &mut report, &mut flows, &out);
+                self.fill(meta_machine, &mut report, &mut flows, &out, wire_bytes);
                 report.bytes = out.bytes;
                 match check {
                     Ok(()) => {
@@ -724,7 +749,197 @@ impl Runner {
         Done { report, flows }
     }
 
-    fn fill(&self, job_machine: usize, r: &mut JobReport, flows: &mut JobFlows, out: &IoOutcome) {
+    /// `a:gpu0 (0000:1a:00.0)`-style name of a job's memory.
+    fn mem_name(&self, m: &MemRef) -> String {
+        let multi = self.machines.len() > 1;
+        let on = |x: String| {
+            if multi {
+                format!("{}:{x}", self.machines[m.machine].name)
+            } else {
+                x
+            }
+        };
+        match m.device {
+            Some(b) => on(b.to_string()),
+            None => on("host".into()),
+        }
+    }
+
+    /// An RDMA or NVMe-oF job: both machines and the wire. The outcome,
+    /// the check of the bytes, the line bytes on the wire, and the machine
+    /// of the queue traffic.
+    #[allow(clippy::type_complexity)]
+    fn execute_net(
+        &mut self,
+        job: &Job,
+        report: &mut JobReport,
+    ) -> Result<(IoOutcome, Result<(), String>, Option<u64>, usize), String> {
+        use peerdma_consumers::rdma::job::{
+            Host, JobFault as RFault, Memory, Migration, RdmaJob, RdmaOp, Side,
+        };
+        let wire = self
+            .wire
+            .ok_or_else(|| "a network job needs a [wire] between the machines".to_string())?;
+        let nic_of = |m: usize| {
+            if wire.a.machine == m {
+                wire.a.nic
+            } else {
+                wire.b.nic
+            }
+        };
+        let side = |r: &MemRef| Side {
+            machine: r.machine,
+            nic: nic_of(r.machine),
+            memory: r.device.map_or(Memory::Host, Memory::Device),
+        };
+        let fault = job.fault.as_ref().map(|f| RFault {
+            machine: f.machine,
+            at: f.at,
+            fault: sim_fault(f),
+        });
+        let seed = name_seed(&job.name);
+        match &job.task {
+            Task::Rdma {
+                write,
+                from,
+                to,
+                pinned,
+                message,
+                migrate_at,
+            } => {
+                let (req, resp) = if *write { (from, to) } else { (to, from) };
+                let mut r = RdmaJob::new(
+                    if *write { RdmaOp::Write } else { RdmaOp::Read },
+                    side(req),
+                    side(resp),
+                    job.size,
+                );
+                r.mr = if *pinned {
+                    peerdma_consumers::rdma::MrKind::Pinned
+                } else {
+                    peerdma_consumers::rdma::MrKind::Dynamic
+                };
+                r.message = *message;
+                r.fault = fault;
+                r.seed = seed;
+                r.migrate = migrate_at.map(|at| Migration {
+                    at,
+                    to: peerdma_consumers::rdma::dmabuf::Placement::Host { node: 0 },
+                });
+                let hosts: Vec<Host<'_>> = self
+                    .machines
+                    .iter()
+                    .map(|m| Host {
+                        sim: &m.sim,
+                        devmem: &m.devmem,
+                    })
+                    .collect();
+                let rep = peerdma_consumers::rdma::job::run_rdma(&hosts, &wire, &r)
+                    .map_err(|e| format!("{}: {e}", e.errno()))?;
+                report.packets = Some(rep.outcome.packets);
+                report.wire_bytes = Some(rep.outcome.wire_bytes);
+                report.notes.push(format!(
+                    "{} {} message(s) of up to {} bytes, path MTU {}, {} memory regions; {} re-map(s) after {} invalidation(s), {} move(s)",
+                    rep.messages,
+                    if *write { "RDMA WRITE" } else { "RDMA READ" },
+                    message,
+                    rep.path_mtu,
+                    rep.mr_kind,
+                    rep.remaps,
+                    rep.invalidations,
+                    rep.moves
+                ));
+                let check = match (rep.check, rep.teardown) {
+                    (Ok(()), Ok(())) => Ok(()),
+                    (Err(e), _) => Err(e),
+                    (Ok(()), Err(t)) => Err(format!("teardown: {t}")),
+                };
+                Ok((
+                    rep.outcome.io,
+                    check,
+                    Some(rep.outcome.wire_bytes),
+                    job.machine,
+                ))
+            }
+            Task::Nvmeof {
+                write,
+                host,
+                drive,
+                offset,
+                io_size,
+                p2pmem,
+            } => {
+                use peerdma_consumers::nvmet::{NvmetJob, P2pMem};
+                let (dm, dbdf) = *drive;
+                let nvme_cfg = self.machines[dm].nvme;
+                {
+                    let m = &mut self.machines[dm];
+                    drive_of(&m.sim, &mut m.drives, nvme_cfg, dbdf).map_err(errno_text)?;
+                }
+                let mut d = self.machines[dm]
+                    .drives
+                    .remove(&dbdf)
+                    .expect("set up above");
+                let nj = NvmetJob {
+                    op: if *write { Op::Write } else { Op::Read },
+                    host_machine: host.machine,
+                    host_nic: nic_of(host.machine),
+                    host_memory: host.device.map_or(Memory::Host, Memory::Device),
+                    target_machine: dm,
+                    target_nic: nic_of(dm),
+                    drive: dbdf,
+                    offset: *offset,
+                    size: job.size,
+                    io_size: *io_size,
+                    p2pmem: match p2pmem {
+                        P2pMemSetting::Off => P2pMem::Off,
+                        P2pMemSetting::Auto => P2pMem::Auto,
+                        P2pMemSetting::Device(b) => P2pMem::Device(*b),
+                    },
+                    fault,
+                    seed,
+                };
+                let result = {
+                    let hosts: Vec<Host<'_>> = self
+                        .machines
+                        .iter()
+                        .map(|m| Host {
+                            sim: &m.sim,
+                            devmem: &m.devmem,
+                        })
+                        .collect();
+                    peerdma_consumers::nvmet::run_nvmet(&hosts, &wire, &mut d, &nj)
+                };
+                self.machines[dm].drives.insert(dbdf, d);
+                if *write {
+                    self.machines[dm].mark_written(dbdf, *offset, job.size);
+                }
+                let rep = result.map_err(|e| e.to_string())?;
+                report.packets = Some(rep.outcome.packets);
+                report.wire_bytes = Some(rep.outcome.wire_bytes);
+                report.commands = rep.commands;
+                report.host_memory_bytes_saved = Some(rep.host_memory_bytes_saved);
+                report.staged_p2p_bytes = Some(rep.staged_p2p_bytes);
+                report.staged_host_bytes = Some(rep.staged_host_bytes);
+                let check = match (rep.check, rep.teardown) {
+                    (Ok(()), Ok(())) => Ok(()),
+                    (Err(e), _) => Err(e),
+                    (Ok(()), Err(t)) => Err(format!("teardown: {t}")),
+                };
+                Ok((rep.outcome.io, check, Some(rep.outcome.wire_bytes), dm))
+            }
+            _ => Err("not a network job".into()),
+        }
+    }
+
+    fn fill(
+        &self,
+        job_machine: usize,
+        r: &mut JobReport,
+        flows: &mut JobFlows,
+        out: &IoOutcome,
+        wire_bytes: Option<u64>,
+    ) {
         let multi = self.machines.len() > 1;
         let name = |m: usize| self.machines.get(m).map(|x| x.name.clone());
         let end = |e: End| match e {
@@ -766,9 +981,12 @@ impl Runner {
                 let from_a = self.wire.is_some_and(|w| {
                     w.a.machine == l.machine && End::Device { bdf: w.a.nic } == l.from
                 });
+                // On the line: frames with their headers (both ways, all
+                // counted in the data's direction), or else the payload.
+                let line = wire_bytes.unwrap_or(l.bytes);
                 flows
                     .legs
-                    .push((FlowPlace::Wire { from_a }, l.bytes, None, true));
+                    .push((FlowPlace::Wire { from_a }, line, None, true));
                 continue;
             }
             let cap = leg_rate_cap(l);
@@ -1121,6 +1339,28 @@ fn errno_text(e: IoError) -> String {
         m
     } else {
         format!("{}: {m}", e.errno())
+    }
+}
+
+/// A workload's fault as the simulator's (armed by the consumer at its byte).
+fn sim_fault(f: &crate::format::JobFault) -> Fault {
+    match f.kind {
+        FaultKind::SurpriseRemoval => Fault::Remove {
+            device: f.device,
+            after: 0,
+        },
+        FaultKind::LinkDown => Fault::LinkDown {
+            below: f.device,
+            after: 0,
+        },
+        FaultKind::IommuFault => Fault::IommuFault {
+            device: f.device,
+            after: 0,
+        },
+        FaultKind::Revoke => Fault::Revoke {
+            provider: f.device,
+            after: 0,
+        },
     }
 }
 
