@@ -62,6 +62,13 @@ enum Cmd {
         /// Put every function (bridges and ports too) in the matrix.
         #[arg(long)]
         all: bool,
+        /// Draw the machine (tree, links, ACS, the matrix of verdicts) as
+        /// SVG into FILE (`-`: standard output), laid out by Graphviz.
+        #[arg(long, value_name = "FILE")]
+        svg: Option<PathBuf>,
+        /// Write the same picture as a Graphviz DOT graph into FILE.
+        #[arg(long, value_name = "FILE")]
+        dot: Option<PathBuf>,
     },
     /// Explain whether PROVIDER's memory can be reached by CLIENT's DMA.
     /// Exit status 0 when P2P works, 1 when it does not, 2 on error.
@@ -619,8 +626,34 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Presets | Cmd::Probe { .. } | Cmd::Copy(_) | Cmd::Sim { .. } | Cmd::Demo { .. } => {
             unreachable!("handled above")
         }
-        Cmd::Topo { all } => {
+        Cmd::Topo { all, svg, dot } => {
             let ids = load_ids(&cli.pci_ids)?;
+            if svg.is_some() || dot.is_some() {
+                let opts = peerdma_p2p::dot::DotOptions {
+                    all_in_matrix: all,
+                    ..Default::default()
+                };
+                let graph = peerdma_p2p::dot::machine_dot(&topo, &ids, &opts);
+                let mut said = String::new();
+                if let Some(path) = &dot {
+                    said.push_str(&write_out(path, &graph, "a DOT graph")?);
+                }
+                if let Some(path) = &svg {
+                    let picture = peerdma_report::graphviz::svg(&graph)?;
+                    said.push_str(&write_out(path, &picture, "an SVG picture")?);
+                }
+                // What was written, on standard error when a picture itself
+                // went to standard output.
+                if [&dot, &svg]
+                    .iter()
+                    .any(|p| p.as_deref().is_some_and(is_stdout))
+                {
+                    eprint!("{said}");
+                } else {
+                    print(&said)?;
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
             if cli.json {
                 let hbs: Vec<_> = topo
                     .host_bridges()
@@ -767,6 +800,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Write `text` to `path` whole (standard output for `-`); the line that
+/// says so.
+fn write_out(path: &std::path::Path, text: &str, what: &str) -> Result<String> {
+    if is_stdout(path) {
+        print(text)?;
+        return Ok(String::new());
+    }
+    peerdma_pci::write_output(path, text.as_bytes(), what)?;
+    Ok(format!("wrote {what} to {}\n", path.display()))
 }
 
 /// Whether `path` is `-` or names this process's standard output

@@ -1,0 +1,18 @@
+//! peerdma's pictures and its report: the machine drawn by Graphviz
+//! ([`graphviz`], over the DOT text of [`peerdma_p2p::dot`]) and one
+//! self-contained HTML page for a support ticket ([`html`]).
+
+pub mod graphviz;
+
+use peerdma_p2p::dot::{machine_dot, DotOptions};
+use peerdma_pci::ids::PciIds;
+use peerdma_pci::Topology;
+
+/// The machine drawn as SVG: [`machine_dot`] laid out by Graphviz.
+pub fn machine_svg(
+    topo: &Topology,
+    ids: &PciIds,
+    opts: &DotOptions,
+) -> Result<String, graphviz::GraphvizError> {
+    graphviz::svg(&machine_dot(topo, ids, opts))
+}
