@@ -95,6 +95,26 @@ enum Cmd {
     },
     /// List the built-in machines.
     Presets,
+    /// Write one self-contained HTML report of the machine (for a support
+    /// ticket): where it was read, ACS and link findings, the picture, the
+    /// tree, the P2P matrix, every pair that cannot do P2P with the reasons
+    /// and fixes, probe results, and the snapshot to replay it. Opens in
+    /// any browser without network access.
+    Report {
+        /// The HTML file to write (`-`: standard output).
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
+        /// Also run `peerdma probe PROVIDER CLIENT` (real I/O on this
+        /// machine, as root; it overwrites the scratch regions `peerdma
+        /// probe --help` describes) and put the result in the report. May
+        /// be given several times. Where a probe cannot run, the report
+        /// says why.
+        #[arg(long, value_name = "PROVIDER,CLIENT")]
+        probe: Vec<String>,
+        /// Put every function (bridges and ports too) in the matrix.
+        #[arg(long)]
+        all: bool,
+    },
     /// Run a workload (a TOML file of jobs) on the simulated machine: every
     /// byte moved through the simulated fabric by the storage consumers
     /// (block layer, NVMe, RAID) and checked, and the whole workload timed
@@ -625,6 +645,41 @@ fn run(cli: Cli) -> Result<ExitCode> {
     match cli.cmd {
         Cmd::Presets | Cmd::Probe { .. } | Cmd::Copy(_) | Cmd::Sim { .. } | Cmd::Demo { .. } => {
             unreachable!("handled above")
+        }
+        Cmd::Report { output, probe, all } => {
+            let pairs = probe
+                .iter()
+                .map(|p| peerdma_report::probe::parse_pair(p))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(anyhow::Error::msg)?;
+            let ids = load_ids(&cli.pci_ids)?;
+            let opts = peerdma_p2p::dot::DotOptions {
+                all_in_matrix: all,
+                with_matrix: false,
+                ..Default::default()
+            };
+            let picture = match peerdma_report::machine_svg(&topo, &ids, &opts) {
+                Ok(svg) => peerdma_report::html::Picture::Svg(svg),
+                Err(e) => peerdma_report::html::Picture::Unavailable(e.to_string()),
+            };
+            let mut report = peerdma_report::html::Report::new(&topo, &ids, picture);
+            report.all_in_matrix = all;
+            report.generated_by = peerdma_report::generated_by();
+            if !pairs.is_empty() {
+                let live = matches!(source, Source::Live);
+                report.probes = Some(peerdma_report::probe::run(
+                    &pairs,
+                    live,
+                    &topo.origin_label(),
+                ));
+            }
+            let said = write_out(&output, &report.render(), "an HTML report")?;
+            if is_stdout(&output) {
+                eprint!("{said}");
+            } else {
+                print(&said)?;
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Topo { all, svg, dot } => {
             let ids = load_ids(&cli.pci_ids)?;

@@ -58,6 +58,9 @@ pub struct DotOptions {
     pub max_matrix: usize,
     /// Longest label text, in characters, before it is cut with `…`.
     pub max_label: usize,
+    /// Draw the matrix and its legend above the tree (the HTML report has
+    /// its own matrix, and leaves it out of the picture).
+    pub with_matrix: bool,
 }
 
 impl Default for DotOptions {
@@ -66,6 +69,7 @@ impl Default for DotOptions {
             all_in_matrix: false,
             max_matrix: 64,
             max_label: 48,
+            with_matrix: true,
         }
     }
 }
@@ -291,8 +295,12 @@ pub fn machine_dot(topo: &Topology, ids: &PciIds, o: &DotOptions) -> String {
         topo.len(),
         topo.host_bridges().len(),
         escape_label(&topo.origin_label(), 80),
-        matrix_table(topo, o),
-        legend_table(),
+        if o.with_matrix {
+            matrix_table(topo, o)
+        } else {
+            String::new()
+        },
+        legend_table(o.with_matrix),
     );
     let _ = writeln!(
         s,
@@ -508,15 +516,23 @@ fn matrix_table(topo: &Topology, o: &DotOptions) -> String {
 }
 
 /// What the colours and marks mean.
-fn legend_table() -> String {
+fn legend_table(verdicts: bool) -> String {
+    let marks = format!(
+        "<TR><TD BORDER=\"2\" COLOR=\"{}\">port</TD><TD ALIGN=\"LEFT\">ACS redirect: peer requests are sent up to the root complex</TD></TR>\
+<TR><TD><FONT COLOR=\"{}\">Gen3 x8</FONT></TD><TD ALIGN=\"LEFT\">a link trained below what it can do</TD></TR>",
+        palette::ACS_REDIRECT,
+        palette::DEGRADED,
+    );
+    if !verdicts {
+        return format!("<TABLE BORDER=\"0\" CELLBORDER=\"0\" CELLSPACING=\"2\" CELLPADDING=\"3\">{marks}</TABLE>");
+    }
     format!(
         "<TABLE BORDER=\"0\" CELLBORDER=\"0\" CELLSPACING=\"2\" CELLPADDING=\"3\">\
 <TR><TD BORDER=\"0\" COLSPAN=\"2\" ALIGN=\"LEFT\"><B>Legend</B></TD></TR>\
 <TR><TD BGCOLOR=\"{}\">Bn</TD><TD ALIGN=\"LEFT\">P2P by PCI bus address, through switches only (n: the kernel's distance)</TD></TR>\
 <TR><TD BGCOLOR=\"{}\">Hn</TD><TD ALIGN=\"LEFT\">P2P through the host bridge (root complex)</TD></TR>\
 <TR><TD BGCOLOR=\"{}\">--</TD><TD ALIGN=\"LEFT\">not supported: I/O bounces through host memory</TD></TR>\
-<TR><TD BORDER=\"2\" COLOR=\"{}\">port</TD><TD ALIGN=\"LEFT\">ACS redirect: peer requests are sent up to the root complex</TD></TR>\
-<TR><TD><FONT COLOR=\"{}\">Gen3 x8</FONT></TD><TD ALIGN=\"LEFT\">a link trained below what it can do</TD></TR>\
+{marks}\
 <TR><TD>PIX PXB</TD><TD ALIGN=\"LEFT\">through one switch or bridge, through several</TD></TR>\
 <TR><TD>PHB</TD><TD ALIGN=\"LEFT\">through the host bridge</TD></TR>\
 <TR><TD>NODE SYS</TD><TD ALIGN=\"LEFT\">between host bridges of one NUMA node, between NUMA nodes</TD></TR>\
@@ -524,7 +540,5 @@ fn legend_table() -> String {
         palette::BUS_ADDR.0,
         palette::THRU_HOST_BRIDGE.0,
         palette::NOT_SUPPORTED.0,
-        palette::ACS_REDIRECT,
-        palette::DEGRADED,
     )
 }

@@ -3,6 +3,8 @@
 //! self-contained HTML page for a support ticket ([`html`]).
 
 pub mod graphviz;
+pub mod html;
+pub mod probe;
 
 use peerdma_p2p::dot::{machine_dot, DotOptions};
 use peerdma_pci::ids::PciIds;
@@ -15,4 +17,13 @@ pub fn machine_svg(
     opts: &DotOptions,
 ) -> Result<String, graphviz::GraphvizError> {
     graphviz::svg(&machine_dot(topo, ids, opts))
+}
+
+/// Who made a report and when: `peerdma 0.1.0, 2025-01-31T12:00:00Z`.
+pub fn generated_by() -> String {
+    format!(
+        "peerdma {}, {}",
+        env!("CARGO_PKG_VERSION"),
+        humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+    )
 }
