@@ -134,6 +134,10 @@ enum Cmd {
         /// Seed of the drives' pattern data.
         #[arg(long)]
         seed: Option<u64>,
+        /// Also draw the run as SVG into FILE: the jobs on a timeline,
+        /// coloured by path, and how busy the busiest links were.
+        #[arg(long, value_name = "FILE")]
+        svg: Option<PathBuf>,
     },
     /// Run the built-in demo on the default machine: the storage consumers
     /// of P2P DMA, each job's bytes moved and checked, P2P side by side
@@ -394,6 +398,7 @@ fn run_sim(
     path: &std::path::Path,
     iommu: Option<&str>,
     seed: Option<u64>,
+    svg: Option<&std::path::Path>,
     json: bool,
 ) -> Result<ExitCode> {
     use peerdma_workload::format::MachineSource;
@@ -433,6 +438,21 @@ fn run_sim(
         ..defaults
     };
     let (report, topos) = peerdma_workload::run_machines(&w, machines, opts)?;
+    if let Some(out) = svg {
+        let named: Vec<(&str, &Topology)> = w
+            .machines
+            .iter()
+            .zip(&topos)
+            .map(|(m, t)| (m.name.as_str(), t.as_ref()))
+            .collect();
+        let picture = peerdma_workload::svg::timeline(
+            &report,
+            &named,
+            &format!("peerdma sim {}", path.display()),
+        );
+        let said = write_out(out, &picture, "an SVG picture")?;
+        eprint!("{said}");
+    }
     if json {
         let mut s = peerdma_workload::report::to_json(&report);
         s.push('\n');
@@ -619,9 +639,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
         workload,
         iommu,
         seed,
+        svg,
     } = &cli.cmd
     {
-        return run_sim(&cli.source, workload, iommu.as_deref(), *seed, cli.json);
+        return run_sim(
+            &cli.source,
+            workload,
+            iommu.as_deref(),
+            *seed,
+            svg.as_deref(),
+            cli.json,
+        );
     }
     if let Cmd::Demo {
         iommu,
