@@ -178,9 +178,9 @@ pub fn timeline(r: &Report, machines: &[(&str, &Topology)], title: &str) -> Stri
     let links_h = r.busiest_links.len() as f64 * ROW;
     let height = links_top + links_h + 40.0;
     let mut s = String::new();
-    let _ = write!(
+    let _ = writeln!(
         s,
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{WIDTH}\" height=\"{height}\" viewBox=\"0 0 {WIDTH} {height}\" font-family=\"{FONT}\" font-size=\"12\">\n"
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{WIDTH}\" height=\"{height}\" viewBox=\"0 0 {WIDTH} {height}\" font-family=\"{FONT}\" font-size=\"12\">"
     );
     let _ = writeln!(
         s,
