@@ -892,7 +892,8 @@ fn write_out(path: &std::path::Path, text: &str, what: &str) -> Result<String> {
         print(text)?;
         return Ok(String::new());
     }
-    peerdma_pci::write_output(path, text.as_bytes(), what)?;
+    peerdma_pci::write_output(path, text.as_bytes(), what)
+        .with_context(|| format!("cannot write {what} to {}", path.display()))?;
     Ok(format!("wrote {what} to {}\n", path.display()))
 }
 
