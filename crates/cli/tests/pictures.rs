@@ -330,6 +330,15 @@ fn the_report_and_the_picture_render_in_headless_chromium() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
+    // The check below tells a blank page from a drawn one.
+    let empty = dir.path().join("empty.html");
+    std::fs::write(&empty, "<!DOCTYPE html><html><body></body></html>").unwrap();
+    let (share, _) = ink(&screenshot(
+        &empty,
+        "800,600",
+        &dir.path().join("empty.png"),
+    ));
+    assert!(share < 0.01, "an empty page counts as blank ({share})");
     // Screenshots are kept where PEERDMA_SCREENSHOT_DIR says, to look at.
     let keep = std::env::var_os("PEERDMA_SCREENSHOT_DIR").map(PathBuf::from);
     for preset in ["dual-xeon", "gpu-storage-16"] {
