@@ -62,6 +62,13 @@ enum Cmd {
         /// Put every function (bridges and ports too) in the matrix.
         #[arg(long)]
         all: bool,
+        /// Draw the machine (tree, links, ACS, the matrix of verdicts) as
+        /// SVG into FILE (`-`: standard output), laid out by Graphviz.
+        #[arg(long, value_name = "FILE")]
+        svg: Option<PathBuf>,
+        /// Write the same picture as a Graphviz DOT graph into FILE.
+        #[arg(long, value_name = "FILE")]
+        dot: Option<PathBuf>,
     },
     /// Explain whether PROVIDER's memory can be reached by CLIENT's DMA.
     /// Exit status 0 when P2P works, 1 when it does not, 2 on error.
@@ -88,6 +95,26 @@ enum Cmd {
     },
     /// List the built-in machines.
     Presets,
+    /// Write one self-contained HTML report of the machine (for a support
+    /// ticket): where it was read, ACS and link findings, the picture, the
+    /// tree, the P2P matrix, every pair that cannot do P2P with the reasons
+    /// and fixes, probe results, and the snapshot to replay it. Opens in
+    /// any browser without network access.
+    Report {
+        /// The HTML file to write (`-`: standard output).
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
+        /// Also run `peerdma probe PROVIDER CLIENT` (real I/O on this
+        /// machine, as root; it overwrites the scratch regions `peerdma
+        /// probe --help` describes) and put the result in the report. May
+        /// be given several times. Where a probe cannot run, the report
+        /// says why.
+        #[arg(long, value_name = "PROVIDER,CLIENT")]
+        probe: Vec<String>,
+        /// Put every function (bridges and ports too) in the matrix.
+        #[arg(long)]
+        all: bool,
+    },
     /// Run a workload (a TOML file of jobs) on the simulated machine: every
     /// byte moved through the simulated fabric by the storage consumers
     /// (block layer, NVMe, RAID) and checked, and the whole workload timed
@@ -107,6 +134,10 @@ enum Cmd {
         /// Seed of the drives' pattern data.
         #[arg(long)]
         seed: Option<u64>,
+        /// Also draw the run as SVG into FILE: the jobs on a timeline,
+        /// coloured by path, and how busy the busiest links were.
+        #[arg(long, value_name = "FILE")]
+        svg: Option<PathBuf>,
     },
     /// Run the built-in demo on the default machine: the storage consumers
     /// of P2P DMA, each job's bytes moved and checked, P2P side by side
@@ -367,6 +398,7 @@ fn run_sim(
     path: &std::path::Path,
     iommu: Option<&str>,
     seed: Option<u64>,
+    svg: Option<&std::path::Path>,
     json: bool,
 ) -> Result<ExitCode> {
     use peerdma_workload::format::MachineSource;
@@ -406,6 +438,21 @@ fn run_sim(
         ..defaults
     };
     let (report, topos) = peerdma_workload::run_machines(&w, machines, opts)?;
+    if let Some(out) = svg {
+        let named: Vec<(&str, &Topology)> = w
+            .machines
+            .iter()
+            .zip(&topos)
+            .map(|(m, t)| (m.name.as_str(), t.as_ref()))
+            .collect();
+        let picture = peerdma_workload::svg::timeline(
+            &report,
+            &named,
+            &format!("peerdma sim {}", path.display()),
+        );
+        let said = write_out(out, &picture, "an SVG picture")?;
+        eprint!("{said}");
+    }
     if json {
         let mut s = peerdma_workload::report::to_json(&report);
         s.push('\n');
@@ -592,9 +639,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
         workload,
         iommu,
         seed,
+        svg,
     } = &cli.cmd
     {
-        return run_sim(&cli.source, workload, iommu.as_deref(), *seed, cli.json);
+        return run_sim(
+            &cli.source,
+            workload,
+            iommu.as_deref(),
+            *seed,
+            svg.as_deref(),
+            cli.json,
+        );
     }
     if let Cmd::Demo {
         iommu,
@@ -619,8 +674,69 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Presets | Cmd::Probe { .. } | Cmd::Copy(_) | Cmd::Sim { .. } | Cmd::Demo { .. } => {
             unreachable!("handled above")
         }
-        Cmd::Topo { all } => {
+        Cmd::Report { output, probe, all } => {
+            let pairs = probe
+                .iter()
+                .map(|p| peerdma_report::probe::parse_pair(p))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(anyhow::Error::msg)?;
             let ids = load_ids(&cli.pci_ids)?;
+            let opts = peerdma_p2p::dot::DotOptions {
+                all_in_matrix: all,
+                with_matrix: false,
+                ..Default::default()
+            };
+            let picture = match peerdma_report::machine_svg(&topo, &ids, &opts) {
+                Ok(svg) => peerdma_report::html::Picture::Svg(svg),
+                Err(e) => peerdma_report::html::Picture::Unavailable(e.to_string()),
+            };
+            let mut report = peerdma_report::html::Report::new(&topo, &ids, picture);
+            report.all_in_matrix = all;
+            report.generated_by = peerdma_report::generated_by();
+            if !pairs.is_empty() {
+                let live = matches!(source, Source::Live);
+                report.probes = Some(peerdma_report::probe::run(
+                    &pairs,
+                    live,
+                    &topo.origin_label(),
+                ));
+            }
+            let said = write_out(&output, &report.render(), "an HTML report")?;
+            if is_stdout(&output) {
+                eprint!("{said}");
+            } else {
+                print(&said)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Topo { all, svg, dot } => {
+            let ids = load_ids(&cli.pci_ids)?;
+            if svg.is_some() || dot.is_some() {
+                let opts = peerdma_p2p::dot::DotOptions {
+                    all_in_matrix: all,
+                    ..Default::default()
+                };
+                let graph = peerdma_p2p::dot::machine_dot(&topo, &ids, &opts);
+                let mut said = String::new();
+                if let Some(path) = &dot {
+                    said.push_str(&write_out(path, &graph, "a DOT graph")?);
+                }
+                if let Some(path) = &svg {
+                    let picture = peerdma_report::graphviz::svg(&graph)?;
+                    said.push_str(&write_out(path, &picture, "an SVG picture")?);
+                }
+                // What was written, on standard error when a picture itself
+                // went to standard output.
+                if [&dot, &svg]
+                    .iter()
+                    .any(|p| p.as_deref().is_some_and(is_stdout))
+                {
+                    eprint!("{said}");
+                } else {
+                    print(&said)?;
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
             if cli.json {
                 let hbs: Vec<_> = topo
                     .host_bridges()
@@ -767,6 +883,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Write `text` to `path` whole (standard output for `-`); the line that
+/// says so.
+fn write_out(path: &std::path::Path, text: &str, what: &str) -> Result<String> {
+    if is_stdout(path) {
+        print(text)?;
+        return Ok(String::new());
+    }
+    peerdma_pci::write_output(path, text.as_bytes(), what)
+        .with_context(|| format!("cannot write {what} to {}", path.display()))?;
+    Ok(format!("wrote {what} to {}\n", path.display()))
 }
 
 /// Whether `path` is `-` or names this process's standard output

@@ -9,6 +9,7 @@
 //! file and its ACS advice) and holds peerdma's against them.
 
 mod calc;
+pub mod dot;
 mod explain;
 mod index;
 mod many;

@@ -148,6 +148,13 @@ pub fn snapshot_json(raw: &RawMachine) -> String {
     text
 }
 
+/// Write any output file (a picture, a report) whole or not at all, as
+/// snapshots are written: a failure leaves neither a partial file nor a
+/// stray temporary one. `what` names it in errors ("an SVG picture").
+pub fn write_output(path: &Path, bytes: &[u8], what: &str) -> Result<()> {
+    write_whole(path, bytes, what)
+}
+
 /// Write a snapshot file, whole or not at all (see the module `file`).
 pub fn write_snapshot(raw: &RawMachine, path: &Path) -> Result<()> {
     write_whole(path, snapshot_json(raw).as_bytes(), "a snapshot")

@@ -1,7 +1,7 @@
 //! Workloads on the simulated machine: a TOML file of jobs ([`format`]),
 //! the runner that moves and checks their bytes and times them together
-//! ([`run`]), the report for people and tools ([`report`]), and the
-//! built-in demo ([`demo`]).
+//! ([`run`]), the report for people and tools ([`report`]) and as a
+//! picture ([`svg`]), and the built-in demo ([`demo`]).
 //!
 //! ```
 //! use peerdma_workload::{format, run::RunOptions, run_workload};
@@ -22,6 +22,7 @@ pub mod demo;
 pub mod format;
 pub mod report;
 pub mod run;
+pub mod svg;
 
 use format::{Capacities, Workload, WorkloadError};
 use peerdma_pci::Topology;
