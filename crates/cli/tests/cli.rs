@@ -161,8 +161,41 @@ fn matrix_json_has_every_ordered_pair() {
             assert_eq!(p["distance"].is_null(), map == "not_supported", "{p}");
             assert_ne!(p["provider"], p["client"]);
             assert_eq!(p["provider"].as_str().unwrap().len(), 12);
+            let class = p["link_class"].as_str().unwrap();
+            assert!(
+                ["INT", "PIX", "PXB", "PHB", "NODE", "SYS"].contains(&class),
+                "{p}"
+            );
         }
     }
+    // The classes are the rule's: on the workstation the GPU and its audio
+    // function are one device, the drives sit on other root ports.
+    let j: Value =
+        serde_json::from_str(&ok(&["matrix", "--json", "--preset", "workstation"])).unwrap();
+    let class = |a: &str, b: &str| {
+        j["pairs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["provider"] == a && p["client"] == b)
+            .map(|p| p["link_class"].as_str().unwrap().to_string())
+    };
+    let topo: Value =
+        serde_json::from_str(&ok(&["topo", "--json", "--preset", "workstation"])).unwrap();
+    let bdf = |label: &str| {
+        topo["functions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["label"] == label)
+            .map(|f| f["bdf"].as_str().unwrap().to_string())
+            .unwrap()
+    };
+    assert_eq!(
+        class(&bdf("gpu"), &bdf("gpu-audio")).as_deref(),
+        Some("INT")
+    );
+    assert_eq!(class(&bdf("gpu"), &bdf("nvme0")).as_deref(), Some("PHB"));
 }
 
 #[test]

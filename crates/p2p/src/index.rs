@@ -4,6 +4,7 @@
 //! walk to the meeting point and a few additions instead of the kernel's
 //! nested walks.
 
+use crate::path::{ClassFacts, LinkClass};
 use crate::rules::{acs_redirects, HostBridgeForwarding, Whitelisting};
 use crate::MapType;
 use peerdma_pci::{Bdf, FnId, Topology};
@@ -38,6 +39,8 @@ pub struct PairVerdict {
     pub map_type: MapType,
     /// `None` where the kernel's `pci_p2pdma_distance` returns -1.
     pub distance: Option<u32>,
+    /// How far apart the two are, in NVML's levels ([`LinkClass`]).
+    pub link_class: LinkClass,
 }
 
 impl<'t> P2pIndex<'t> {
@@ -176,6 +179,7 @@ impl<'t> P2pIndex<'t> {
             client: self.topo.function(client).bdf,
             map_type,
             distance: (map_type != MapType::NotSupported).then_some(dist),
+            link_class: crate::path::link_class(self.topo, provider, client),
         }
     }
 }
@@ -198,6 +202,8 @@ pub struct Matrix {
     n: usize,
     bdfs: Vec<Bdf>,
     cells: Vec<u32>,
+    /// Link classes are decided per pair on demand from these.
+    classes: ClassFacts,
 }
 
 impl Matrix {
@@ -225,6 +231,7 @@ impl Matrix {
             n,
             bdfs: topo.functions().iter().map(|f| f.bdf).collect(),
             cells,
+            classes: ClassFacts::new(topo),
         }
     }
 
@@ -240,6 +247,11 @@ impl Matrix {
     /// Map type and raw distance for a pair.
     pub fn get(&self, provider: FnId, client: FnId) -> (MapType, u32) {
         self.get_at(provider.index(), client.index())
+    }
+
+    /// The link class of a pair ([`LinkClass`]).
+    pub fn link_class(&self, a: FnId, b: FnId) -> LinkClass {
+        self.classes.class(a.index(), b.index())
     }
 
     fn get_at(&self, a: usize, b: usize) -> (MapType, u32) {
@@ -262,6 +274,7 @@ impl Matrix {
                     client: self.bdfs[b],
                     map_type,
                     distance: (map_type != MapType::NotSupported).then_some(dist),
+                    link_class: self.classes.class(a, b),
                 }
             })
         })
