@@ -594,6 +594,9 @@ impl Topology {
                 functions.len()
             ));
         }
+        if hwloc && raw.cpu.vendor_id.is_empty() {
+            notes.push("the XML names no CPU vendor (no CPUVendor info): the kernel's AMD rule is taken not to apply".into());
+        }
         if let Some(why) = &raw.origin.partial {
             let unseen: Vec<&str> = host_bridges
                 .iter()
