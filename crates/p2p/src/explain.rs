@@ -493,11 +493,25 @@ pub fn explain(topo: &Topology, provider: FnId, client: FnId) -> Explanation {
         path: hop_names,
         common_upstream: v.common_upstream.map(|c| topo.function(c).bdf),
         narrowest_link: path.narrowest.and_then(|l| {
+            let rate = l.bytes_per_sec?;
             Some(NarrowLink {
                 port: topo.function(l.port).bdf,
                 below: topo.function(l.below).bdf,
-                link: l.state?.to_string(),
-                gbytes_per_sec: (l.bytes_per_sec? / 1e7).round() / 100.0,
+                link: match l.state {
+                    Some(s) => s.to_string(),
+                    None => {
+                        let c: Vec<String> = peerdma_pci::LinkState::candidates(rate)
+                            .iter()
+                            .map(|s| s.to_string())
+                            .collect();
+                        if c.is_empty() {
+                            "a link".to_string()
+                        } else {
+                            c.join(" or ")
+                        }
+                    }
+                },
+                gbytes_per_sec: (rate / 1e7).round() / 100.0,
             })
         }),
         acs_redirects,

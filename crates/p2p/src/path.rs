@@ -325,11 +325,22 @@ fn link_of(topo: &Topology, below: FnId) -> Option<PathLink> {
         .link
         .and_then(|l| l.current)
         .or_else(|| topo.function(port).link.and_then(|l| l.current));
+    // Where only a rate is known (hwloc XML), the rate.
+    let rate = || {
+        topo.function(below)
+            .link
+            .and_then(|l| l.current_bytes_per_sec())
+            .or_else(|| {
+                topo.function(port)
+                    .link
+                    .and_then(|l| l.current_bytes_per_sec())
+            })
+    };
     Some(PathLink {
         port,
         below,
         state,
-        bytes_per_sec: state.map(|s| s.bytes_per_sec()),
+        bytes_per_sec: state.map(|s| s.bytes_per_sec()).or_else(rate),
     })
 }
 

@@ -65,6 +65,12 @@ fn dgx2_verdicts_under_both_acs_assumptions() {
         (u.other_map_type, u.other_distance),
         (MapType::ThruHostBridge, Some(4))
     );
+    // Links known only as a rate still give the narrowest link.
+    let n = e.narrowest_link.as_ref().unwrap();
+    assert_eq!(
+        (n.link.as_str(), n.gbytes_per_sec),
+        ("Gen3 x16 or Gen4 x8 or Gen5 x4", 15.75)
+    );
     assert!(e
         .caveats
         .iter()
