@@ -344,3 +344,33 @@ fn a_file_is_read_with_the_size_cap_and_file_checks_of_the_other_sources() {
         .to_string();
     assert!(e.contains("latin1.xml:2: is not UTF-8 text"), "{e}");
 }
+
+/// Every prefix of a file and every byte replaced by a quote or a
+/// delimiter: read or refused with one line, never a panic.
+#[test]
+fn cut_and_damaged_files_never_panic() {
+    let mut texts: Vec<String> = (0..V2.len())
+        .filter(|&i| V2.is_char_boundary(i))
+        .map(|i| V2[..i].to_string())
+        .collect();
+    for (i, _) in V2.char_indices().step_by(7) {
+        for c in ['"', '<', '0', 'f', ']'] {
+            let mut s = V2.to_string();
+            s.replace_range(
+                i..i + V2[i..].chars().next().unwrap().len_utf8(),
+                &c.to_string(),
+            );
+            texts.push(s);
+        }
+    }
+    for t in &texts {
+        let r = std::panic::catch_unwind(|| {
+            parse_hwloc(t, "cut.xml").and_then(|raw| Topology::from_raw(raw, "cut.xml"))
+        });
+        match r {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => assert_eq!(e.to_string().lines().count(), 1, "{e}"),
+            Err(_) => panic!("panicked on:\n{t}"),
+        }
+    }
+}
