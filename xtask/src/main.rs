@@ -11,6 +11,7 @@ mod bench;
 mod capture;
 mod cpio;
 mod deps;
+mod hwloc;
 mod kernel;
 mod oracle;
 mod scenario;
@@ -57,6 +58,9 @@ enum Cmd {
     /// Run the scenarios (all unless --scenario) and store their results as
     /// fixtures under tests/fixtures/kernel/ for `cargo test`.
     Capture(capture::CaptureArgs),
+    /// Write hwloc XML of every kernel fixture with Debian's lstopo, under
+    /// tests/fixtures/hwloc/kernel/ (cargo test reads them without hwloc).
+    HwlocFixtures,
     /// Benchmarks (not tests; never in CI): `bench copy` runs peerdma copy
     /// against dd, cp and fio on the same large file and prints the ratios.
     Bench(bench::BenchArgs),
@@ -70,6 +74,7 @@ fn main() {
         Cmd::Vm(args) => vm::run(&args),
         Cmd::Capture(args) => capture::run(&args),
         Cmd::Bench(args) => bench::run(&args),
+        Cmd::HwlocFixtures => hwloc::run(),
     };
     if let Err(err) = result {
         eprintln!("xtask: error: {err:#}");

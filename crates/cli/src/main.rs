@@ -53,6 +53,19 @@ struct SourceArgs {
     /// Use a built-in machine (see `peerdma presets`).
     #[arg(long, global = true, value_name = "NAME")]
     preset: Option<String>,
+    /// Read hwloc XML (`lstopo --of xml`, hwloc 1.x or 2.x).
+    #[arg(long, global = true, value_name = "FILE")]
+    hwloc: Option<PathBuf>,
+    /// Where the capture does not show ACS (hwloc XML, sysfs read without
+    /// root): `none` assumes no redirect; `iommu` assumes root ports and
+    /// switch downstream ports redirect, as the kernel sets them when an
+    /// IOMMU driver is on. Verdicts also say what the other gives.
+    #[arg(long, global = true, value_name = "none|iommu", value_parser = parse_assume_acs)]
+    assume_acs: Option<peerdma_pci::AcsAssumption>,
+}
+
+fn parse_assume_acs(s: &str) -> Result<peerdma_pci::AcsAssumption, String> {
+    peerdma_pci::AcsAssumption::parse(s).ok_or_else(|| format!("'{s}' is not none or iommu"))
 }
 
 #[derive(Subcommand)]
@@ -355,11 +368,25 @@ impl SourceArgs {
         if let Some(p) = &self.preset {
             chosen.push(Source::Preset(p.clone()));
         }
+        if let Some(f) = &self.hwloc {
+            chosen.push(Source::Hwloc(f.clone()));
+        }
         match chosen.len() {
             0 => Ok(Source::default()),
             1 => Ok(chosen.remove(0)),
-            _ => bail!("choose one machine: --live, --root, --snapshot, --topology or --preset"),
+            _ => bail!(
+                "choose one machine: --live, --root, --snapshot, --topology, --preset or --hwloc"
+            ),
         }
+    }
+
+    /// Read a machine, with `--assume-acs` applied.
+    fn load(&self, source: &Source) -> Result<Topology> {
+        let mut t = source.load()?;
+        if let Some(a) = self.assume_acs {
+            t.assume_acs(a);
+        }
+        Ok(t)
     }
 }
 
@@ -407,7 +434,8 @@ fn run_sim(
         || src.root.is_some()
         || src.snapshot.is_some()
         || src.topology.is_some()
-        || src.preset.is_some();
+        || src.preset.is_some()
+        || src.hwloc.is_some();
     if given && w.machines.len() > 1 {
         bail!(
             "{}: the workload names its machines ([machine.{}] and more): --live, --root, --snapshot, --topology and --preset apply to a workload of one machine",
@@ -428,7 +456,7 @@ fn run_sim(
             },
             _ => src.source()?,
         };
-        let topo = source.load()?;
+        let topo = src.load(&source)?;
         machines.push((topo, override_iommu.or(m.iommu).unwrap_or_default()));
     }
     let defaults = peerdma_workload::run::RunOptions::default();
@@ -490,7 +518,7 @@ fn run_demo(
     if size < STEP || size % STEP != 0 {
         bail!("--size {size}: the demo's reads are whole multiples of 4 MiB (try 1G or 64M)");
     }
-    let topo = src.source()?.load()?;
+    let topo = src.load(&src.source()?)?;
     let text = peerdma_workload::demo::workload_text_sized(&topo, size, size / 2);
     if print_workload {
         print(&text)?;
@@ -600,8 +628,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
 
     if let Cmd::Copy(a) = &cli.cmd {
         let s = &cli.source;
-        if s.root.is_some() || s.snapshot.is_some() || s.topology.is_some() || s.preset.is_some() {
-            bail!("copy does real I/O on this machine: --root, --snapshot, --topology and --preset do not apply");
+        if s.root.is_some()
+            || s.snapshot.is_some()
+            || s.topology.is_some()
+            || s.preset.is_some()
+            || s.hwloc.is_some()
+        {
+            bail!("copy does real I/O on this machine: --root, --snapshot, --topology, --preset and --hwloc do not apply");
         }
         return run_copy(a, cli.json);
     }
@@ -617,8 +650,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
     } = &cli.cmd
     {
         let s = &cli.source;
-        if s.root.is_some() || s.snapshot.is_some() || s.topology.is_some() || s.preset.is_some() {
-            bail!("probe does real I/O on this machine: --root, --snapshot, --topology and --preset do not apply");
+        if s.root.is_some()
+            || s.snapshot.is_some()
+            || s.topology.is_some()
+            || s.preset.is_some()
+            || s.hwloc.is_some()
+        {
+            bail!("probe does real I/O on this machine: --root, --snapshot, --topology, --preset and --hwloc do not apply");
         }
         let mut opts = peerdma_linux::probe::ProbeOptions::new(provider, client);
         opts.to = to.clone();
@@ -669,7 +707,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
 
     let source = cli.source.source()?;
-    let topo = source.load()?;
+    let topo = cli.source.load(&source)?;
     match cli.cmd {
         Cmd::Presets | Cmd::Probe { .. } | Cmd::Copy(_) | Cmd::Sim { .. } | Cmd::Demo { .. } => {
             unreachable!("handled above")
@@ -803,13 +841,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             })
         }
         Cmd::Matrix { all } => {
-            let m = matrix(&topo);
             if cli.json {
-                let pairs: Vec<_> = m.pairs().collect();
+                let pairs = peerdma_p2p::pair_reports(&topo);
                 print_json(
                     &json!({ "source": source.label(), "pairs": pairs, "notes": topo.notes() }),
                 )?;
             } else {
+                let m = matrix(&topo);
                 let fns = endpoints(&topo, all);
                 let mut s = header(&topo);
                 s.push('\n');

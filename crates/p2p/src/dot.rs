@@ -533,6 +533,7 @@ fn legend_table(verdicts: bool) -> String {
 <TR><TD BGCOLOR=\"{}\">Hn</TD><TD ALIGN=\"LEFT\">P2P through the host bridge (root complex)</TD></TR>\
 <TR><TD BGCOLOR=\"{}\">--</TD><TD ALIGN=\"LEFT\">not supported: I/O bounces through host memory</TD></TR>\
 {marks}\
+<TR><TD>INT</TD><TD ALIGN=\"LEFT\">two functions of one device</TD></TR>\
 <TR><TD>PIX PXB</TD><TD ALIGN=\"LEFT\">through one switch or bridge, through several</TD></TR>\
 <TR><TD>PHB</TD><TD ALIGN=\"LEFT\">through the host bridge</TD></TR>\
 <TR><TD>NODE SYS</TD><TD ALIGN=\"LEFT\">between host bridges of one NUMA node, between NUMA nodes</TD></TR>\

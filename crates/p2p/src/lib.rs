@@ -23,8 +23,8 @@ mod staging;
 mod whitelist;
 
 pub use calc::{calc_map_type_and_dist, Verdict};
-pub use explain::{explain, Explanation, Fix, FixKind, HostBridgeReport};
-pub use index::{matrix, Matrix, P2pIndex, PairVerdict};
+pub use explain::{explain, AcsUnknown, Explanation, Fix, FixKind, HostBridgeReport};
+pub use index::{matrix, pair_reports, Matrix, P2pIndex, PairAcsUnknown, PairReport, PairVerdict};
 pub use many::{distance_many, find_many, providers, FindMany};
 pub use path::{link_class, path_between, Hop, LinkClass, PathInfo, PathLink};
 pub use provider::{

@@ -13,8 +13,8 @@ Legend (row = provider whose memory is accessed, column = client doing the DMA):
   H<n>  P2P through the host bridge (root complex); IOMMU-translated when one is on
   --    not supported: I/O between the two bounces through host memory
   X     the same function
-  PIX one switch or bridge, PXB several switches, PHB the host bridge,
-  NODE between host bridges of one NUMA node, SYS between NUMA nodes";
+  INT two functions of one device, PIX one switch or bridge, PXB several switches,
+  PHB the host bridge, NODE between host bridges of one NUMA node, SYS between NUMA nodes";
 
 /// The cell text for a pair, e.g. `B4 PIX`.
 pub fn cell(topo: &Topology, m: &Matrix, a: FnId, b: FnId) -> String {
@@ -95,7 +95,7 @@ mod tests {
         );
         assert_eq!(
             lines[1].split_whitespace().collect::<Vec<_>>(),
-            ["gpu", "X", "B2", "PIX", "--", "PHB", "--", "PHB"]
+            ["gpu", "X", "B2", "INT", "--", "PHB", "--", "PHB"]
         );
         assert_eq!(
             lines[4].split_whitespace().collect::<Vec<_>>(),

@@ -4,7 +4,7 @@
 //! Sources, all producing the same [`Topology`] through one builder:
 //! live sysfs and copied trees ([`sysfs::read_root`]), snapshots
 //! ([`Source::Snapshot`]), description files ([`desc::parse_description`])
-//! and built-in presets ([`presets`]).
+//! built-in presets ([`presets`]) and hwloc XML ([`hwloc::read_hwloc`]).
 
 mod build;
 pub mod config;
@@ -12,6 +12,7 @@ pub mod desc;
 mod error;
 mod file;
 pub mod gen;
+pub mod hwloc;
 pub mod ids;
 mod model;
 pub mod raw;

@@ -53,6 +53,11 @@ pub struct Origin {
     /// The tool and version that wrote the capture.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool: Option<String>,
+    /// Why the capture may leave out functions the machine has (hwloc's
+    /// default I/O filter drops host bridge functions and more); `None`
+    /// when it lists every function.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partial: Option<String>,
 }
 
 /// The first processor of `/proc/cpuinfo` (what the kernel's AMD rule reads
@@ -88,7 +93,8 @@ pub struct RawDevice {
     /// Single-value attribute files, trimmed: `vendor`, `device`, `class`,
     /// `revision`, `subsystem_vendor`, `subsystem_device`, `numa_node`,
     /// `current_link_speed`, `current_link_width`, `max_link_speed`,
-    /// `max_link_width`, `local_cpulist`.
+    /// `max_link_width`, `local_cpulist`; and from hwloc XML,
+    /// `pci_link_speed` (the current link's data rate in GB/s).
     #[serde(default)]
     pub attrs: BTreeMap<String, String>,
     /// The `resource` file.
@@ -108,6 +114,15 @@ pub struct RawDevice {
     /// A name given in a description file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label: Option<String>,
+    /// Vendor and device names from the capture (hwloc XML's PCIVendor
+    /// and PCIDevice).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vendor_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_name: Option<String>,
+    /// The OS devices of the function (`nvme0n1`, `mlx5_0`, `nvml0`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub os_devices: Vec<String>,
 }
 
 /// `p2pmem/size`, `p2pmem/available`, `p2pmem/published`.

@@ -19,6 +19,8 @@ pub enum Source {
     Description(PathBuf),
     /// A built-in preset.
     Preset(String),
+    /// hwloc XML (`lstopo --of xml`).
+    Hwloc(PathBuf),
 }
 
 impl Default for Source {
@@ -36,6 +38,7 @@ impl Source {
             Source::Snapshot(path) => read_snapshot(path),
             Source::Description(path) => read_description(path),
             Source::Preset(name) => presets::load(name),
+            Source::Hwloc(path) => crate::hwloc::read_hwloc(path),
         }
     }
 
@@ -44,7 +47,9 @@ impl Source {
         match self {
             Source::Live => "this machine's sysfs".into(),
             Source::Root(d) => d.display().to_string(),
-            Source::Snapshot(p) | Source::Description(p) => p.display().to_string(),
+            Source::Snapshot(p) | Source::Description(p) | Source::Hwloc(p) => {
+                p.display().to_string()
+            }
             Source::Preset(n) => format!("preset '{n}'"),
         }
     }
