@@ -13,6 +13,7 @@ mod cpio;
 mod deps;
 mod kernel;
 mod oracle;
+mod pci_ids;
 mod scenario;
 mod util;
 mod vm;
@@ -60,6 +61,9 @@ enum Cmd {
     /// Benchmarks (not tests; never in CI): `bench copy` runs peerdma copy
     /// against dd, cp and fio on the same large file and prints the ratios.
     Bench(bench::BenchArgs),
+    /// Refresh the copy of pci.ids built into peerdma
+    /// (crates/pci/data/pci.ids.gz) from Debian's pci.ids package.
+    PciIds(pci_ids::PciIdsArgs),
 }
 
 fn main() {
@@ -70,6 +74,7 @@ fn main() {
         Cmd::Vm(args) => vm::run(&args),
         Cmd::Capture(args) => capture::run(&args),
         Cmd::Bench(args) => bench::run(&args),
+        Cmd::PciIds(args) => pci_ids::run(&args),
     };
     if let Err(err) = result {
         eprintln!("xtask: error: {err:#}");

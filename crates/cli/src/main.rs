@@ -29,7 +29,9 @@ struct Cli {
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
-    /// Read device names from this pci.ids file (default: the system's).
+    /// Read device names from this pci.ids file [default: the system's
+    /// when it is as new as peerdma's built-in copy, else the built-in copy;
+    /// $PEERDMA_SYSTEM_PCI_IDS names the system's file].
     #[arg(long, global = true, value_name = "FILE")]
     pci_ids: Option<PathBuf>,
     #[command(subcommand)]
@@ -353,7 +355,10 @@ fn load_ids(path: &Option<PathBuf>) -> Result<PciIds> {
         Some(p) => {
             PciIds::load(p).with_context(|| format!("cannot read pci.ids file {}", p.display()))
         }
-        None => Ok(PciIds::load_default()),
+        None => match std::env::var_os("PEERDMA_SYSTEM_PCI_IDS") {
+            Some(p) if !p.is_empty() => Ok(PciIds::load_preferring(&[PathBuf::from(p)])),
+            _ => Ok(PciIds::load_default()),
+        },
     }
 }
 
