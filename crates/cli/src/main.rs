@@ -12,6 +12,8 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod fleet_cmds;
+
 #[derive(Parser)]
 #[command(
     name = "peerdma",
@@ -128,6 +130,29 @@ enum Cmd {
         #[arg(long, value_name = "BYTES", default_value = "512M", value_parser = parse_bytes)]
         size: u64,
     },
+    /// Node labels for Kubernetes node-feature-discovery: a feature file
+    /// for its features.d directory (/etc/kubernetes/node-feature-discovery/
+    /// features.d/), saying for each two kinds of device (gpu, accel, nic,
+    /// nvme) the best P2P verdict between them and how many pairs can do
+    /// P2P; also ACS redirect, degraded links and P2P memory providers.
+    Labels(fleet_cmds::LabelsArgs),
+    /// Prometheus metrics for node_exporter's textfile collector: the
+    /// verdict of every pair of DMA endpoints, ACS-redirecting functions,
+    /// link speed and width against what they can do, P2P memory.
+    Metrics(fleet_cmds::MetricsArgs),
+    /// Compare two machines: devices added or removed, ACS, links, P2P
+    /// memory, and every pair whose verdict changed with the reason.
+    ///
+    /// A and B are snapshots (or --root directories); without B, a source
+    /// option gives the second machine: `peerdma diff node16.json --live`.
+    Diff(fleet_cmds::DiffArgs),
+    /// Summarise a directory of snapshots: machines grouped by identical
+    /// P2P matrix, the odd ones out and what makes them differ, the fixes
+    /// that apply across the fleet, links below what they can do.
+    ///
+    /// Exit status 0 when every file was a snapshot, 1 when some were not
+    /// (they are listed), 2 on error (no snapshots at all).
+    Fleet(fleet_cmds::FleetArgs),
     /// Copy between files and block devices by the best path: P2P memory
     /// when both ends' devices can reach a provider, else host memory.
     ///
@@ -309,6 +334,15 @@ fn parse_bytes(s: &str) -> Result<u64, String> {
 }
 
 impl SourceArgs {
+    /// Whether a source option was given.
+    fn given(&self) -> bool {
+        self.live
+            || self.root.is_some()
+            || self.snapshot.is_some()
+            || self.topology.is_some()
+            || self.preset.is_some()
+    }
+
     fn source(&self) -> Result<Source> {
         let mut chosen = Vec::new();
         if self.live {
@@ -556,6 +590,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
 
+    match &cli.cmd {
+        Cmd::Diff(a) => return fleet_cmds::diff(&cli.source, a, &cli.pci_ids, cli.json),
+        Cmd::Fleet(a) => {
+            if cli.source.given() {
+                bail!("fleet reads the snapshots in its directory: --live, --root, --snapshot, --topology and --preset do not apply");
+            }
+            return fleet_cmds::fleet(a, &cli.pci_ids, cli.json);
+        }
+        _ => {}
+    }
+
     if let Cmd::Copy(a) = &cli.cmd {
         let s = &cli.source;
         if s.root.is_some() || s.snapshot.is_some() || s.topology.is_some() || s.preset.is_some() {
@@ -621,9 +666,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
     let source = cli.source.source()?;
     let topo = source.load()?;
     match cli.cmd {
-        Cmd::Presets | Cmd::Probe { .. } | Cmd::Copy(_) | Cmd::Sim { .. } | Cmd::Demo { .. } => {
+        Cmd::Presets
+        | Cmd::Probe { .. }
+        | Cmd::Copy(_)
+        | Cmd::Sim { .. }
+        | Cmd::Demo { .. }
+        | Cmd::Diff(_)
+        | Cmd::Fleet(_) => {
             unreachable!("handled above")
         }
+        Cmd::Labels(a) => fleet_cmds::labels(&topo, &source, &a, cli.json),
+        Cmd::Metrics(a) => fleet_cmds::metrics(&topo, &a, cli.json),
         Cmd::Topo { all } => {
             let ids = load_ids(&cli.pci_ids)?;
             if cli.json {

@@ -25,4 +25,6 @@ pub use peerdma_mem::Bdf;
 pub mod presets;
 mod source;
 
-pub use source::{read_description, read_snapshot, snapshot_json, write_snapshot, Source};
+pub use source::{
+    read_description, read_snapshot, snapshot_json, write_file, write_snapshot, Source,
+};

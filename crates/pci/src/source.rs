@@ -148,6 +148,15 @@ pub fn snapshot_json(raw: &RawMachine) -> String {
     text
 }
 
+/// Write `bytes` to `path` whole or not at all: into a dot file of its own
+/// in the same directory, renamed into place (so a reader that skips dot
+/// files, as node-feature-discovery and node_exporter's textfile
+/// collector do, never sees half a file). `what` names the contents in
+/// errors ("a feature file").
+pub fn write_file(path: &Path, bytes: &[u8], what: &str) -> Result<()> {
+    write_whole(path, bytes, what)
+}
+
 /// Write a snapshot file, whole or not at all (see the module `file`).
 pub fn write_snapshot(raw: &RawMachine, path: &Path) -> Result<()> {
     write_whole(path, snapshot_json(raw).as_bytes(), "a snapshot")
