@@ -53,8 +53,8 @@ pub struct FleetArgs {
     /// A directory of snapshots (`*.json`, also in subdirectories).
     dir: PathBuf,
     /// Threads reading snapshots [default: one per core].
-    #[arg(long, value_name = "N", default_value_t = 0)]
-    threads: usize,
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
 }
 
 fn write_or_print(output: &Option<PathBuf>, text: &str, what: &str) -> Result<()> {
@@ -166,7 +166,7 @@ pub fn diff(
 pub fn fleet(a: &FleetArgs, pci_ids: &Option<PathBuf>, json: bool) -> Result<ExitCode> {
     let ids = load_ids(pci_ids)?;
     let opts = peerdma_fleet::fleet::FleetOptions {
-        threads: a.threads,
+        threads: a.threads.unwrap_or(0),
         ..Default::default()
     };
     let f = peerdma_fleet::fleet::summarise(&a.dir, &ids, &opts)?;

@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use peerdma_p2p::{explain, matrix, render::matrix_table, render::LEGEND, Matrix};
+use peerdma_p2p::{explain, matrix, render::LEGEND, Matrix};
 use peerdma_pci::ids::PciIds;
 use peerdma_pci::render::{describe, header, tree};
 use peerdma_pci::{presets, snapshot_json, sysfs, write_snapshot, FnId, Source, Topology};
@@ -12,7 +12,9 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod docs_cmds;
 mod fleet_cmds;
+mod style;
 
 #[derive(Parser)]
 #[command(
@@ -31,6 +33,9 @@ struct Cli {
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
+    /// Colour verdicts: auto (on a terminal, unless NO_COLOR is set), always or never.
+    #[arg(long, global = true, value_name = "WHEN", default_value = "auto")]
+    color: style::ColorWhen,
     /// Read device names from this pci.ids file [default: the system's
     /// when it is as new as peerdma's built-in copy, else the built-in copy;
     /// $PEERDMA_SYSTEM_PCI_IDS names the system's file].
@@ -131,10 +136,13 @@ enum Cmd {
         size: u64,
     },
     /// Node labels for Kubernetes node-feature-discovery: a feature file
-    /// for its features.d directory (/etc/kubernetes/node-feature-discovery/
-    /// features.d/), saying for each two kinds of device (gpu, accel, nic,
-    /// nvme) the best P2P verdict between them and how many pairs can do
-    /// P2P; also ACS redirect, degraded links and P2P memory providers.
+    /// for its features.d directory, saying for each two kinds of device
+    /// (gpu, accel, nic, nvme) the best P2P verdict between them and how
+    /// many pairs can do P2P; also ACS redirect, degraded links and P2P
+    /// memory providers.
+    ///
+    /// NFD reads /etc/kubernetes/node-feature-discovery/features.d/;
+    /// docs/fleet.md has a DaemonSet that keeps the file there current.
     Labels(fleet_cmds::LabelsArgs),
     /// Prometheus metrics for node_exporter's textfile collector: the
     /// verdict of every pair of DMA endpoints, ACS-redirecting functions,
@@ -153,6 +161,12 @@ enum Cmd {
     /// Exit status 0 when every file was a snapshot, 1 when some were not
     /// (they are listed), 2 on error (no snapshots at all).
     Fleet(fleet_cmds::FleetArgs),
+    /// Print a shell completion script: `peerdma completions bash >
+    /// /etc/bash_completion.d/peerdma`, or zsh, fish, elvish, powershell.
+    Completions(docs_cmds::CompletionsArgs),
+    /// Print the man page (roff): `peerdma man | man -l -`; --dir writes a
+    /// page per subcommand too.
+    Man(docs_cmds::ManArgs),
     /// Copy between files and block devices by the best path: P2P memory
     /// when both ends' devices can reach a provider, else host memory.
     ///
@@ -378,8 +392,17 @@ fn print(text: &str) -> Result<()> {
     }
 }
 
+/// The version of the JSON every command prints with `--json` (its
+/// `schema` field; README.md lists the fields per command).
+const JSON_SCHEMA: u32 = 1;
+
+/// Print JSON for tools, with `"schema"` added to an object that lacks it.
 fn print_json(v: &serde_json::Value) -> Result<()> {
-    let mut s = serde_json::to_string_pretty(v)?;
+    let mut v = v.clone();
+    if let Some(o) = v.as_object_mut() {
+        o.entry("schema").or_insert(json!(JSON_SCHEMA));
+    }
+    let mut s = serde_json::to_string_pretty(&v)?;
     s.push('\n');
     print(&s)
 }
@@ -522,7 +545,10 @@ fn endpoints(topo: &Topology, all: bool) -> Vec<FnId> {
 }
 
 fn matrix_with_legend(topo: &Topology, m: &Matrix, fns: &[FnId]) -> String {
-    format!("{}\n{LEGEND}\n", matrix_table(topo, m, fns))
+    format!(
+        "{}\n{LEGEND}\n",
+        peerdma_p2p::render::matrix_table_painted(topo, m, fns, &style::cell)
+    )
 }
 
 fn notes(topo: &Topology) -> String {
@@ -590,7 +616,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
 
+    style::set(cli.color);
     match &cli.cmd {
+        Cmd::Completions(a) => return docs_cmds::completions(a),
+        Cmd::Man(a) => return docs_cmds::man(a),
         Cmd::Diff(a) => return fleet_cmds::diff(&cli.source, a, &cli.pci_ids, cli.json),
         Cmd::Fleet(a) => {
             if cli.source.given() {
@@ -672,7 +701,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
         | Cmd::Sim { .. }
         | Cmd::Demo { .. }
         | Cmd::Diff(_)
-        | Cmd::Fleet(_) => {
+        | Cmd::Fleet(_)
+        | Cmd::Completions(_)
+        | Cmd::Man(_) => {
             unreachable!("handled above")
         }
         Cmd::Labels(a) => fleet_cmds::labels(&topo, &source, &a, cli.json),
@@ -719,7 +750,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     s.push_str(&matrix_with_legend(&topo, &m, &fns));
                 }
                 s.push_str(&notes(&topo));
-                print(&s)?;
+                style::print(&s)?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -736,7 +767,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 let mut s = e.render();
                 s.push_str(&notes(&topo));
-                print(&s)?;
+                style::print(&style::check(&s, e.map_type))?;
             }
             Ok(if e.p2p {
                 ExitCode::SUCCESS
@@ -757,7 +788,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 s.push('\n');
                 s.push_str(&matrix_with_legend(&topo, &m, &fns));
                 s.push_str(&notes(&topo));
-                print(&s)?;
+                style::print(&s)?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -789,7 +820,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             // went to standard output.
             let summary = if cli.json {
                 let mut s = serde_json::to_string_pretty(
-                    &json!({ "snapshot": output, "tree": tree_dir, "functions": topo.len(), "source": source.label() }),
+                    &json!({ "schema": JSON_SCHEMA, "snapshot": output, "tree": tree_dir, "functions": topo.len(), "source": source.label() }),
                 )?;
                 s.push('\n');
                 s
