@@ -5,7 +5,12 @@
 //! QEMU on emulated PCIe topologies, bring back the kernel's own P2PDMA
 //! verdicts next to the guest's sysfs, hold peerdma's against them and run
 //! real P2P I/O in the guest (`vm`), and keep all that as test fixtures
-//! (`capture`). `bench copy` measures `peerdma copy` against dd, cp and fio.
+//! (`capture`). `bench copy` measures `peerdma copy` against dd, cp and fio;
+//! `pci-ids` refreshes the copy of pci.ids built into peerdma-pci.
+
+// Doc comments on the arguments are clap's help texts, where `DIR/<scenario>/`
+// is a path, not HTML.
+#![allow(rustdoc::invalid_html_tags)]
 
 mod bench;
 mod capture;
@@ -88,4 +93,37 @@ fn kernel_cmd(force: bool, print_path: bool) -> Result<()> {
         println!("{}", image.display());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod repository_tests {
+    /// README's crate table lists every workspace member, and each has a
+    /// README of its own.
+    #[test]
+    fn readme_crate_table_lists_every_member_and_each_has_a_readme() {
+        let root = crate::util::workspace_root();
+        let manifest: toml::Value =
+            toml::from_str(&std::fs::read_to_string(root.join("Cargo.toml")).unwrap()).unwrap();
+        let members = manifest["workspace"]["members"].as_array().unwrap();
+        let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+        let table: Vec<&str> = readme
+            .lines()
+            .skip_while(|l| !l.starts_with("| crate |"))
+            .take_while(|l| l.starts_with('|'))
+            .collect();
+        assert!(table.len() > 2, "README.md has no crate table");
+        for m in members {
+            let m = m.as_str().unwrap();
+            assert!(
+                table
+                    .iter()
+                    .any(|row| row.contains(&format!("[`{m}`]({m}/README.md)"))),
+                "README.md's crate table does not list {m}"
+            );
+            assert!(
+                root.join(m).join("README.md").is_file(),
+                "{m} has no README.md"
+            );
+        }
+    }
 }

@@ -1,6 +1,10 @@
 //! `peerdma`: can these PCI devices do peer-to-peer DMA, why not, and how to
 //! fix it. A thin command line over the peerdma crates.
 
+// Doc comments here are clap's help texts, where `[machine]` means the
+// workload file's table, not a link.
+#![allow(rustdoc::broken_intra_doc_links)]
+
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use peerdma_p2p::{explain, matrix, render::LEGEND, Matrix};

@@ -41,3 +41,8 @@ pub use error::Error;
 /// The version of the JSON that `peerdma labels`, `metrics`, `diff` and
 /// `fleet` print with `--json` (its `schema` field).
 pub const JSON_SCHEMA: u32 = 1;
+
+/// The README's example, run as a doctest so it cannot go stale.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
