@@ -634,6 +634,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
         _ => {}
     }
 
+    if matches!(cli.cmd, Cmd::Labels(_) | Cmd::Metrics(_)) && !cli.source.given() {
+        // What these write lands in a fleet's scheduler and monitoring: the
+        // built-in demo machine is never the right default there.
+        bail!("labels and metrics describe a real machine: give --live for this one, or --snapshot, --root, --topology or --preset");
+    }
+
     if let Cmd::Copy(a) = &cli.cmd {
         let s = &cli.source;
         if s.root.is_some() || s.snapshot.is_some() || s.topology.is_some() || s.preset.is_some() {

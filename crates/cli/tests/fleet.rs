@@ -101,7 +101,7 @@ fn labels_print_and_write_a_feature_file() {
         "no temporary file left"
     );
     // An expiry time, RFC 3339, in the future.
-    let out = ok(&["labels", "--expires-in", "2h"]);
+    let out = ok(&["labels", "--preset", "epyc", "--expires-in", "2h"]);
     let line = out
         .lines()
         .find(|l| l.starts_with("# +expiry-time="))
@@ -109,13 +109,17 @@ fn labels_print_and_write_a_feature_file() {
     let t = humantime::parse_rfc3339(&line["# +expiry-time=".len()..]).unwrap();
     assert!(t > std::time::SystemTime::now());
     fails(
-        &["labels", "--expires-in", "soon"],
+        &["labels", "--preset", "epyc", "--expires-in", "soon"],
         &["--expires-in soon", "not a duration"],
     );
     fails(
-        &["labels", "--prefix", "Not_A_Domain"],
+        &["labels", "--preset", "epyc", "--prefix", "Not_A_Domain"],
         &["label prefix 'Not_A_Domain'"],
     );
+    // Never the built-in demo machine by default: its labels on a real
+    // node would mislead the scheduler.
+    fails(&["labels"], &["give --live"]);
+    fails(&["metrics", "-o", "x.prom"], &["give --live"]);
 }
 
 #[test]
@@ -136,7 +140,7 @@ fn metrics_print_and_write_the_text_format() {
     assert!(written.contains("peerdma_pcie_link_degraded{"), "{written}");
     assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
     fails(
-        &["metrics", "--json"],
+        &["metrics", "--preset", "epyc", "--json"],
         &["Prometheus text format", "--json does not apply"],
     );
 }

@@ -140,7 +140,7 @@ fn every_json_output_has_a_schema_version() {
         vec!["check", "gpu0", "nvme0"],
         vec!["matrix"],
         vec!["snapshot", "--preset", "epyc", "-o", b.to_str().unwrap()],
-        vec!["labels"],
+        vec!["labels", "--preset", "epyc"],
         vec!["diff", snap, "--preset", "workstation"],
         vec!["fleet", fleet.to_str().unwrap()],
         vec![
