@@ -1,9 +1,13 @@
 //! `peerdma`: can these PCI devices do peer-to-peer DMA, why not, and how to
 //! fix it. A thin command line over the peerdma crates.
 
+// Doc comments here are clap's help texts, where `[machine]` means the
+// workload file's table, not a link.
+#![allow(rustdoc::broken_intra_doc_links)]
+
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use peerdma_p2p::{explain, matrix, render::matrix_table, render::LEGEND, Matrix};
+use peerdma_p2p::{explain, matrix, render::LEGEND, Matrix};
 use peerdma_pci::ids::PciIds;
 use peerdma_pci::render::{describe, header, tree};
 use peerdma_pci::{presets, snapshot_json, sysfs, write_snapshot, FnId, Source, Topology};
@@ -11,6 +15,10 @@ use serde_json::json;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
+
+mod docs_cmds;
+mod fleet_cmds;
+mod style;
 
 #[derive(Parser)]
 #[command(
@@ -29,7 +37,12 @@ struct Cli {
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
-    /// Read device names from this pci.ids file (default: the system's).
+    /// Colour verdicts: auto (on a terminal, unless NO_COLOR is set), always or never.
+    #[arg(long, global = true, value_name = "WHEN", default_value = "auto")]
+    color: style::ColorWhen,
+    /// Read device names from this pci.ids file [default: the system's
+    /// when it is as new as peerdma's built-in copy, else the built-in copy;
+    /// $PEERDMA_SYSTEM_PCI_IDS names the system's file].
     #[arg(long, global = true, value_name = "FILE")]
     pci_ids: Option<PathBuf>,
     #[command(subcommand)]
@@ -170,6 +183,38 @@ enum Cmd {
         #[arg(long, value_name = "BYTES", default_value = "512M", value_parser = parse_bytes)]
         size: u64,
     },
+    /// Node labels for Kubernetes node-feature-discovery: a feature file
+    /// for its features.d directory, saying for each two kinds of device
+    /// (gpu, accel, nic, nvme) the best P2P verdict between them and how
+    /// many pairs can do P2P; also ACS redirect, degraded links and P2P
+    /// memory providers.
+    ///
+    /// NFD reads /etc/kubernetes/node-feature-discovery/features.d/;
+    /// docs/fleet.md has a DaemonSet that keeps the file there current.
+    Labels(fleet_cmds::LabelsArgs),
+    /// Prometheus metrics for node_exporter's textfile collector: the
+    /// verdict of every pair of DMA endpoints, ACS-redirecting functions,
+    /// link speed and width against what they can do, P2P memory.
+    Metrics(fleet_cmds::MetricsArgs),
+    /// Compare two machines: devices added or removed, ACS, links, P2P
+    /// memory, and every pair whose verdict changed with the reason.
+    ///
+    /// A and B are snapshots (or --root directories); without B, a source
+    /// option gives the second machine: `peerdma diff node16.json --live`.
+    Diff(fleet_cmds::DiffArgs),
+    /// Summarise a directory of snapshots: machines grouped by identical
+    /// P2P matrix, the odd ones out and what makes them differ, the fixes
+    /// that apply across the fleet, links below what they can do.
+    ///
+    /// Exit status 0 when every file was a snapshot, 1 when some were not
+    /// (they are listed), 2 on error (no snapshots at all).
+    Fleet(fleet_cmds::FleetArgs),
+    /// Print a shell completion script: `peerdma completions bash >
+    /// /etc/bash_completion.d/peerdma`, or zsh, fish, elvish, powershell.
+    Completions(docs_cmds::CompletionsArgs),
+    /// Print the man page (roff): `peerdma man | man -l -`; --dir writes a
+    /// page per subcommand too.
+    Man(docs_cmds::ManArgs),
     /// Copy between files and block devices by the best path: P2P memory
     /// when both ends' devices can reach a provider, else host memory.
     ///
@@ -351,6 +396,15 @@ fn parse_bytes(s: &str) -> Result<u64, String> {
 }
 
 impl SourceArgs {
+    /// Whether a source option was given.
+    fn given(&self) -> bool {
+        self.live
+            || self.root.is_some()
+            || self.snapshot.is_some()
+            || self.topology.is_some()
+            || self.preset.is_some()
+    }
+
     fn source(&self) -> Result<Source> {
         let mut chosen = Vec::new();
         if self.live {
@@ -400,8 +454,17 @@ fn print(text: &str) -> Result<()> {
     }
 }
 
+/// The version of the JSON every command prints with `--json` (its
+/// `schema` field; README.md lists the fields per command).
+const JSON_SCHEMA: u32 = 1;
+
+/// Print JSON for tools, with `"schema"` added to an object that lacks it.
 fn print_json(v: &serde_json::Value) -> Result<()> {
-    let mut s = serde_json::to_string_pretty(v)?;
+    let mut v = v.clone();
+    if let Some(o) = v.as_object_mut() {
+        o.entry("schema").or_insert(json!(JSON_SCHEMA));
+    }
+    let mut s = serde_json::to_string_pretty(&v)?;
     s.push('\n');
     print(&s)
 }
@@ -411,7 +474,10 @@ fn load_ids(path: &Option<PathBuf>) -> Result<PciIds> {
         Some(p) => {
             PciIds::load(p).with_context(|| format!("cannot read pci.ids file {}", p.display()))
         }
-        None => Ok(PciIds::load_default()),
+        None => match std::env::var_os("PEERDMA_SYSTEM_PCI_IDS") {
+            Some(p) if !p.is_empty() => Ok(PciIds::load_preferring(&[PathBuf::from(p)])),
+            _ => Ok(PciIds::load_default()),
+        },
     }
 }
 
@@ -558,7 +624,10 @@ fn endpoints(topo: &Topology, all: bool) -> Vec<FnId> {
 }
 
 fn matrix_with_legend(topo: &Topology, m: &Matrix, fns: &[FnId]) -> String {
-    format!("{}\n{LEGEND}\n", matrix_table(topo, m, fns))
+    format!(
+        "{}\n{LEGEND}\n",
+        peerdma_p2p::render::matrix_table_painted(topo, m, fns, &style::cell)
+    )
 }
 
 fn notes(topo: &Topology) -> String {
@@ -624,6 +693,26 @@ fn run(cli: Cli) -> Result<ExitCode> {
             print(&s)?;
         }
         return Ok(ExitCode::SUCCESS);
+    }
+
+    style::set(cli.color);
+    match &cli.cmd {
+        Cmd::Completions(a) => return docs_cmds::completions(a),
+        Cmd::Man(a) => return docs_cmds::man(a),
+        Cmd::Diff(a) => return fleet_cmds::diff(&cli.source, a, &cli.pci_ids, cli.json),
+        Cmd::Fleet(a) => {
+            if cli.source.given() {
+                bail!("fleet reads the snapshots in its directory: --live, --root, --snapshot, --topology and --preset do not apply");
+            }
+            return fleet_cmds::fleet(a, &cli.pci_ids, cli.json);
+        }
+        _ => {}
+    }
+
+    if matches!(cli.cmd, Cmd::Labels(_) | Cmd::Metrics(_)) && !cli.source.given() {
+        // What these write lands in a fleet's scheduler and monitoring: the
+        // built-in demo machine is never the right default there.
+        bail!("labels and metrics describe a real machine: give --live for this one, or --snapshot, --root, --topology or --preset");
     }
 
     if let Cmd::Copy(a) = &cli.cmd {
@@ -709,9 +798,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
     let source = cli.source.source()?;
     let topo = cli.source.load(&source)?;
     match cli.cmd {
-        Cmd::Presets | Cmd::Probe { .. } | Cmd::Copy(_) | Cmd::Sim { .. } | Cmd::Demo { .. } => {
+        Cmd::Presets
+        | Cmd::Probe { .. }
+        | Cmd::Copy(_)
+        | Cmd::Sim { .. }
+        | Cmd::Demo { .. }
+        | Cmd::Diff(_)
+        | Cmd::Fleet(_)
+        | Cmd::Completions(_)
+        | Cmd::Man(_) => {
             unreachable!("handled above")
         }
+        Cmd::Labels(a) => fleet_cmds::labels(&topo, &source, &a, cli.json),
+        Cmd::Metrics(a) => fleet_cmds::metrics(&topo, &a, cli.json),
         Cmd::Report { output, probe, all } => {
             let pairs = probe
                 .iter()
@@ -815,7 +914,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     s.push_str(&matrix_with_legend(&topo, &m, &fns));
                 }
                 s.push_str(&notes(&topo));
-                print(&s)?;
+                style::print(&s)?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -832,7 +931,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 let mut s = e.render();
                 s.push_str(&notes(&topo));
-                print(&s)?;
+                style::print(&style::check(&s, e.map_type))?;
             }
             Ok(if e.p2p {
                 ExitCode::SUCCESS
@@ -853,7 +952,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 s.push('\n');
                 s.push_str(&matrix_with_legend(&topo, &m, &fns));
                 s.push_str(&notes(&topo));
-                print(&s)?;
+                style::print(&s)?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -885,7 +984,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             // went to standard output.
             let summary = if cli.json {
                 let mut s = serde_json::to_string_pretty(
-                    &json!({ "snapshot": output, "tree": tree_dir, "functions": topo.len(), "source": source.label() }),
+                    &json!({ "schema": JSON_SCHEMA, "snapshot": output, "tree": tree_dir, "functions": topo.len(), "source": source.label() }),
                 )?;
                 s.push('\n');
                 s
@@ -930,7 +1029,7 @@ fn write_out(path: &std::path::Path, text: &str, what: &str) -> Result<String> {
         print(text)?;
         return Ok(String::new());
     }
-    peerdma_pci::write_output(path, text.as_bytes(), what)
+    peerdma_pci::write_file(path, text.as_bytes(), what)
         .with_context(|| format!("cannot write {what} to {}", path.display()))?;
     Ok(format!("wrote {what} to {}\n", path.display()))
 }

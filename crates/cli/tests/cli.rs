@@ -562,3 +562,44 @@ fn bad_hwloc_xml_is_one_line_naming_the_file_and_element() {
         assert_eq!(err.trim().lines().count(), 1, "{err}");
     }
 }
+
+#[test]
+fn topo_names_devices_without_a_system_pci_ids() {
+    // The system's database is looked for where there is none: the names
+    // come from the copy built into peerdma.
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-pci.ids");
+    for (preset, names) in [
+        (
+            "dual-xeon",
+            &[
+                "NVIDIA Corporation GV100GL [Tesla V100 PCIe 16GB]",
+                "Intel Corporation",
+            ][..],
+        ),
+        (
+            "gpu-storage-16",
+            &[
+                "NVIDIA Corporation GH100[H100 SXM5 80GB]",
+                "Samsung Electronics Co Ltd",
+            ][..],
+        ),
+        ("epyc", &["Advanced Micro Devices, Inc. [AMD]"][..]),
+        ("workstation", &["NVIDIA Corporation"][..]),
+    ] {
+        let o = Command::new(env!("CARGO_BIN_EXE_peerdma"))
+            .args(["topo", "--preset", preset])
+            .env("PEERDMA_SYSTEM_PCI_IDS", &missing)
+            .output()
+            .unwrap();
+        assert!(o.status.success());
+        let out = String::from_utf8(o.stdout).unwrap();
+        for n in names {
+            assert!(out.contains(n), "{preset}: no '{n}' in\n{out}");
+        }
+        assert!(
+            !out.contains(": Device "),
+            "{preset}: a device without a vendor name\n{out}"
+        );
+    }
+}

@@ -153,10 +153,12 @@ pub fn snapshot_json(raw: &RawMachine) -> String {
     text
 }
 
-/// Write any output file (a picture, a report) whole or not at all, as
-/// snapshots are written: a failure leaves neither a partial file nor a
-/// stray temporary one. `what` names it in errors ("an SVG picture").
-pub fn write_output(path: &Path, bytes: &[u8], what: &str) -> Result<()> {
+/// Write `bytes` to `path` whole or not at all: into a dot file of its own
+/// in the same directory, renamed into place (so a reader that skips dot
+/// files, as node-feature-discovery and node_exporter's textfile
+/// collector do, never sees half a file). `what` names the contents in
+/// errors ("a feature file", "an SVG picture").
+pub fn write_file(path: &Path, bytes: &[u8], what: &str) -> Result<()> {
     write_whole(path, bytes, what)
 }
 

@@ -168,10 +168,7 @@ impl<'a> Report<'a> {
                     @else { "not an AMD Zen: P2P across a host bridge needs a host bridge in the kernel's whitelist" }
                 } }
                 tr { th { "PCI functions" } td { (t.len()) " below " (t.host_bridges().len()) " host bridge(s)" } }
-                tr { th { "Device names" } td { @match self.ids.source() {
-                    Some(p) => { (p.display().to_string()) },
-                    None => { "no pci.ids database: IDs only" },
-                } } }
+                tr { th { "Device names" } td { (self.ids.describe_source()) } }
             }
         }
     }

@@ -27,3 +27,8 @@ pub fn generated_by() -> String {
         humantime::format_rfc3339_seconds(std::time::SystemTime::now())
     )
 }
+
+/// The README's example, run as a doctest so it cannot go stale.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -1,4 +1,4 @@
-//! Workloads on the simulated machine: a TOML file of jobs ([`format`]),
+//! Workloads on the simulated machine: a TOML file of jobs ([`format`](mod@format)),
 //! the runner that moves and checks their bytes and times them together
 //! ([`run`]), the report for people and tools ([`report`]) and as a
 //! picture ([`svg`]), and the built-in demo ([`demo`]).
@@ -93,3 +93,8 @@ pub fn run_machines(
     let report = runner.run(&jobs)?;
     Ok((report, topos))
 }
+
+/// The README's example, run as a doctest so it cannot go stale.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -13,7 +13,7 @@
 //!   pinned and mapped once; the exporter cannot move it, and a revoke
 //!   ends it for good (the revocable pinned importer of recent kernels).
 //!
-//! The NIC reaches an MR's memory only through [`MemoryRegion::access`],
+//! The NIC reaches an MR's memory only through `MemoryRegion::access`,
 //! which holds the MR's lock and the provider's DMA ticket for the length
 //! of one DMA: an invalidation waits for that DMA and no DMA starts on a
 //! stale mapping.
