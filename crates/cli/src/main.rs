@@ -1,9 +1,13 @@
 //! `peerdma`: can these PCI devices do peer-to-peer DMA, why not, and how to
 //! fix it. A thin command line over the peerdma crates.
 
+// Doc comments here are clap's help texts, where `[machine]` means the
+// workload file's table, not a link.
+#![allow(rustdoc::broken_intra_doc_links)]
+
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use peerdma_p2p::{explain, matrix, render::matrix_table, render::LEGEND, Matrix};
+use peerdma_p2p::{explain, matrix, render::LEGEND, Matrix};
 use peerdma_pci::ids::PciIds;
 use peerdma_pci::render::{describe, header, tree};
 use peerdma_pci::{presets, snapshot_json, sysfs, write_snapshot, FnId, Source, Topology};
@@ -11,6 +15,10 @@ use serde_json::json;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
+
+mod docs_cmds;
+mod fleet_cmds;
+mod style;
 
 #[derive(Parser)]
 #[command(
@@ -29,7 +37,12 @@ struct Cli {
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
-    /// Read device names from this pci.ids file (default: the system's).
+    /// Colour verdicts: auto (on a terminal, unless NO_COLOR is set), always or never.
+    #[arg(long, global = true, value_name = "WHEN", default_value = "auto")]
+    color: style::ColorWhen,
+    /// Read device names from this pci.ids file [default: the system's
+    /// when it is as new as peerdma's built-in copy, else the built-in copy;
+    /// $PEERDMA_SYSTEM_PCI_IDS names the system's file].
     #[arg(long, global = true, value_name = "FILE")]
     pci_ids: Option<PathBuf>,
     #[command(subcommand)]
@@ -53,6 +66,19 @@ struct SourceArgs {
     /// Use a built-in machine (see `peerdma presets`).
     #[arg(long, global = true, value_name = "NAME")]
     preset: Option<String>,
+    /// Read hwloc XML (`lstopo --of xml`, hwloc 1.x or 2.x).
+    #[arg(long, global = true, value_name = "FILE")]
+    hwloc: Option<PathBuf>,
+    /// Where the capture does not show ACS (hwloc XML, sysfs read without
+    /// root): `none` assumes no redirect; `iommu` assumes root ports and
+    /// switch downstream ports redirect, as the kernel sets them when an
+    /// IOMMU driver is on. Verdicts also say what the other gives.
+    #[arg(long, global = true, value_name = "none|iommu", value_parser = parse_assume_acs)]
+    assume_acs: Option<peerdma_pci::AcsAssumption>,
+}
+
+fn parse_assume_acs(s: &str) -> Result<peerdma_pci::AcsAssumption, String> {
+    peerdma_pci::AcsAssumption::parse(s).ok_or_else(|| format!("'{s}' is not none or iommu"))
 }
 
 #[derive(Subcommand)]
@@ -62,6 +88,13 @@ enum Cmd {
         /// Put every function (bridges and ports too) in the matrix.
         #[arg(long)]
         all: bool,
+        /// Draw the machine (tree, links, ACS, the matrix of verdicts) as
+        /// SVG into FILE (`-`: standard output), laid out by Graphviz.
+        #[arg(long, value_name = "FILE")]
+        svg: Option<PathBuf>,
+        /// Write the same picture as a Graphviz DOT graph into FILE.
+        #[arg(long, value_name = "FILE")]
+        dot: Option<PathBuf>,
     },
     /// Explain whether PROVIDER's memory can be reached by CLIENT's DMA.
     /// Exit status 0 when P2P works, 1 when it does not, 2 on error.
@@ -88,6 +121,26 @@ enum Cmd {
     },
     /// List the built-in machines.
     Presets,
+    /// Write one self-contained HTML report of the machine (for a support
+    /// ticket): where it was read, ACS and link findings, the picture, the
+    /// tree, the P2P matrix, every pair that cannot do P2P with the reasons
+    /// and fixes, probe results, and the snapshot to replay it. Opens in
+    /// any browser without network access.
+    Report {
+        /// The HTML file to write (`-`: standard output).
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
+        /// Also run `peerdma probe PROVIDER CLIENT` (real I/O on this
+        /// machine, as root; it overwrites the scratch regions `peerdma
+        /// probe --help` describes) and put the result in the report. May
+        /// be given several times. Where a probe cannot run, the report
+        /// says why.
+        #[arg(long, value_name = "PROVIDER,CLIENT")]
+        probe: Vec<String>,
+        /// Put every function (bridges and ports too) in the matrix.
+        #[arg(long)]
+        all: bool,
+    },
     /// Run a workload (a TOML file of jobs) on the simulated machine: every
     /// byte moved through the simulated fabric by the storage consumers
     /// (block layer, NVMe, RAID) and checked, and the whole workload timed
@@ -107,6 +160,10 @@ enum Cmd {
         /// Seed of the drives' pattern data.
         #[arg(long)]
         seed: Option<u64>,
+        /// Also draw the run as SVG into FILE: the jobs on a timeline,
+        /// coloured by path, and how busy the busiest links were.
+        #[arg(long, value_name = "FILE")]
+        svg: Option<PathBuf>,
     },
     /// Run the built-in demo on the default machine: the storage consumers
     /// of P2P DMA, each job's bytes moved and checked, P2P side by side
@@ -126,6 +183,38 @@ enum Cmd {
         #[arg(long, value_name = "BYTES", default_value = "512M", value_parser = parse_bytes)]
         size: u64,
     },
+    /// Node labels for Kubernetes node-feature-discovery: a feature file
+    /// for its features.d directory, saying for each two kinds of device
+    /// (gpu, accel, nic, nvme) the best P2P verdict between them and how
+    /// many pairs can do P2P; also ACS redirect, degraded links and P2P
+    /// memory providers.
+    ///
+    /// NFD reads /etc/kubernetes/node-feature-discovery/features.d/;
+    /// docs/fleet.md has a DaemonSet that keeps the file there current.
+    Labels(fleet_cmds::LabelsArgs),
+    /// Prometheus metrics for node_exporter's textfile collector: the
+    /// verdict of every pair of DMA endpoints, ACS-redirecting functions,
+    /// link speed and width against what they can do, P2P memory.
+    Metrics(fleet_cmds::MetricsArgs),
+    /// Compare two machines: devices added or removed, ACS, links, P2P
+    /// memory, and every pair whose verdict changed with the reason.
+    ///
+    /// A and B are snapshots (or --root directories); without B, a source
+    /// option gives the second machine: `peerdma diff node16.json --live`.
+    Diff(fleet_cmds::DiffArgs),
+    /// Summarise a directory of snapshots: machines grouped by identical
+    /// P2P matrix, the odd ones out and what makes them differ, the fixes
+    /// that apply across the fleet, links below what they can do.
+    ///
+    /// Exit status 0 when every file was a snapshot, 1 when some were not
+    /// (they are listed), 2 on error (no snapshots at all).
+    Fleet(fleet_cmds::FleetArgs),
+    /// Print a shell completion script: `peerdma completions bash >
+    /// /etc/bash_completion.d/peerdma`, or zsh, fish, elvish, powershell.
+    Completions(docs_cmds::CompletionsArgs),
+    /// Print the man page (roff): `peerdma man | man -l -`; --dir writes a
+    /// page per subcommand too.
+    Man(docs_cmds::ManArgs),
     /// Copy between files and block devices by the best path: P2P memory
     /// when both ends' devices can reach a provider, else host memory.
     ///
@@ -307,6 +396,15 @@ fn parse_bytes(s: &str) -> Result<u64, String> {
 }
 
 impl SourceArgs {
+    /// Whether a source option was given.
+    fn given(&self) -> bool {
+        self.live
+            || self.root.is_some()
+            || self.snapshot.is_some()
+            || self.topology.is_some()
+            || self.preset.is_some()
+    }
+
     fn source(&self) -> Result<Source> {
         let mut chosen = Vec::new();
         if self.live {
@@ -324,11 +422,25 @@ impl SourceArgs {
         if let Some(p) = &self.preset {
             chosen.push(Source::Preset(p.clone()));
         }
+        if let Some(f) = &self.hwloc {
+            chosen.push(Source::Hwloc(f.clone()));
+        }
         match chosen.len() {
             0 => Ok(Source::default()),
             1 => Ok(chosen.remove(0)),
-            _ => bail!("choose one machine: --live, --root, --snapshot, --topology or --preset"),
+            _ => bail!(
+                "choose one machine: --live, --root, --snapshot, --topology, --preset or --hwloc"
+            ),
         }
+    }
+
+    /// Read a machine, with `--assume-acs` applied.
+    fn load(&self, source: &Source) -> Result<Topology> {
+        let mut t = source.load()?;
+        if let Some(a) = self.assume_acs {
+            t.assume_acs(a);
+        }
+        Ok(t)
     }
 }
 
@@ -342,8 +454,17 @@ fn print(text: &str) -> Result<()> {
     }
 }
 
+/// The version of the JSON every command prints with `--json` (its
+/// `schema` field; README.md lists the fields per command).
+const JSON_SCHEMA: u32 = 1;
+
+/// Print JSON for tools, with `"schema"` added to an object that lacks it.
 fn print_json(v: &serde_json::Value) -> Result<()> {
-    let mut s = serde_json::to_string_pretty(v)?;
+    let mut v = v.clone();
+    if let Some(o) = v.as_object_mut() {
+        o.entry("schema").or_insert(json!(JSON_SCHEMA));
+    }
+    let mut s = serde_json::to_string_pretty(&v)?;
     s.push('\n');
     print(&s)
 }
@@ -353,7 +474,10 @@ fn load_ids(path: &Option<PathBuf>) -> Result<PciIds> {
         Some(p) => {
             PciIds::load(p).with_context(|| format!("cannot read pci.ids file {}", p.display()))
         }
-        None => Ok(PciIds::load_default()),
+        None => match std::env::var_os("PEERDMA_SYSTEM_PCI_IDS") {
+            Some(p) if !p.is_empty() => Ok(PciIds::load_preferring(&[PathBuf::from(p)])),
+            _ => Ok(PciIds::load_default()),
+        },
     }
 }
 
@@ -367,6 +491,7 @@ fn run_sim(
     path: &std::path::Path,
     iommu: Option<&str>,
     seed: Option<u64>,
+    svg: Option<&std::path::Path>,
     json: bool,
 ) -> Result<ExitCode> {
     use peerdma_workload::format::MachineSource;
@@ -375,35 +500,67 @@ fn run_sim(
         || src.root.is_some()
         || src.snapshot.is_some()
         || src.topology.is_some()
-        || src.preset.is_some();
-    let source = match (&w.machine, given) {
-        (Some(m), false) => match m {
-            MachineSource::Preset(p) => Source::Preset(p.clone()),
-            MachineSource::Snapshot(f) => Source::Snapshot(f.clone()),
-            MachineSource::Topology(f) => Source::Description(f.clone()),
-            MachineSource::Root(d) => Source::Root(d.clone()),
-            MachineSource::Live => Source::Live,
-        },
-        _ => src.source()?,
-    };
-    let topo = source.load()?;
+        || src.preset.is_some()
+        || src.hwloc.is_some();
+    if given && w.machines.len() > 1 {
+        bail!(
+            "{}: the workload names its machines ([machine.{}] and more): --live, --root, --snapshot, --topology and --preset apply to a workload of one machine",
+            path.display(),
+            w.machines[0].name
+        );
+    }
+    let override_iommu = iommu.map(iommu_setting).transpose()?;
+    let mut machines = Vec::new();
+    for m in &w.machines {
+        let source = match (&m.source, given) {
+            (Some(s), false) => match s {
+                MachineSource::Preset(p) => Source::Preset(p.clone()),
+                MachineSource::Snapshot(f) => Source::Snapshot(f.clone()),
+                MachineSource::Topology(f) => Source::Description(f.clone()),
+                MachineSource::Root(d) => Source::Root(d.clone()),
+                MachineSource::Live => Source::Live,
+            },
+            _ => src.source()?,
+        };
+        let topo = src.load(&source)?;
+        machines.push((topo, override_iommu.or(m.iommu).unwrap_or_default()));
+    }
     let defaults = peerdma_workload::run::RunOptions::default();
     let opts = peerdma_workload::run::RunOptions {
-        iommu: match iommu {
-            Some(s) => iommu_setting(s)?,
-            None => w.iommu.unwrap_or_default(),
-        },
+        iommu: machines.first().map_or(defaults.iommu, |m| m.1),
         seed: seed.unwrap_or(defaults.seed),
         ..defaults
     };
-    let (report, t) = peerdma_workload::run_workload(&w, topo, opts)?;
+    let (report, topos) = peerdma_workload::run_machines(&w, machines, opts)?;
+    if let Some(out) = svg {
+        let named: Vec<(&str, &Topology)> = w
+            .machines
+            .iter()
+            .zip(&topos)
+            .map(|(m, t)| (m.name.as_str(), t.as_ref()))
+            .collect();
+        let picture = peerdma_workload::svg::timeline(
+            &report,
+            &named,
+            &format!("peerdma sim {}", path.display()),
+        );
+        let said = write_out(out, &picture, "an SVG picture")?;
+        eprint!("{said}");
+    }
     if json {
         let mut s = peerdma_workload::report::to_json(&report);
         s.push('\n');
         print(&s)?;
     } else {
+        let names = peerdma_workload::report::Names::new(
+            w.machines
+                .iter()
+                .zip(&topos)
+                .map(|(m, t)| (m.name.clone(), t.as_ref()))
+                .collect(),
+        );
         print(&peerdma_workload::report::render(
-            &t,
+            &names,
             &report,
             &format!("peerdma sim {}", path.display()),
         ))?;
@@ -427,7 +584,7 @@ fn run_demo(
     if size < STEP || size % STEP != 0 {
         bail!("--size {size}: the demo's reads are whole multiples of 4 MiB (try 1G or 64M)");
     }
-    let topo = src.source()?.load()?;
+    let topo = src.load(&src.source()?)?;
     let text = peerdma_workload::demo::workload_text_sized(&topo, size, size / 2);
     if print_workload {
         print(&text)?;
@@ -467,7 +624,10 @@ fn endpoints(topo: &Topology, all: bool) -> Vec<FnId> {
 }
 
 fn matrix_with_legend(topo: &Topology, m: &Matrix, fns: &[FnId]) -> String {
-    format!("{}\n{LEGEND}\n", matrix_table(topo, m, fns))
+    format!(
+        "{}\n{LEGEND}\n",
+        peerdma_p2p::render::matrix_table_painted(topo, m, fns, &style::cell)
+    )
 }
 
 fn notes(topo: &Topology) -> String {
@@ -535,10 +695,35 @@ fn run(cli: Cli) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
 
+    style::set(cli.color);
+    match &cli.cmd {
+        Cmd::Completions(a) => return docs_cmds::completions(a),
+        Cmd::Man(a) => return docs_cmds::man(a),
+        Cmd::Diff(a) => return fleet_cmds::diff(&cli.source, a, &cli.pci_ids, cli.json),
+        Cmd::Fleet(a) => {
+            if cli.source.given() {
+                bail!("fleet reads the snapshots in its directory: --live, --root, --snapshot, --topology and --preset do not apply");
+            }
+            return fleet_cmds::fleet(a, &cli.pci_ids, cli.json);
+        }
+        _ => {}
+    }
+
+    if matches!(cli.cmd, Cmd::Labels(_) | Cmd::Metrics(_)) && !cli.source.given() {
+        // What these write lands in a fleet's scheduler and monitoring: the
+        // built-in demo machine is never the right default there.
+        bail!("labels and metrics describe a real machine: give --live for this one, or --snapshot, --root, --topology or --preset");
+    }
+
     if let Cmd::Copy(a) = &cli.cmd {
         let s = &cli.source;
-        if s.root.is_some() || s.snapshot.is_some() || s.topology.is_some() || s.preset.is_some() {
-            bail!("copy does real I/O on this machine: --root, --snapshot, --topology and --preset do not apply");
+        if s.root.is_some()
+            || s.snapshot.is_some()
+            || s.topology.is_some()
+            || s.preset.is_some()
+            || s.hwloc.is_some()
+        {
+            bail!("copy does real I/O on this machine: --root, --snapshot, --topology, --preset and --hwloc do not apply");
         }
         return run_copy(a, cli.json);
     }
@@ -554,8 +739,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
     } = &cli.cmd
     {
         let s = &cli.source;
-        if s.root.is_some() || s.snapshot.is_some() || s.topology.is_some() || s.preset.is_some() {
-            bail!("probe does real I/O on this machine: --root, --snapshot, --topology and --preset do not apply");
+        if s.root.is_some()
+            || s.snapshot.is_some()
+            || s.topology.is_some()
+            || s.preset.is_some()
+            || s.hwloc.is_some()
+        {
+            bail!("probe does real I/O on this machine: --root, --snapshot, --topology, --preset and --hwloc do not apply");
         }
         let mut opts = peerdma_linux::probe::ProbeOptions::new(provider, client);
         opts.to = to.clone();
@@ -576,9 +766,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
         workload,
         iommu,
         seed,
+        svg,
     } = &cli.cmd
     {
-        return run_sim(&cli.source, workload, iommu.as_deref(), *seed, cli.json);
+        return run_sim(
+            &cli.source,
+            workload,
+            iommu.as_deref(),
+            *seed,
+            svg.as_deref(),
+            cli.json,
+        );
     }
     if let Cmd::Demo {
         iommu,
@@ -598,13 +796,84 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
 
     let source = cli.source.source()?;
-    let topo = source.load()?;
+    let topo = cli.source.load(&source)?;
     match cli.cmd {
-        Cmd::Presets | Cmd::Probe { .. } | Cmd::Copy(_) | Cmd::Sim { .. } | Cmd::Demo { .. } => {
+        Cmd::Presets
+        | Cmd::Probe { .. }
+        | Cmd::Copy(_)
+        | Cmd::Sim { .. }
+        | Cmd::Demo { .. }
+        | Cmd::Diff(_)
+        | Cmd::Fleet(_)
+        | Cmd::Completions(_)
+        | Cmd::Man(_) => {
             unreachable!("handled above")
         }
-        Cmd::Topo { all } => {
+        Cmd::Labels(a) => fleet_cmds::labels(&topo, &source, &a, cli.json),
+        Cmd::Metrics(a) => fleet_cmds::metrics(&topo, &a, cli.json),
+        Cmd::Report { output, probe, all } => {
+            let pairs = probe
+                .iter()
+                .map(|p| peerdma_report::probe::parse_pair(p))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(anyhow::Error::msg)?;
             let ids = load_ids(&cli.pci_ids)?;
+            let opts = peerdma_p2p::dot::DotOptions {
+                all_in_matrix: all,
+                with_matrix: false,
+                ..Default::default()
+            };
+            let picture = match peerdma_report::machine_svg(&topo, &ids, &opts) {
+                Ok(svg) => peerdma_report::html::Picture::Svg(svg),
+                Err(e) => peerdma_report::html::Picture::Unavailable(e.to_string()),
+            };
+            let mut report = peerdma_report::html::Report::new(&topo, &ids, picture);
+            report.all_in_matrix = all;
+            report.generated_by = peerdma_report::generated_by();
+            if !pairs.is_empty() {
+                let live = matches!(source, Source::Live);
+                report.probes = Some(peerdma_report::probe::run(
+                    &pairs,
+                    live,
+                    &topo.origin_label(),
+                ));
+            }
+            let said = write_out(&output, &report.render(), "an HTML report")?;
+            if is_stdout(&output) {
+                eprint!("{said}");
+            } else {
+                print(&said)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Topo { all, svg, dot } => {
+            let ids = load_ids(&cli.pci_ids)?;
+            if svg.is_some() || dot.is_some() {
+                let opts = peerdma_p2p::dot::DotOptions {
+                    all_in_matrix: all,
+                    ..Default::default()
+                };
+                let graph = peerdma_p2p::dot::machine_dot(&topo, &ids, &opts);
+                let mut said = String::new();
+                if let Some(path) = &dot {
+                    said.push_str(&write_out(path, &graph, "a DOT graph")?);
+                }
+                if let Some(path) = &svg {
+                    let picture = peerdma_report::graphviz::svg(&graph)?;
+                    said.push_str(&write_out(path, &picture, "an SVG picture")?);
+                }
+                // What was written, on standard error when a picture itself
+                // went to standard output.
+                if [&dot, &svg]
+                    .iter()
+                    .any(|p| p.as_deref().is_some_and(is_stdout))
+                {
+                    eprint!("{said}");
+                } else {
+                    print(&said)?;
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
             if cli.json {
                 let hbs: Vec<_> = topo
                     .host_bridges()
@@ -645,7 +914,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     s.push_str(&matrix_with_legend(&topo, &m, &fns));
                 }
                 s.push_str(&notes(&topo));
-                print(&s)?;
+                style::print(&s)?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -662,7 +931,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 let mut s = e.render();
                 s.push_str(&notes(&topo));
-                print(&s)?;
+                style::print(&style::check(&s, e.map_type))?;
             }
             Ok(if e.p2p {
                 ExitCode::SUCCESS
@@ -671,19 +940,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
             })
         }
         Cmd::Matrix { all } => {
-            let m = matrix(&topo);
             if cli.json {
-                let pairs: Vec<_> = m.pairs().collect();
+                let pairs = peerdma_p2p::pair_reports(&topo);
                 print_json(
                     &json!({ "source": source.label(), "pairs": pairs, "notes": topo.notes() }),
                 )?;
             } else {
+                let m = matrix(&topo);
                 let fns = endpoints(&topo, all);
                 let mut s = header(&topo);
                 s.push('\n');
                 s.push_str(&matrix_with_legend(&topo, &m, &fns));
                 s.push_str(&notes(&topo));
-                print(&s)?;
+                style::print(&s)?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -715,7 +984,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             // went to standard output.
             let summary = if cli.json {
                 let mut s = serde_json::to_string_pretty(
-                    &json!({ "snapshot": output, "tree": tree_dir, "functions": topo.len(), "source": source.label() }),
+                    &json!({ "schema": JSON_SCHEMA, "snapshot": output, "tree": tree_dir, "functions": topo.len(), "source": source.label() }),
                 )?;
                 s.push('\n');
                 s
@@ -751,6 +1020,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Write `text` to `path` whole (standard output for `-`); the line that
+/// says so.
+fn write_out(path: &std::path::Path, text: &str, what: &str) -> Result<String> {
+    if is_stdout(path) {
+        print(text)?;
+        return Ok(String::new());
+    }
+    peerdma_pci::write_file(path, text.as_bytes(), what)
+        .with_context(|| format!("cannot write {what} to {}", path.display()))?;
+    Ok(format!("wrote {what} to {}\n", path.display()))
 }
 
 /// Whether `path` is `-` or names this process's standard output

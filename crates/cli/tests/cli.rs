@@ -161,8 +161,41 @@ fn matrix_json_has_every_ordered_pair() {
             assert_eq!(p["distance"].is_null(), map == "not_supported", "{p}");
             assert_ne!(p["provider"], p["client"]);
             assert_eq!(p["provider"].as_str().unwrap().len(), 12);
+            let class = p["link_class"].as_str().unwrap();
+            assert!(
+                ["INT", "PIX", "PXB", "PHB", "NODE", "SYS"].contains(&class),
+                "{p}"
+            );
         }
     }
+    // The classes are the rule's: on the workstation the GPU and its audio
+    // function are one device, the drives sit on other root ports.
+    let j: Value =
+        serde_json::from_str(&ok(&["matrix", "--json", "--preset", "workstation"])).unwrap();
+    let class = |a: &str, b: &str| {
+        j["pairs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["provider"] == a && p["client"] == b)
+            .map(|p| p["link_class"].as_str().unwrap().to_string())
+    };
+    let topo: Value =
+        serde_json::from_str(&ok(&["topo", "--json", "--preset", "workstation"])).unwrap();
+    let bdf = |label: &str| {
+        topo["functions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["label"] == label)
+            .map(|f| f["bdf"].as_str().unwrap().to_string())
+            .unwrap()
+    };
+    assert_eq!(
+        class(&bdf("gpu"), &bdf("gpu-audio")).as_deref(),
+        Some("INT")
+    );
+    assert_eq!(class(&bdf("gpu"), &bdf("nvme0")).as_deref(), Some("PHB"));
 }
 
 #[test]
@@ -447,4 +480,126 @@ fn a_copy_that_fails_or_stops_before_writing_leaves_no_new_file() {
     assert!(!dst.exists(), "an empty destination was left behind");
     fails(&["copy", s, d, "--no-bounce"], &["cannot copy"]);
     assert!(!dst.exists(), "an empty destination was left behind");
+}
+
+fn hwloc_fixtures() -> Vec<std::path::PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/hwloc/kernel");
+    let mut v: Vec<_> = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "xml"))
+        .collect();
+    v.sort();
+    assert_eq!(
+        v.len(),
+        27,
+        "three files for each of the nine kernel fixtures"
+    );
+    v
+}
+
+#[test]
+fn topo_and_matrix_json_on_hwloc_xml_of_every_kernel_fixture() {
+    for p in hwloc_fixtures() {
+        let f = p.to_str().unwrap();
+        let out = ok(&["topo", "--hwloc", f]);
+        assert!(out.contains(&format!("from hwloc XML {f}")), "{out}");
+        assert!(
+            out.contains("note: hwloc XML records no config space"),
+            "{out}"
+        );
+        for assume in ["none", "iommu"] {
+            let j: Value = serde_json::from_str(&ok(&[
+                "matrix",
+                "--json",
+                "--hwloc",
+                f,
+                "--assume-acs",
+                assume,
+            ]))
+            .unwrap();
+            let pairs = j["pairs"].as_array().unwrap();
+            assert!(!pairs.is_empty(), "{f}");
+            for p in pairs {
+                assert!(p["link_class"].is_string(), "{p}");
+                // Every pair's walk meets functions whose ACS is unknown.
+                let u = &p["acs_unknown"];
+                assert_eq!(u["assumed"], assume, "{f}: {p}");
+                assert_ne!(u["other"], assume, "{f}: {p}");
+                assert!(u["other_map_type"].is_string(), "{p}");
+            }
+        }
+    }
+}
+
+#[test]
+fn bad_hwloc_xml_is_one_line_naming_the_file_and_element() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("bad.xml");
+    let f = p.to_str().unwrap();
+    let good = fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/hwloc/kernel/switch-nvme-cmb.xml"),
+    )
+    .unwrap();
+    for (text, want) in [
+        (
+            "{\"format\": \"peerdma-snapshot\"}".to_string(),
+            "not well-formed XML",
+        ),
+        (good[..good.len() / 2].to_string(), "truncated"),
+        (
+            good.replace("version=\"2.0\"", "version=\"3.0\""),
+            "hwloc XML version 3.0",
+        ),
+        (
+            good.replace("pci_busid=\"0000:03:00.0\"", "pci_busid=\"0000:09:00.0\""),
+            "pci_busid=\"0000:09:00.0\">: is on bus 09, outside its bus range",
+        ),
+    ] {
+        fs::write(&p, text).unwrap();
+        let err = fails(&["topo", "--hwloc", f], &[want, f]);
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+    }
+}
+
+#[test]
+fn topo_names_devices_without_a_system_pci_ids() {
+    // The system's database is looked for where there is none: the names
+    // come from the copy built into peerdma.
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-pci.ids");
+    for (preset, names) in [
+        (
+            "dual-xeon",
+            &[
+                "NVIDIA Corporation GV100GL [Tesla V100 PCIe 16GB]",
+                "Intel Corporation",
+            ][..],
+        ),
+        (
+            "gpu-storage-16",
+            &[
+                "NVIDIA Corporation GH100[H100 SXM5 80GB]",
+                "Samsung Electronics Co Ltd",
+            ][..],
+        ),
+        ("epyc", &["Advanced Micro Devices, Inc. [AMD]"][..]),
+        ("workstation", &["NVIDIA Corporation"][..]),
+    ] {
+        let o = Command::new(env!("CARGO_BIN_EXE_peerdma"))
+            .args(["topo", "--preset", preset])
+            .env("PEERDMA_SYSTEM_PCI_IDS", &missing)
+            .output()
+            .unwrap();
+        assert!(o.status.success());
+        let out = String::from_utf8(o.stdout).unwrap();
+        for n in names {
+            assert!(out.contains(n), "{preset}: no '{n}' in\n{out}");
+        }
+        assert!(
+            !out.contains(": Device "),
+            "{preset}: a device without a vendor name\n{out}"
+        );
+    }
 }

@@ -317,3 +317,34 @@ fn a_read_past_the_namespace_fails_with_the_controllers_status() {
     )
     .unwrap();
 }
+
+#[test]
+fn a_fault_fires_at_its_byte_even_past_a_commands_first_range() {
+    use peerdma_consumers::io::IoFault;
+    use peerdma_sim::Fault;
+    let m = machine("dual-xeon", IommuMode::Off);
+    let d = m.device("nvme0").unwrap();
+    // Two host buffers far apart: one command, two data ranges of 64 KiB.
+    let a = m.alloc_host(64 << 10, 0).unwrap();
+    let _gap = m.alloc_host(1 << 20, 0).unwrap();
+    let b = m.alloc_host(64 << 10, 0).unwrap();
+    let mut nvme = NvmeDrive::new(&m, d, NvmeConfig::default()).unwrap();
+    let fault = IoFault {
+        at: 100 << 10,
+        fault: Fault::Remove {
+            device: d,
+            after: 0,
+        },
+    };
+    let e = direct_io(
+        &m,
+        &mut nvme,
+        Op::Read,
+        0,
+        &[a.phys(), b.phys()],
+        Fallback::Fail,
+        Some(fault),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("removed"), "{e}");
+}

@@ -14,6 +14,23 @@
 //! * [`probe`]: the P2P smoke test — move known bytes through a provider's
 //!   memory with real DMA and hold the result against the kernel's verdict
 //!   (read with [`peerdma_p2p::oracle`] where the oracle kernel prints it).
+//!
+//! The probe's patterns and how wrong bytes are told apart, without
+//! hardware:
+//!
+//! ```
+//! use peerdma_linux::pattern::{compare, pattern, WrongKind};
+//!
+//! let expected = pattern(42, 8192);
+//! let mut found = expected.clone();
+//! found[4096..].fill(0xff); // what a read through an unsupported path returns
+//! let m = compare(&expected, &found, None).expect("a mismatch");
+//! assert_eq!(m.first_offset, 4096);
+//! // (the pattern itself has a few 0xff bytes, which are not wrong)
+//! assert!(m.bytes_wrong > 4000 && m.bytes_wrong <= 4096);
+//! assert_eq!(m.kind, WrongKind::AllOnes);
+//! assert_eq!(compare(&expected, &expected, None), None);
+//! ```
 
 pub mod blockdev;
 pub mod copy;
@@ -245,3 +262,8 @@ mod tests {
         );
     }
 }
+
+/// The README's example, run as a doctest so it cannot go stale.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -19,6 +19,23 @@
 //! of memory a range is, [`PhysVec`] carries a physical range with its kind
 //! (what the kernel once needed a `struct page` for), and [`Direction`] is
 //! the DMA direction.
+//!
+//! ```
+//! use peerdma_mem::{format_size, parse_size, Bdf, BusOffset, MemKind, PhysAddr, PhysVec};
+//!
+//! // A BAR at CPU physical 0x3800_0000_0000 that the host bridge shows to
+//! // the bus 0x1000 lower: a peer uses the bus address.
+//! let offset = BusOffset::new(-0x1000);
+//! let bus = offset.to_bus(PhysAddr::new(0x3800_0000_0000)).unwrap();
+//! assert_eq!(bus.raw(), 0x37ff_ffff_f000);
+//! // A range of that BAR, kind and all.
+//! let gpu: Bdf = "0000:1a:00.0".parse().unwrap();
+//! let v = PhysVec::new(PhysAddr::new(0x3800_0000_0000), parse_size("2M").unwrap(), MemKind::P2p { provider: gpu }).unwrap();
+//! assert_eq!(v.kind().provider(), Some(gpu));
+//! assert!(!v.kind().cpu_coherent());
+//! assert_eq!(format_size(v.len()), "2 MiB");
+//! assert_eq!(gpu.short(), "1a:00.0");
+//! ```
 
 mod addr;
 pub mod alloc;
@@ -38,3 +55,8 @@ pub use size::{format_size, parse_size, SizeError};
 
 /// The page size the kernel's P2P pools allocate in (`PAGE_SHIFT` = 12 on x86-64).
 pub const PAGE_SIZE: u64 = 4096;
+
+/// The README's example, run as a doctest so it cannot go stale.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -26,7 +26,8 @@ pub struct Verdict {
     /// common upstream bridge, in the order the kernel lists them for
     /// `pci=disable_acs_redir=`. Empty when there is no common bridge.
     pub acs_redirects: Vec<FnId>,
-    /// Functions the walk checked whose ACS state the capture does not show.
+    /// Functions the walk checked whose ACS state the capture does not show
+    /// (unknown, or only assumed with `--assume-acs`).
     pub acs_unknown: Vec<FnId>,
     /// Whether the host bridge(s) passed the whitelist test (only consulted
     /// when the path goes through the host bridge).
@@ -40,10 +41,15 @@ pub fn calc_map_type_and_dist(topo: &Topology, provider: FnId, client: FnId) -> 
     let up = |f: FnId| topo.function(f).upstream;
     let mut acs_list = Vec::new();
     let mut acs_unknown = Vec::new();
-    let mut check = |f: FnId, list: &mut Vec<FnId>| match acs_redirects(&topo.function(f).acs) {
-        Some(true) => list.push(f),
-        Some(false) => {}
-        None => acs_unknown.push(f),
+    let mut check = |f: FnId, list: &mut Vec<FnId>| {
+        let acs = &topo.function(f).acs;
+        if acs_redirects(acs) == Some(true) {
+            list.push(f);
+        }
+        // Unknown, or only assumed (--assume-acs).
+        if !acs.is_known() {
+            acs_unknown.push(f);
+        }
     };
 
     let mut a = Some(provider);

@@ -7,7 +7,7 @@ use crate::path::{path_between, Hop, LinkClass};
 use crate::whitelist::whitelist_entry;
 use crate::MapType;
 use peerdma_pci::config::{acs_bits_string, ACS_REDIR_MASK};
-use peerdma_pci::{Bdf, FnId, HostBridgeId, PortType, Topology};
+use peerdma_pci::{AcsAssumption, Bdf, FnId, HostBridgeId, PortType, Topology};
 use serde::Serialize;
 use std::fmt::Write;
 
@@ -59,6 +59,25 @@ pub struct AcsReport {
     pub port_type: PortType,
     /// ACS control bits, e.g. `SV|RR|CR|UF`.
     pub ctrl: String,
+    /// Not read from the capture: assumed (`--assume-acs iommu`).
+    pub assumed: bool,
+}
+
+/// Where the capture does not show the ACS state of functions the
+/// kernel's walk checks: what the verdict took them to be, and the verdict
+/// under the other assumption.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct AcsUnknown {
+    /// The functions on the path whose ACS state is not in the capture.
+    pub functions: Vec<Bdf>,
+    /// Why it is not (no config space in hwloc XML, a read without root).
+    pub why: &'static str,
+    /// What the verdict assumed (`--assume-acs`).
+    pub assumed: AcsAssumption,
+    /// The other assumption and the verdict it gives.
+    pub other: AcsAssumption,
+    pub other_map_type: MapType,
+    pub other_distance: Option<u32>,
 }
 
 /// The narrowest link on the path.
@@ -91,6 +110,10 @@ pub struct Explanation {
     pub reasons: Vec<String>,
     pub fixes: Vec<Fix>,
     pub caveats: Vec<String>,
+    /// Set where ACS on the path is not in the capture (hwloc XML, sysfs
+    /// read without root).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acs_unknown: Option<AcsUnknown>,
 }
 
 fn name(topo: &Topology, f: FnId) -> String {
@@ -216,6 +239,7 @@ pub fn explain(topo: &Topology, provider: FnId, client: FnId) -> Explanation {
                 bdf: func.bdf,
                 port_type: func.port_type,
                 ctrl: acs_bits_string(func.acs.ctrl().unwrap_or(0)),
+                assumed: !func.acs.is_known(),
             }
         })
         .collect();
@@ -245,9 +269,14 @@ pub fn explain(topo: &Topology, provider: FnId, client: FnId) -> Explanation {
             topo.function(c).port_type
         )),
         (_, Some(c)) => reasons.push(format!(
-            "both sit below {} ({}), but ACS redirect (P2P Request/Completion Redirect or Egress Control) is set on {}: peer requests are sent up to the root complex instead of across",
+            "both sit below {} ({}), but ACS redirect (P2P Request/Completion Redirect or Egress Control) is {} on {}: peer requests are sent up to the root complex instead of across",
             name(topo, c),
             topo.function(c).port_type,
+            if v.acs_redirects.iter().all(|&f| topo.function(f).acs.is_known()) {
+                "set".to_string()
+            } else {
+                format!("assumed (--assume-acs {})", topo.acs_assumption().as_str())
+            },
             v.acs_redirects.iter().map(|&f| name(topo, f)).collect::<Vec<_>>().join(", ")
         )),
         (_, None) => reasons.push(format!(
@@ -273,8 +302,16 @@ pub fn explain(topo: &Topology, provider: FnId, client: FnId) -> Explanation {
             ));
         } else {
             for h in &host_bridges {
+                let unseen = topo
+                    .host_bridges()
+                    .iter()
+                    .any(|x| x.name == h.name && x.device_not_captured);
                 let what = match (&h.device, &h.ids) {
                     (Some(d), Some(ids)) => format!("host bridge {} (represented by {d}, {ids})", h.name),
+                    _ if unseen => format!(
+                        "host bridge {}: the capture leaves out its 00.0 function (hwloc drops it unless lstopo --whole-io), so whether the kernel's whitelist allows it is unknown;",
+                        h.name
+                    ),
                     _ => format!(
                         "host bridge {} has no function at 00.0 and its first function is not a root port, so the kernel cannot identify it;",
                         h.name
@@ -285,6 +322,9 @@ pub fn explain(topo: &Topology, provider: FnId, client: FnId) -> Explanation {
                         "{what} is whitelisted ({e}) only for peers below that same host bridge"
                     ),
                     (Some(e), _, _) => format!("{what} is in the kernel's P2PDMA whitelist ({e})"),
+                    (None, _, _) if unseen => {
+                        format!("{what} peerdma takes it as not whitelisted")
+                    }
                     (None, _, _) if h.device.is_none() => {
                         format!("{what} it counts as not whitelisted")
                     }
@@ -388,13 +428,36 @@ pub fn explain(topo: &Topology, provider: FnId, client: FnId) -> Explanation {
 
     // Caveats.
     let mut caveats = Vec::new();
-    if !v.acs_unknown.is_empty() {
+    let acs_unknown = (!v.acs_unknown.is_empty()).then(|| {
+        let assumed = topo.acs_assumption();
+        let other = assumed.other();
+        let alt = calc_map_type_and_dist(&topo.with_acs_assumption(other), provider, client);
+        let u = AcsUnknown {
+            functions: v.acs_unknown.iter().map(|&f| topo.function(f).bdf).collect(),
+            why: topo.acs_unknown_reason(),
+            assumed,
+            other,
+            other_map_type: alt.map_type,
+            other_distance: alt.distance,
+        };
         caveats.push(format!(
-            "the ACS state of {} is unknown (config space beyond 64 bytes needs root); the verdict assumes no redirect there",
-            v.acs_unknown.iter().map(|&f| topo.function(f).bdf.to_string()).collect::<Vec<_>>().join(", ")
+            "the ACS state of {} is unknown ({}); the verdict assumes {} (--assume-acs {}); with {} (--assume-acs {}) it would be {}{}",
+            u.functions.iter().map(|b| b.to_string()).collect::<Vec<_>>().join(", "),
+            u.why,
+            assumed.describe(),
+            assumed.as_str(),
+            other.describe(),
+            other.as_str(),
+            alt.map_type,
+            alt.distance.map(|d| format!(", distance {d}")).unwrap_or_default(),
         ));
-    }
+        u
+    });
     match pf.p2pmem {
+        None if topo.origin().kind == "hwloc" => caveats.push(format!(
+            "hwloc XML does not record whether {} publishes P2P memory (p2pmem/ in sysfs): the verdict says whether its BARs could be reached, for a driver that exposes them",
+            pf.bdf
+        )),
         None => caveats.push(format!(
             "{} publishes no P2P memory (no p2pmem/ in sysfs): the verdict says whether its BARs could be reached, for a driver that exposes them",
             pf.bdf
@@ -430,11 +493,25 @@ pub fn explain(topo: &Topology, provider: FnId, client: FnId) -> Explanation {
         path: hop_names,
         common_upstream: v.common_upstream.map(|c| topo.function(c).bdf),
         narrowest_link: path.narrowest.and_then(|l| {
+            let rate = l.bytes_per_sec?;
             Some(NarrowLink {
                 port: topo.function(l.port).bdf,
                 below: topo.function(l.below).bdf,
-                link: l.state?.to_string(),
-                gbytes_per_sec: (l.bytes_per_sec? / 1e7).round() / 100.0,
+                link: match l.state {
+                    Some(s) => s.to_string(),
+                    None => {
+                        let c: Vec<String> = peerdma_pci::LinkState::candidates(rate)
+                            .iter()
+                            .map(|s| s.to_string())
+                            .collect();
+                        if c.is_empty() {
+                            "a link".to_string()
+                        } else {
+                            c.join(" or ")
+                        }
+                    }
+                },
+                gbytes_per_sec: (rate / 1e7).round() / 100.0,
             })
         }),
         acs_redirects,
@@ -445,6 +522,7 @@ pub fn explain(topo: &Topology, provider: FnId, client: FnId) -> Explanation {
         reasons,
         fixes,
         caveats,
+        acs_unknown,
     }
 }
 
@@ -484,8 +562,11 @@ impl Explanation {
             for a in &self.acs_redirects {
                 let _ = writeln!(
                     s,
-                    "    - {} ({}): ACS control {}",
-                    a.bdf, a.port_type, a.ctrl
+                    "    - {} ({}): ACS control {}{}",
+                    a.bdf,
+                    a.port_type,
+                    a.ctrl,
+                    if a.assumed { " (assumed)" } else { "" }
                 );
             }
         }

@@ -4,9 +4,10 @@
 //! walk to the meeting point and a few additions instead of the kernel's
 //! nested walks.
 
+use crate::path::{ClassFacts, LinkClass};
 use crate::rules::{acs_redirects, HostBridgeForwarding, Whitelisting};
 use crate::MapType;
-use peerdma_pci::{Bdf, FnId, Topology};
+use peerdma_pci::{AcsAssumption, Bdf, FnId, Topology};
 use serde::Serialize;
 
 const NONE: u32 = u32::MAX;
@@ -19,6 +20,10 @@ pub struct P2pIndex<'t> {
     /// ACS-redirecting functions from this one up to the top, inclusive.
     redir_to_top: Vec<u32>,
     redir: Vec<bool>,
+    /// Functions whose ACS state is not in the capture (unknown or only
+    /// assumed), from this one up to the top, inclusive.
+    unknown_to_top: Vec<u32>,
+    unknown: Vec<bool>,
     top: Vec<u32>,
     hb: Vec<u32>,
     cpu_ok: bool,
@@ -38,6 +43,8 @@ pub struct PairVerdict {
     pub map_type: MapType,
     /// `None` where the kernel's `pci_p2pdma_distance` returns -1.
     pub distance: Option<u32>,
+    /// How far apart the two are, in NVML's levels ([`LinkClass`]).
+    pub link_class: LinkClass,
 }
 
 impl<'t> P2pIndex<'t> {
@@ -49,6 +56,8 @@ impl<'t> P2pIndex<'t> {
             depth: vec![0; n],
             redir_to_top: vec![0; n],
             redir: Vec::with_capacity(n),
+            unknown_to_top: vec![0; n],
+            unknown: Vec::with_capacity(n),
             top: vec![0; n],
             hb: Vec::with_capacity(n),
             cpu_ok: topo.cpu().supports_p2pdma(),
@@ -64,6 +73,7 @@ impl<'t> P2pIndex<'t> {
         for f in topo.functions() {
             idx.up.push(f.upstream.map_or(NONE, |u| u.index() as u32));
             idx.redir.push(acs_redirects(&f.acs).unwrap_or(false));
+            idx.unknown.push(!f.acs.is_known());
             idx.hb.push(f.host_bridge.index() as u32);
         }
         // Ancestors are not always earlier in BDF order (a VF's bus), so
@@ -80,14 +90,17 @@ impl<'t> P2pIndex<'t> {
                 let x = x as usize;
                 let u = idx.up[x];
                 let r = u32::from(idx.redir[x]);
+                let k = u32::from(idx.unknown[x]);
                 if u == NONE {
                     idx.depth[x] = 0;
                     idx.redir_to_top[x] = r;
+                    idx.unknown_to_top[x] = k;
                     idx.top[x] = x as u32;
                 } else {
                     let u = u as usize;
                     idx.depth[x] = idx.depth[u] + 1;
                     idx.redir_to_top[x] = idx.redir_to_top[u] + r;
+                    idx.unknown_to_top[x] = idx.unknown_to_top[u] + k;
                     idx.top[x] = idx.top[u];
                 }
                 done[x] = true;
@@ -152,6 +165,31 @@ impl<'t> P2pIndex<'t> {
         (self.through_host_bridge(a, b), dist)
     }
 
+    /// Whether the kernel's walk for this pair checks a function whose ACS
+    /// state is not in the capture (unknown, or only assumed): the
+    /// provider's bridges up to the common one and the client's below it,
+    /// or, without a common bridge, the provider's bridges to the top.
+    pub fn acs_unknown_on_walk(&self, provider: FnId, client: FnId) -> bool {
+        let (a, b) = (provider.index(), client.index());
+        if self.top[a] != self.top[b] {
+            return self.unknown_to_top[a] > 0;
+        }
+        let (mut x, mut y) = (a, b);
+        while self.depth[x] > self.depth[y] {
+            x = self.up[x] as usize;
+        }
+        while self.depth[y] > self.depth[x] {
+            y = self.up[y] as usize;
+        }
+        while x != y {
+            x = self.up[x] as usize;
+            y = self.up[y] as usize;
+        }
+        self.unknown_to_top[a] + self.unknown_to_top[b] - 2 * self.unknown_to_top[x]
+            + u32::from(self.unknown[x])
+            > 0
+    }
+
     #[inline]
     fn through_host_bridge(&self, a: usize, b: usize) -> MapType {
         if self.host_bridge_forwards(self.hb[a] as usize, self.hb[b] as usize) {
@@ -176,6 +214,7 @@ impl<'t> P2pIndex<'t> {
             client: self.topo.function(client).bdf,
             map_type,
             distance: (map_type != MapType::NotSupported).then_some(dist),
+            link_class: crate::path::link_class(self.topo, provider, client),
         }
     }
 }
@@ -198,6 +237,8 @@ pub struct Matrix {
     n: usize,
     bdfs: Vec<Bdf>,
     cells: Vec<u32>,
+    /// Link classes are decided per pair on demand from these.
+    classes: ClassFacts,
 }
 
 impl Matrix {
@@ -225,6 +266,7 @@ impl Matrix {
             n,
             bdfs: topo.functions().iter().map(|f| f.bdf).collect(),
             cells,
+            classes: ClassFacts::new(topo),
         }
     }
 
@@ -240,6 +282,24 @@ impl Matrix {
     /// Map type and raw distance for a pair.
     pub fn get(&self, provider: FnId, client: FnId) -> (MapType, u32) {
         self.get_at(provider.index(), client.index())
+    }
+
+    /// The verdict for a pair.
+    pub fn verdict(&self, provider: FnId, client: FnId) -> PairVerdict {
+        let (a, b) = (provider.index(), client.index());
+        let (map_type, dist) = self.get_at(a, b);
+        PairVerdict {
+            provider: self.bdfs[a],
+            client: self.bdfs[b],
+            map_type,
+            distance: (map_type != MapType::NotSupported).then_some(dist),
+            link_class: self.classes.class(a, b),
+        }
+    }
+
+    /// The link class of a pair ([`LinkClass`]).
+    pub fn link_class(&self, a: FnId, b: FnId) -> LinkClass {
+        self.classes.class(a.index(), b.index())
     }
 
     fn get_at(&self, a: usize, b: usize) -> (MapType, u32) {
@@ -262,6 +322,7 @@ impl Matrix {
                     client: self.bdfs[b],
                     map_type,
                     distance: (map_type != MapType::NotSupported).then_some(dist),
+                    link_class: self.classes.class(a, b),
                 }
             })
         })
@@ -317,4 +378,60 @@ impl P2pIndex<'_> {
 /// Every ordered pair of distinct functions, in BDF order.
 pub fn matrix(topo: &Topology) -> Matrix {
     Matrix::compute(topo)
+}
+
+/// A pair's verdict, and where the capture does not show the ACS state of
+/// functions the kernel's walk checks, the verdict under the other
+/// assumption (`--assume-acs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct PairReport {
+    #[serde(flatten)]
+    pub verdict: PairVerdict,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acs_unknown: Option<PairAcsUnknown>,
+}
+
+/// What unknown ACS leaves open for one pair.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct PairAcsUnknown {
+    /// What the verdict assumed.
+    pub assumed: AcsAssumption,
+    /// The other assumption, and the verdict it gives.
+    pub other: AcsAssumption,
+    pub other_map_type: MapType,
+    pub other_distance: Option<u32>,
+}
+
+/// Every ordered pair of distinct functions, in BDF order, each with what
+/// unknown ACS leaves open (`matrix --json`).
+pub fn pair_reports(topo: &Topology) -> Vec<PairReport> {
+    let m = Matrix::compute(topo);
+    let unknown = topo.has_unknown_acs();
+    let other = topo.acs_assumption().other();
+    let alt_topo = unknown.then(|| topo.with_acs_assumption(other));
+    let alt = alt_topo.as_ref().map(Matrix::compute);
+    let idx = P2pIndex::new(topo);
+    let mut out = Vec::with_capacity(m.n * m.n.saturating_sub(1));
+    for a in topo.ids() {
+        for b in topo.ids().filter(|&b| b != a) {
+            let verdict = m.verdict(a, b);
+            let acs_unknown = match &alt {
+                Some(alt) if idx.acs_unknown_on_walk(a, b) => {
+                    let (map, dist) = alt.get(a, b);
+                    Some(PairAcsUnknown {
+                        assumed: topo.acs_assumption(),
+                        other,
+                        other_map_type: map,
+                        other_distance: (map != MapType::NotSupported).then_some(dist),
+                    })
+                }
+                _ => None,
+            };
+            out.push(PairReport {
+                verdict,
+                acs_unknown,
+            });
+        }
+    }
+    out
 }

@@ -7,8 +7,29 @@
 //!
 //! [`oracle`] reads the kernel's own verdicts (the oracle kernel's debugfs
 //! file and its ACS advice) and holds peerdma's against them.
+//!
+//! ```
+//! use peerdma_p2p::{calc_map_type_and_dist, explain, FixKind, MapType};
+//! use peerdma_pci::Source;
+//!
+//! let t = Source::Preset("dual-xeon".into()).load().unwrap();
+//! let (gpu, nvme) = (t.lookup("gpu0").unwrap(), t.lookup("nvme0").unwrap());
+//! // Below one switch with no ACS redirect: by bus address, distance 4.
+//! let v = calc_map_type_and_dist(&t, nvme, gpu);
+//! assert_eq!((v.map_type, v.distance), (MapType::BusAddr, Some(4)));
+//! // Across the sockets of this Intel machine: through the host bridge,
+//! // whose whitelist entry allows it; the explanation says why.
+//! let far = t.lookup("nvme3").unwrap();
+//! let e = explain(&t, far, gpu);
+//! assert_eq!((e.map_type, e.distance), (MapType::ThruHostBridge, Some(8)));
+//! assert_eq!(e.link_class.to_string(), "SYS");
+//! assert!(e.reasons.iter().any(|r| r.contains("whitelist")));
+//! // Every fix offered was checked by deciding again on a changed copy.
+//! assert!(e.fixes.iter().all(|f| f.kind == FixKind::MoveDevice || f.gives == MapType::BusAddr));
+//! ```
 
 mod calc;
+pub mod dot;
 mod explain;
 mod index;
 mod many;
@@ -22,8 +43,8 @@ mod staging;
 mod whitelist;
 
 pub use calc::{calc_map_type_and_dist, Verdict};
-pub use explain::{explain, Explanation, Fix, FixKind, HostBridgeReport};
-pub use index::{matrix, Matrix, P2pIndex, PairVerdict};
+pub use explain::{explain, AcsUnknown, Explanation, Fix, FixKind, HostBridgeReport};
+pub use index::{matrix, pair_reports, Matrix, P2pIndex, PairAcsUnknown, PairReport, PairVerdict};
 pub use many::{distance_many, find_many, providers, FindMany};
 pub use path::{link_class, path_between, Hop, LinkClass, PathInfo, PathLink};
 pub use provider::{
@@ -105,3 +126,8 @@ impl fmt::Display for MapType {
         f.write_str(self.as_str())
     }
 }
+
+/// The README's example, run as a doctest so it cannot go stale.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -13,8 +13,8 @@ Legend (row = provider whose memory is accessed, column = client doing the DMA):
   H<n>  P2P through the host bridge (root complex); IOMMU-translated when one is on
   --    not supported: I/O between the two bounces through host memory
   X     the same function
-  PIX one switch or bridge, PXB several switches, PHB the host bridge,
-  NODE between host bridges of one NUMA node, SYS between NUMA nodes";
+  INT two functions of one device, PIX one switch or bridge, PXB several switches,
+  PHB the host bridge, NODE between host bridges of one NUMA node, SYS between NUMA nodes";
 
 /// The cell text for a pair, e.g. `B4 PIX`.
 pub fn cell(topo: &Topology, m: &Matrix, a: FnId, b: FnId) -> String {
@@ -32,10 +32,30 @@ pub fn cell(topo: &Topology, m: &Matrix, a: FnId, b: FnId) -> String {
 
 /// The matrix over `fns`, rows providers, columns clients.
 pub fn matrix_table(topo: &Topology, m: &Matrix, fns: &[FnId]) -> String {
+    matrix_table_painted(topo, m, fns, &|_, text| text.to_string())
+}
+
+/// [`matrix_table`] with each cell's text passed through `paint` with the
+/// pair's map type (`None` for a function with itself), e.g. to colour
+/// it; columns are aligned on the text before painting.
+pub fn matrix_table_painted(
+    topo: &Topology,
+    m: &Matrix,
+    fns: &[FnId],
+    paint: &dyn Fn(Option<MapType>, &str) -> String,
+) -> String {
     let names: Vec<String> = fns.iter().map(|&f| short_name(topo.function(f))).collect();
     let cells: Vec<Vec<String>> = fns
         .iter()
         .map(|&a| fns.iter().map(|&b| cell(topo, m, a, b)).collect())
+        .collect();
+    let kinds: Vec<Vec<Option<MapType>>> = fns
+        .iter()
+        .map(|&a| {
+            fns.iter()
+                .map(|&b| (a != b).then(|| m.get(a, b).0))
+                .collect()
+        })
         .collect();
     let row_w = names.iter().map(|n| n.chars().count()).max().unwrap_or(0);
     let col_w: Vec<usize> = (0..fns.len())
@@ -57,7 +77,9 @@ pub fn matrix_table(topo: &Topology, m: &Matrix, fns: &[FnId]) -> String {
         pad(&mut s, n, row_w);
         for (j, c) in cells[i].iter().enumerate() {
             s.push_str("  ");
-            pad(&mut s, c, col_w[j]);
+            s.push_str(&paint(kinds[i][j], c));
+            let n = col_w[j].saturating_sub(c.chars().count());
+            s.extend(std::iter::repeat_n(' ', n));
         }
         let trimmed = s.trim_end().len();
         s.truncate(trimmed);
@@ -95,11 +117,32 @@ mod tests {
         );
         assert_eq!(
             lines[1].split_whitespace().collect::<Vec<_>>(),
-            ["gpu", "X", "B2", "PIX", "--", "PHB", "--", "PHB"]
+            ["gpu", "X", "B2", "INT", "--", "PHB", "--", "PHB"]
         );
         assert_eq!(
             lines[4].split_whitespace().collect::<Vec<_>>(),
             ["nvme1", "--", "PHB", "--", "PHB", "--", "PHB", "X"]
+        );
+    }
+
+    #[test]
+    fn painted_cells_keep_the_columns() {
+        let t = Source::Preset("workstation".into()).load().unwrap();
+        let m = Matrix::compute(&t);
+        let fns: Vec<FnId> = ["gpu", "gpu-audio", "nvme0"]
+            .iter()
+            .map(|n| t.lookup(n).unwrap())
+            .collect();
+        let painted = matrix_table_painted(&t, &m, &fns, &|k, text| match k {
+            Some(MapType::BusAddr) => format!("<{text}>"),
+            _ => text.to_string(),
+        });
+        // With the marks taken out, the same table.
+        assert_eq!(painted.replace(['<', '>'], ""), matrix_table(&t, &m, &fns));
+        assert!(painted.contains("<B2 INT>"), "{painted}");
+        assert!(
+            !painted.contains("<X>") && !painted.contains("<--"),
+            "{painted}"
         );
     }
 

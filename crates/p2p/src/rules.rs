@@ -21,11 +21,12 @@ pub fn acs_ctrl_redirects(ctrl: u16) -> bool {
 
 /// [`acs_ctrl_redirects`] on a function's ACS state as captured: `None`
 /// when the capture does not show it (an unprivileged read of config
-/// space); a function without ACS does not redirect.
+/// space, hwloc XML); a function without ACS does not redirect; an assumed
+/// state (`--assume-acs`) counts as its assumed control bits.
 pub fn acs_redirects(acs: &Acs) -> Option<bool> {
     match acs {
         Acs::Absent => Some(false),
-        Acs::Present { ctrl, .. } => Some(acs_ctrl_redirects(*ctrl)),
+        Acs::Present { ctrl, .. } | Acs::Assumed { ctrl } => Some(acs_ctrl_redirects(*ctrl)),
         Acs::Unknown => None,
     }
 }

@@ -70,7 +70,7 @@ fn functions_of_one_device_are_distance_two() {
     assert_eq!(verdict(&t, "f0", "f1"), (MapType::BusAddr, Some(2), 2));
     assert_eq!(
         link_class(&t, t.lookup("f0").unwrap(), t.lookup("f1").unwrap()),
-        LinkClass::Pix
+        LinkClass::Internal
     );
 }
 

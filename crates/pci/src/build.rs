@@ -77,6 +77,7 @@ fn link_from_config(cs: &ConfigSpace, exp: usize) -> Link {
     Link {
         current: state((sta & 0xf) as u8, ((sta >> 4) & 0x3f) as u8),
         max: state((cap & 0xf) as u8, ((cap >> 4) & 0x3f) as u8),
+        current_rate: None,
     }
 }
 
@@ -323,15 +324,26 @@ impl Topology {
                 let from_attrs = Link {
                     current: parse_link(&d.attrs, "current_link_speed", "current_link_width"),
                     max: parse_link(&d.attrs, "max_link_speed", "max_link_width"),
+                    current_rate: None,
                 };
                 let from_cfg = pcie_cap
                     .map(|p| link_from_config(&cs, p))
                     .unwrap_or_default();
+                let current = from_attrs.current.or(from_cfg.current);
+                // hwloc's rate (GB/s), where the generation and width are
+                // not known.
+                let current_rate = d
+                    .attrs
+                    .get("pci_link_speed")
+                    .and_then(|r| r.trim().parse::<f64>().ok())
+                    .filter(|r| current.is_none() && r.is_finite() && *r > 0.0 && *r < 1e6)
+                    .map(|r| (r * 1e9).round() as u64);
                 let l = Link {
-                    current: from_attrs.current.or(from_cfg.current),
+                    current,
                     max: from_attrs.max.or(from_cfg.max),
+                    current_rate,
                 };
-                (l.current.is_some() || l.max.is_some()).then_some(l)
+                (l.current.is_some() || l.max.is_some() || l.current_rate.is_some()).then_some(l)
             } else {
                 None
             };
@@ -368,6 +380,7 @@ impl Topology {
                             bus: *bus,
                             root_functions: Vec::new(),
                             numa_node: None,
+                            device_not_captured: false,
                         });
                     }
                     Some(id)
@@ -410,6 +423,9 @@ impl Topology {
                     published: p.published,
                 }),
                 label: d.label.clone(),
+                vendor_name: d.vendor_name.clone(),
+                device_name: d.device_name.clone(),
+                os_devices: d.os_devices.clone(),
                 config: cs,
             });
             pending.push(Pending {
@@ -513,6 +529,11 @@ impl Topology {
                 .root_functions
                 .iter()
                 .find_map(|&f| functions[f.index()].numa_node);
+            hb.device_not_captured = raw.origin.partial.is_some()
+                && !hb
+                    .root_functions
+                    .iter()
+                    .any(|&f| functions[f.index()].bdf.devfn() == 0);
         }
 
         // Infer the port types an unprivileged read cannot see, top-down.
@@ -561,11 +582,35 @@ impl Topology {
         crate::validate::check(origin, &functions, &host_bridges, &bars_known)?;
 
         let mut notes = Vec::new();
-        if header_only > 0 {
+        let hwloc = raw.origin.kind == "hwloc";
+        if header_only > 0 && hwloc {
             notes.push(format!(
-                "{header_only} of {} functions show only 64 bytes of config space (reading it whole needs root): their ACS state is unknown and port types are inferred ({inferred}); verdicts assume no ACS redirect there",
+                "hwloc XML records no config space: the ACS state of the {} functions is unknown and port types are inferred from the tree ({inferred}); verdicts assume no ACS redirect unless --assume-acs iommu",
                 functions.len()
             ));
+        } else if header_only > 0 {
+            notes.push(format!(
+                "{header_only} of {} functions show only 64 bytes of config space (reading it whole needs root): their ACS state is unknown and port types are inferred ({inferred}); verdicts assume no ACS redirect there unless --assume-acs iommu",
+                functions.len()
+            ));
+        }
+        if hwloc && raw.cpu.vendor_id.is_empty() {
+            notes.push("the XML names no CPU vendor (no CPUVendor info): the kernel's AMD rule is taken not to apply".into());
+        }
+        if let Some(why) = &raw.origin.partial {
+            let unseen: Vec<&str> = host_bridges
+                .iter()
+                .filter(|h| h.device_not_captured)
+                .map(|h| h.name.as_str())
+                .collect();
+            let mut n = format!("the capture may leave out functions: {why}");
+            if !unseen.is_empty() {
+                n.push_str(&format!(
+                    "; the function standing for host bridge(s) {} (00.0) is not in it, so the kernel's whitelist cannot be checked there and verdicts through them take it as not whitelisted",
+                    unseen.join(", ")
+                ));
+            }
+            notes.push(n);
         }
         if no_ext > 0 {
             notes.push(format!(
@@ -581,6 +626,7 @@ impl Topology {
             notes,
             raw,
             snapshot: None,
+            acs_assumption: AcsAssumption::None,
         })
     }
 }

@@ -54,7 +54,8 @@ pub(crate) fn read_capped(
     accept: Accept,
 ) -> std::result::Result<Vec<u8>, ReadError> {
     let file = open_nonblocking(path).map_err(ReadError::Io)?;
-    let kind = file.metadata().map_err(ReadError::Io)?.file_type();
+    let meta = file.metadata().map_err(ReadError::Io)?;
+    let kind = meta.file_type();
     let pipe = is_fifo(&kind);
     if !(kind.is_file() || (pipe && accept == Accept::RegularOrPipe)) {
         return Err(ReadError::NotAFile(describe(&kind)));
@@ -65,7 +66,13 @@ pub(crate) fn read_capped(
         // writer has written or gone, as a blocking open and read would.
         wait_for_writer(&file).map_err(ReadError::Io)?;
     }
-    let mut out = Vec::new();
+    // Sized from the file's length (a snapshot is hundreds of KiB), so the
+    // read does not grow and copy the buffer as it goes.
+    let mut out = Vec::with_capacity(if kind.is_file() {
+        meta.len().min(cap) as usize + 1
+    } else {
+        0
+    });
     file.take(cap + 1)
         .read_to_end(&mut out)
         .map_err(ReadError::Io)?;

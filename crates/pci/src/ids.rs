@@ -1,6 +1,21 @@
-//! Names for vendor, device and class codes, from the pci.ids database
-//! (Debian's `pci.ids` package) when it is installed, with built-in class
-//! names as a fallback.
+//! Names for vendor, device and class codes, from the PCI ID Repository's
+//! `pci.ids` database.
+//!
+//! peerdma carries its own copy (the vendor, device and class lines of
+//! Debian's `pci.ids` package, compressed into the library: see
+//! `crates/pci/data/README.md`), so names show on a machine with no
+//! database installed (a container, a minimal server, CI). The system's
+//! file wins when it is present and at least as new as the built-in copy,
+//! by the dates in their headers ([`PciIds::load_default`]). Class names
+//! for the common classes are built in besides, for a file that lacks them.
+//!
+//! ```
+//! use peerdma_pci::ids::PciIds;
+//! let ids = PciIds::embedded();
+//! assert_eq!(ids.vendor(0x10de), Some("NVIDIA Corporation"));
+//! assert_eq!(ids.class(0x010802), "Non-Volatile memory controller");
+//! assert!(ids.date().is_some());
+//! ```
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -46,13 +61,62 @@ const CLASSES: &[(u16, &str)] = &[
     (0xff00, "Unassigned class"),
 ];
 
+/// The built-in copy of pci.ids (vendors, devices, classes), gzip
+/// compressed; `cargo xtask pci-ids` writes it from Debian's package.
+const EMBEDDED_GZ: &[u8] = include_bytes!("../data/pci.ids.gz");
+
+/// The date a pci.ids file gives in its header (`#\tDate: 2023-04-10
+/// 20:08:02`, else `#\tVersion: 2023.04.10`): year, month, day.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+pub struct IdsDate {
+    pub year: u16,
+    pub month: u8,
+    pub day: u8,
+}
+
+impl std::fmt::Display for IdsDate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:04}-{:02}-{:02}", self.year, self.month, self.day)
+    }
+}
+
+impl IdsDate {
+    /// `2023-04-10 20:08:02`, `2023-04-10` or `2023.04.10`.
+    fn parse(s: &str) -> Option<IdsDate> {
+        let day_part = s.split_whitespace().next()?;
+        let mut it = day_part.split(['-', '.']);
+        let year = it.next()?.parse().ok()?;
+        let month = it.next()?.parse().ok()?;
+        let day = it.next()?.parse().ok()?;
+        ((1..=12).contains(&month) && (1..=31).contains(&day)).then_some(IdsDate {
+            year,
+            month,
+            day,
+        })
+    }
+}
+
+/// Where a database's names came from.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum IdsSource {
+    /// No database: the built-in class names only.
+    #[default]
+    ClassesOnly,
+    /// The copy built into peerdma.
+    Embedded,
+    /// A file.
+    File(PathBuf),
+}
+
 /// A loaded database.
 #[derive(Debug, Default, Clone)]
 pub struct PciIds {
     vendors: HashMap<u16, (String, HashMap<u16, String>)>,
     classes: HashMap<u16, String>,
     base_classes: HashMap<u8, String>,
-    source: Option<PathBuf>,
+    source: IdsSource,
+    version: Option<String>,
+    date: Option<IdsDate>,
 }
 
 impl PciIds {
@@ -61,19 +125,48 @@ impl PciIds {
         PciIds::default()
     }
 
-    /// The first pci.ids found at [`DEFAULT_PATHS`], or built-in names only.
+    /// The copy of pci.ids built into peerdma.
+    pub fn embedded() -> PciIds {
+        let mut text = String::new();
+        let read = std::io::Read::read_to_string(
+            &mut flate2::read::GzDecoder::new(EMBEDDED_GZ),
+            &mut text,
+        );
+        // The bytes are part of this library and a test decodes them; a
+        // failure here would leave class names only, never a panic.
+        let mut ids = match read {
+            Ok(_) => PciIds::parse(&text),
+            Err(_) => return PciIds::builtin(),
+        };
+        ids.source = IdsSource::Embedded;
+        ids
+    }
+
+    /// The names a machine should use: the system's pci.ids (the first of
+    /// [`DEFAULT_PATHS`] that exists) when it is at least as new as the
+    /// built-in copy, else the built-in copy.
     pub fn load_default() -> PciIds {
-        DEFAULT_PATHS
-            .iter()
-            .find_map(|p| PciIds::load(Path::new(p)).ok())
-            .unwrap_or_default()
+        let paths: Vec<PathBuf> = DEFAULT_PATHS.iter().map(PathBuf::from).collect();
+        PciIds::load_preferring(&paths)
+    }
+
+    /// [`PciIds::load_default`] with the system's database looked for at
+    /// `paths` (the first that reads): it wins over the built-in copy when
+    /// its header's date is the same or later. A file without a date loses.
+    pub fn load_preferring(paths: &[PathBuf]) -> PciIds {
+        let embedded = PciIds::embedded();
+        let system = paths.iter().find_map(|p| PciIds::load(p).ok());
+        match system {
+            Some(s) if s.date.is_some() && s.date >= embedded.date => s,
+            _ => embedded,
+        }
     }
 
     /// Read a pci.ids file.
     pub fn load(path: &Path) -> std::io::Result<PciIds> {
         let bytes = std::fs::read(path)?;
         let mut ids = PciIds::parse(&String::from_utf8_lossy(&bytes));
-        ids.source = Some(path.to_path_buf());
+        ids.source = IdsSource::File(path.to_path_buf());
         Ok(ids)
     }
 
@@ -83,7 +176,22 @@ impl PciIds {
         let mut vendor: Option<u16> = None;
         let mut class: Option<u8> = None;
         for line in text.lines() {
-            if line.starts_with('#') || line.trim().is_empty() {
+            if let Some(comment) = line.strip_prefix('#') {
+                // The header: `#\tVersion: 2023.04.10`, `#\tDate:    2023-04-10 20:08:02`.
+                let comment = comment.trim();
+                if let Some(v) = comment.strip_prefix("Version:") {
+                    ids.version.get_or_insert_with(|| v.trim().to_string());
+                    if ids.date.is_none() {
+                        ids.date = IdsDate::parse(v.trim());
+                    }
+                } else if let Some(d) = comment.strip_prefix("Date:") {
+                    if let Some(d) = IdsDate::parse(d.trim()) {
+                        ids.date = Some(d);
+                    }
+                }
+                continue;
+            }
+            if line.trim().is_empty() {
                 continue;
             }
             let hex = |s: &str| u16::from_str_radix(s, 16).ok();
@@ -132,9 +240,39 @@ impl PciIds {
         ids
     }
 
-    /// The file the names came from, if any.
-    pub fn source(&self) -> Option<&Path> {
-        self.source.as_deref()
+    /// Where the names came from.
+    pub fn source(&self) -> &IdsSource {
+        &self.source
+    }
+
+    /// The database's version as its header gives it (`2023.04.10`).
+    pub fn version(&self) -> Option<&str> {
+        self.version.as_deref()
+    }
+
+    /// The database's date from its header.
+    pub fn date(&self) -> Option<IdsDate> {
+        self.date
+    }
+
+    /// For people: `built-in pci.ids 2023.04.10`, `/usr/share/misc/pci.ids
+    /// 2024.01.01`, or `built-in class names only`.
+    pub fn describe_source(&self) -> String {
+        let v = self
+            .version
+            .as_deref()
+            .map(|v| format!(" {v}"))
+            .unwrap_or_default();
+        match &self.source {
+            IdsSource::ClassesOnly => "built-in class names only".into(),
+            IdsSource::Embedded => format!("built-in pci.ids{v}"),
+            IdsSource::File(p) => format!("{}{v}", p.display()),
+        }
+    }
+
+    /// Number of vendors known.
+    pub fn vendor_count(&self) -> usize {
+        self.vendors.len()
     }
 
     pub fn vendor(&self, vendor: u16) -> Option<&str> {
@@ -202,6 +340,79 @@ mod tests {
         );
         assert_eq!(ids.class(0x01ff00), "Mass storage controller", "base class");
         assert_eq!(ids.class(0x77ee00), "Class 77ee");
+    }
+
+    fn file(dir: &Path, name: &str, date: &str) -> PathBuf {
+        let p = dir.join(name);
+        let text = format!("#\n#\tList of PCI ID's\n#\n#\tVersion: {}\n#\tDate:    {date} 03:15:02\n#\n10de  NVIDIA (from {name})\n", date.replace('-', "."));
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn the_header_gives_version_and_date() {
+        let ids = PciIds::parse("#\tVersion: 2023.04.10\n#\tDate:    2023-04-10 20:08:02\n");
+        assert_eq!(ids.version(), Some("2023.04.10"));
+        assert_eq!(ids.date().unwrap().to_string(), "2023-04-10");
+        // Only a version: the date comes from it.
+        let ids = PciIds::parse("#\tVersion: 2024.01.31\n");
+        assert_eq!(ids.date().unwrap().to_string(), "2024-01-31");
+        assert_eq!(PciIds::parse("10de  NVIDIA\n").date(), None);
+        assert_eq!(IdsDate::parse("2024-13-01"), None);
+    }
+
+    #[test]
+    fn the_embedded_copy_decodes_and_names_what_the_presets_hold() {
+        let ids = PciIds::embedded();
+        assert_eq!(ids.source(), &IdsSource::Embedded);
+        assert!(ids.vendor_count() > 1000, "{}", ids.vendor_count());
+        assert!(ids.date().is_some() && ids.version().is_some());
+        assert!(ids.describe_source().starts_with("built-in pci.ids 20"));
+        for p in crate::presets::PRESETS {
+            let t = crate::Source::Preset(p.name.into()).load().unwrap();
+            for f in t.functions() {
+                assert!(
+                    ids.vendor(f.vendor).is_some(),
+                    "{}: {} vendor {:04x} has no name",
+                    p.name,
+                    f.bdf,
+                    f.vendor
+                );
+            }
+        }
+        assert_eq!(
+            ids.name(0x10de, 0x1db4),
+            "NVIDIA Corporation GV100GL [Tesla V100 PCIe 16GB]"
+        );
+    }
+
+    #[test]
+    fn the_system_database_wins_only_when_present_and_not_older() {
+        let dir = tempfile::tempdir().unwrap();
+        let embedded = PciIds::embedded().date().unwrap();
+        let newer = format!("{}-12-31", embedded.year + 1);
+        let older = format!("{}-01-01", embedded.year - 1);
+        let missing = dir.path().join("missing.ids");
+        // No system file: the built-in copy.
+        let ids = PciIds::load_preferring(std::slice::from_ref(&missing));
+        assert_eq!(ids.source(), &IdsSource::Embedded);
+        assert!(ids.vendor(0x10de).is_some());
+        // A newer one wins; the first of the paths that reads is the system's.
+        let n = file(dir.path(), "newer.ids", &newer);
+        let ids = PciIds::load_preferring(&[missing.clone(), n.clone()]);
+        assert_eq!(ids.source(), &IdsSource::File(n));
+        assert_eq!(ids.vendor(0x10de), Some("NVIDIA (from newer.ids)"));
+        // An older one does not.
+        let o = file(dir.path(), "older.ids", &older);
+        let ids = PciIds::load_preferring(&[o]);
+        assert_eq!(ids.source(), &IdsSource::Embedded);
+        // Nor one without a date in its header.
+        let undated = dir.path().join("undated.ids");
+        std::fs::write(&undated, "10de  Mystery\n").unwrap();
+        assert_eq!(
+            PciIds::load_preferring(&[undated]).source(),
+            &IdsSource::Embedded
+        );
     }
 
     #[test]

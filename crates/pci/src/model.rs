@@ -172,8 +172,13 @@ pub enum Acs {
     /// The ACS extended capability at `offset`, with its capability and
     /// control registers.
     Present { offset: u16, cap: u16, ctrl: u16 },
-    /// The capture does not show extended capabilities (unprivileged read).
+    /// The capture does not show extended capabilities (unprivileged read,
+    /// or a source that records no config space, like hwloc XML).
     Unknown,
+    /// Not read: the ACS control the user told peerdma to assume for a
+    /// function whose ACS state is unknown (`--assume-acs`, see
+    /// [`AcsAssumption`]).
+    Assumed { ctrl: u16 },
 }
 
 impl Acs {
@@ -182,16 +187,84 @@ impl Acs {
     pub fn redirects(&self) -> Option<bool> {
         match self {
             Acs::Absent => Some(false),
-            Acs::Present { ctrl, .. } => Some(ctrl & config::ACS_REDIR_MASK != 0),
+            Acs::Present { ctrl, .. } | Acs::Assumed { ctrl } => {
+                Some(ctrl & config::ACS_REDIR_MASK != 0)
+            }
             Acs::Unknown => None,
         }
     }
 
-    /// Control bits, when present.
+    /// Control bits, when present (or assumed).
     pub fn ctrl(&self) -> Option<u16> {
         match self {
-            Acs::Present { ctrl, .. } => Some(*ctrl),
+            Acs::Present { ctrl, .. } | Acs::Assumed { ctrl } => Some(*ctrl),
             _ => None,
+        }
+    }
+
+    /// Whether the state was read from the capture (not unknown, not
+    /// assumed).
+    pub fn is_known(&self) -> bool {
+        matches!(self, Acs::Absent | Acs::Present { .. })
+    }
+}
+
+/// What to take for the ACS state of functions whose config space the
+/// capture does not show (`--assume-acs`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AcsAssumption {
+    /// No redirect anywhere: what the verdicts assume unless told otherwise.
+    #[default]
+    None,
+    /// What an IOMMU driver's request for ACS (`pci_request_acs`) makes the
+    /// kernel's `pci_std_enable_acs` set on every function with an ACS
+    /// capability: Source Validation, P2P Request and Completion Redirect
+    /// and Upstream Forwarding, as far as the capability offers them.
+    /// peerdma assumes that root ports and switch downstream ports have
+    /// the capability with all four bits, and that other functions
+    /// (switch upstream ports, endpoints, multi-function devices,
+    /// PCI bridges) have none.
+    Iommu,
+}
+
+impl AcsAssumption {
+    pub fn parse(s: &str) -> Option<AcsAssumption> {
+        match s {
+            "none" => Some(AcsAssumption::None),
+            "iommu" => Some(AcsAssumption::Iommu),
+            _ => None,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AcsAssumption::None => "none",
+            AcsAssumption::Iommu => "iommu",
+        }
+    }
+    /// The other choice.
+    pub fn other(self) -> AcsAssumption {
+        match self {
+            AcsAssumption::None => AcsAssumption::Iommu,
+            AcsAssumption::Iommu => AcsAssumption::None,
+        }
+    }
+    /// What it assumes, for people.
+    pub fn describe(self) -> &'static str {
+        match self {
+            AcsAssumption::None => "no ACS redirect",
+            AcsAssumption::Iommu => {
+                "ACS redirect on root ports and switch downstream ports, as the kernel sets it when an IOMMU driver is on"
+            }
+        }
+    }
+    /// The ACS control the assumption gives a function of this type.
+    pub fn ctrl_for(self, port_type: PortType) -> u16 {
+        match (self, port_type) {
+            (AcsAssumption::Iommu, PortType::RootPort | PortType::SwitchDownstream) => {
+                config::ACS_SV | config::ACS_RR | config::ACS_CR | config::ACS_UF
+            }
+            _ => 0,
         }
     }
 }
@@ -287,6 +360,27 @@ impl LinkState {
     }
 }
 
+impl LinkState {
+    /// The generations and widths (x1, x2, x4, x8, x12, x16, x32) whose
+    /// data rate is `bytes_per_sec`, within 0.1%: hwloc records a link as
+    /// that rate alone, and rates repeat (Gen3 x16 = Gen4 x8 = Gen5 x4).
+    pub fn candidates(bytes_per_sec: f64) -> Vec<LinkState> {
+        let mut out = Vec::new();
+        if !(bytes_per_sec.is_finite() && bytes_per_sec > 0.0) {
+            return out;
+        }
+        for speed in LinkSpeed::ALL {
+            for width in [1u8, 2, 4, 8, 12, 16, 32] {
+                let s = LinkState { speed, width };
+                if ((s.bytes_per_sec() - bytes_per_sec) / bytes_per_sec).abs() < 1e-3 {
+                    out.push(s);
+                }
+            }
+        }
+        out
+    }
+}
+
 impl fmt::Display for LinkState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Gen{} x{}", self.speed.generation(), self.width)
@@ -298,9 +392,39 @@ impl fmt::Display for LinkState {
 pub struct Link {
     pub current: Option<LinkState>,
     pub max: Option<LinkState>,
+    /// The current link's data rate in bytes per second, when the capture
+    /// gives only that and not which generation and width make it (hwloc's
+    /// `pci_link_speed`: [`LinkState::candidates`] lists what it can be).
+    pub current_rate: Option<u64>,
 }
 
 impl Link {
+    /// The current link's data rate after line encoding, from its
+    /// generation and width, else from the rate the capture gave.
+    pub fn current_bytes_per_sec(&self) -> Option<f64> {
+        self.current
+            .map(|c| c.bytes_per_sec())
+            .or(self.current_rate.map(|r| r as f64))
+    }
+
+    /// The current link for people: `Gen3 x16`, else the rate and what it
+    /// can be (`15.75 GB/s (Gen3 x16 or Gen4 x8 or Gen5 x4)`).
+    pub fn describe_current(&self) -> Option<String> {
+        if let Some(c) = self.current {
+            return Some(c.to_string());
+        }
+        let r = self.current_rate? as f64;
+        let c: Vec<String> = LinkState::candidates(r)
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        Some(if c.is_empty() {
+            format!("{:.2} GB/s", r / 1e9)
+        } else {
+            format!("{:.2} GB/s ({})", r / 1e9, c.join(" or "))
+        })
+    }
+
     /// Whether the link trained below what both ends... what this end can do.
     pub fn degraded(&self) -> bool {
         match (self.current, self.max) {
@@ -402,8 +526,20 @@ pub struct Function {
     pub iommu_group: Option<u32>,
     pub driver: Option<String>,
     pub p2pmem: Option<P2pMem>,
-    /// A name from a description file or the firmware's `label`.
+    /// A name from a description file or the firmware's `label`, or the
+    /// first of its OS devices (hwloc XML).
     pub label: Option<String>,
+    /// Vendor and device names the capture gave (hwloc XML's PCIVendor and
+    /// PCIDevice), for where no pci.ids database knows the IDs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vendor_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_name: Option<String>,
+    /// Names the operating system gave the device (`nvme0n1`, `mlx5_0`,
+    /// `eth0`, `nvml0`), as hwloc XML lists them; [`Topology::lookup`]
+    /// finds the function by any of them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub os_devices: Vec<String>,
     #[serde(skip)]
     pub config: ConfigSpace,
 }
@@ -445,6 +581,11 @@ pub struct HostBridge {
     /// (ascending devfn, as enumeration adds them).
     pub root_functions: Vec<FnId>,
     pub numa_node: Option<u32>,
+    /// The capture may leave out the function that stands for this host
+    /// bridge (hwloc drops host bridge functions unless `lstopo
+    /// --whole-io`): none of its root functions is 00.0, so which device
+    /// the kernel's whitelist would see is unknown.
+    pub device_not_captured: bool,
 }
 
 /// A machine's PCI topology.
@@ -459,6 +600,8 @@ pub struct Topology {
     pub(crate) raw: RawMachine,
     /// The snapshot file this model was replayed from, if it was.
     pub(crate) snapshot: Option<std::path::PathBuf>,
+    /// What unknown ACS states were taken to be.
+    pub(crate) acs_assumption: AcsAssumption,
 }
 
 impl Topology {
@@ -540,6 +683,13 @@ impl Topology {
         }) {
             return Ok(f.id);
         }
+        if let Some(f) = self
+            .functions
+            .iter()
+            .find(|f| f.os_devices.iter().any(|d| d == what))
+        {
+            return Ok(f.id);
+        }
         let hint = match what.parse::<Bdf>() {
             Err(e) if !self.functions.iter().any(|f| f.label.is_some()) => e.to_string(),
             _ => {
@@ -582,10 +732,60 @@ impl Topology {
     /// The device that stands for a host bridge in the kernel's whitelist
     /// (`pci_host_bridge_dev`): the first function on the root bus if it is
     /// devfn 00.0 or a root port.
+    ///
+    /// `None` also where the capture may have left that function out
+    /// ([`HostBridge::device_not_captured`]).
     pub fn host_bridge_device(&self, hb: HostBridgeId) -> Option<FnId> {
+        if self.host_bridge(hb).device_not_captured {
+            return None;
+        }
         let first = *self.host_bridge(hb).root_functions.first()?;
         let f = self.function(first);
         (f.bdf.devfn() == 0 || f.port_type == PortType::RootPort).then_some(first)
+    }
+
+    /// What functions whose ACS state the capture does not show are taken
+    /// to have ([`AcsAssumption`]).
+    pub fn acs_assumption(&self) -> AcsAssumption {
+        self.acs_assumption
+    }
+
+    /// Whether some function's ACS state is not in the capture.
+    pub fn has_unknown_acs(&self) -> bool {
+        self.functions.iter().any(|f| !f.acs.is_known())
+    }
+
+    /// Take `a` for every function whose ACS state the capture does not
+    /// show: under [`AcsAssumption::Iommu`] those that could have the
+    /// capability get [`Acs::Assumed`] with the bits the kernel would set,
+    /// the others stay [`Acs::Unknown`] (no redirect).
+    pub fn assume_acs(&mut self, a: AcsAssumption) {
+        for f in &mut self.functions {
+            if matches!(f.acs, Acs::Unknown | Acs::Assumed { .. }) {
+                f.acs = match a.ctrl_for(f.port_type) {
+                    0 => Acs::Unknown,
+                    ctrl => Acs::Assumed { ctrl },
+                };
+            }
+        }
+        self.acs_assumption = a;
+    }
+
+    /// A copy with unknown ACS states taken as `a`.
+    pub fn with_acs_assumption(&self, a: AcsAssumption) -> Topology {
+        let mut t = self.clone();
+        t.assume_acs(a);
+        t
+    }
+
+    /// Why the ACS states this capture does not show are unknown, for
+    /// messages.
+    pub fn acs_unknown_reason(&self) -> &'static str {
+        if self.origin.kind == "hwloc" {
+            "hwloc XML records no config space"
+        } else {
+            "config space beyond 64 bytes needs root"
+        }
     }
 
     /// Change a function's ACS control register (for what-if analysis).

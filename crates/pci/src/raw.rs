@@ -53,6 +53,11 @@ pub struct Origin {
     /// The tool and version that wrote the capture.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool: Option<String>,
+    /// Why the capture may leave out functions the machine has (hwloc's
+    /// default I/O filter drops host bridge functions and more); `None`
+    /// when it lists every function.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partial: Option<String>,
 }
 
 /// The first processor of `/proc/cpuinfo` (what the kernel's AMD rule reads
@@ -88,7 +93,8 @@ pub struct RawDevice {
     /// Single-value attribute files, trimmed: `vendor`, `device`, `class`,
     /// `revision`, `subsystem_vendor`, `subsystem_device`, `numa_node`,
     /// `current_link_speed`, `current_link_width`, `max_link_speed`,
-    /// `max_link_width`, `local_cpulist`.
+    /// `max_link_width`, `local_cpulist`; and from hwloc XML,
+    /// `pci_link_speed` (the current link's data rate in GB/s).
     #[serde(default)]
     pub attrs: BTreeMap<String, String>,
     /// The `resource` file.
@@ -108,6 +114,15 @@ pub struct RawDevice {
     /// A name given in a description file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label: Option<String>,
+    /// Vendor and device names from the capture (hwloc XML's PCIVendor
+    /// and PCIDevice).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vendor_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_name: Option<String>,
+    /// The OS devices of the function (`nvme0n1`, `mlx5_0`, `nvml0`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub os_devices: Vec<String>,
 }
 
 /// `p2pmem/size`, `p2pmem/available`, `p2pmem/published`.
@@ -142,7 +157,10 @@ impl RawDevice {
 }
 
 mod hex_bytes {
-    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+    use serde::{
+        de::{Error, Visitor},
+        Deserializer, Serializer,
+    };
 
     pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
         const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -155,30 +173,91 @@ mod hex_bytes {
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        let s = s.as_bytes();
+        // A visitor rather than a String: a snapshot holds 8 KiB of hex per
+        // function, decoded straight from the input where it can be borrowed.
+        d.deserialize_str(HexVisitor)
+    }
+
+    struct HexVisitor;
+
+    impl Visitor<'_> for HexVisitor {
+        type Value = Vec<u8>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("configuration space bytes as a string of hex digits")
+        }
+
+        fn visit_str<E: Error>(self, s: &str) -> Result<Vec<u8>, E> {
+            decode(s.as_bytes())
+        }
+    }
+
+    /// The value of a hex digit, 16 or more for other bytes.
+    #[inline(always)]
+    fn digit(c: u8) -> u8 {
+        let d = c.wrapping_sub(b'0');
+        let l = (c | 0x20).wrapping_sub(b'a');
+        if d < 10 {
+            d
+        } else if l < 6 {
+            l + 10
+        } else {
+            0xff
+        }
+    }
+
+    /// 32 hex digits into 16 bytes; false if any is not a hex digit.
+    #[inline(always)]
+    fn decode_block(src: &[u8; 32], dst: &mut [u8; 16]) -> bool {
+        let mut v = [0u8; 32];
+        let mut bad = 0u8;
+        for i in 0..32 {
+            v[i] = digit(src[i]);
+            bad |= v[i] & 0xf0;
+        }
+        for i in 0..16 {
+            dst[i] = v[2 * i] << 4 | (v[2 * i + 1] & 0x0f);
+        }
+        bad == 0
+    }
+
+    fn decode<E: Error>(s: &[u8]) -> Result<Vec<u8>, E> {
         if s.len() % 2 != 0 {
-            return Err(D::Error::custom(format!(
+            return Err(E::custom(format!(
                 "config hex has an odd number of digits ({})",
                 s.len()
             )));
         }
-        let digit = |s: &[u8], at: usize| -> Result<u8, D::Error> {
-            let c = s[at];
-            match c {
-                b'0'..=b'9' => Ok(c - b'0'),
-                b'a'..=b'f' => Ok(c - b'a' + 10),
-                b'A'..=b'F' => Ok(c - b'A' + 10),
-                _ => Err(D::Error::custom(format!(
-                    "config hex has '{}' at digit {at}",
-                    char::from(c).escape_default()
-                ))),
-            }
-        };
-        // A plain loop: snapshots hold 8 KiB of hex per function.
-        let mut out = Vec::with_capacity(s.len() / 2);
-        for i in 0..s.len() / 2 {
-            out.push(digit(s, 2 * i)? << 4 | digit(s, 2 * i + 1)?);
+        // In blocks of 32 digits, without branches, so the compiler can
+        // use vector instructions; an invalid digit clears `ok`, and only
+        // then is the input walked again to say where.
+        let mut out = vec![0u8; s.len() / 2];
+        let mut ok = true;
+        let mut blocks = s.chunks_exact(32);
+        let mut outs = out.chunks_exact_mut(16);
+        for (src, dst) in (&mut blocks).zip(&mut outs) {
+            let src: &[u8; 32] = src.try_into().unwrap_or(&[b'0'; 32]);
+            let dst: &mut [u8; 16] = match dst.try_into() {
+                Ok(d) => d,
+                Err(_) => continue,
+            };
+            ok &= decode_block(src, dst);
+        }
+        for (pair, d) in blocks
+            .remainder()
+            .chunks_exact(2)
+            .zip(outs.into_remainder())
+        {
+            let (hi, lo) = (digit(pair[0]), digit(pair[1]));
+            ok &= hi < 16 && lo < 16;
+            *d = hi << 4 | (lo & 0x0f);
+        }
+        if !ok {
+            let at = s.iter().position(|&c| digit(c) > 15).unwrap_or(0);
+            return Err(E::custom(format!(
+                "config hex has '{}' at digit {at}",
+                char::from(s[at]).escape_default()
+            )));
         }
         Ok(out)
     }
@@ -214,6 +293,42 @@ mod tests {
         let back: RawMachine = serde_json::from_str(&j).unwrap();
         assert_eq!(back, m);
         assert_eq!(back.devices[0].name(), "0000:00:01.0");
+    }
+
+    #[test]
+    fn hex_round_trips_and_every_bad_digit_is_found() {
+        // Lengths around the 32-digit blocks, every byte value, upper case too.
+        for len in 0..80usize {
+            let bytes: Vec<u8> = (0..len).map(|i| (i * 37 + len) as u8).collect();
+            let m = RawDevice {
+                path: "x".into(),
+                config: bytes.clone(),
+                ..Default::default()
+            };
+            let j = serde_json::to_string(&m).unwrap();
+            let back: RawDevice = serde_json::from_str(&j).unwrap();
+            assert_eq!(back.config, bytes);
+            let upper: RawDevice = serde_json::from_str(
+                &j.to_uppercase()
+                    .replace("\"PATH\"", "\"path\"")
+                    .replace("\"CONFIG\"", "\"config\"")
+                    .replace("\"ATTRS\"", "\"attrs\""),
+            )
+            .unwrap();
+            assert_eq!(upper.config, bytes);
+        }
+        let all: String = (0..=255u8).map(|b| format!("{b:02x}")).collect();
+        for at in 0..all.len() {
+            for bad in ['g', 'G', ' ', '/', ':', '@', '`'] {
+                let mut h = all.clone();
+                h.replace_range(at..at + 1, &bad.to_string());
+                let e =
+                    serde_json::from_str::<RawDevice>(&format!(r#"{{"path":"x","config":"{h}"}}"#))
+                        .unwrap_err()
+                        .to_string();
+                assert!(e.contains(&format!("'{bad}' at digit {at}")), "{e}");
+            }
+        }
     }
 
     #[test]

@@ -8,10 +8,22 @@ use std::fmt::Write;
 
 /// One function's description: class, name and IDs.
 pub fn describe(ids: &PciIds, f: &Function) -> String {
+    // The database's names, else the ones the capture gave (hwloc XML).
+    let name = match (
+        ids.device(f.vendor, f.device),
+        &f.vendor_name,
+        &f.device_name,
+    ) {
+        (None, Some(v), Some(d)) => format!("{v} {d}"),
+        (None, None, Some(d)) => d.clone(),
+        (None, Some(v), None) if ids.vendor(f.vendor).is_none() => {
+            format!("{v} Device {:04x}", f.device)
+        }
+        _ => ids.name(f.vendor, f.device),
+    };
     format!(
-        "{}: {} [{:04x}:{:04x}]",
+        "{}: {name} [{:04x}:{:04x}]",
         ids.class(f.class),
-        ids.name(f.vendor, f.device),
         f.vendor,
         f.device
     )
@@ -42,7 +54,7 @@ fn facts(f: &Function) -> String {
             (None, Some(m)) if f.port_type.is_downstream_port() => {
                 out.push(format!("link down (capable of {m})"))
             }
-            _ => {}
+            _ => out.extend(l.describe_current()),
         }
     }
     match f.acs {
@@ -57,6 +69,10 @@ fn facts(f: &Function) -> String {
                 crate::config::acs_bits_string(ctrl)
             ))
         }
+        crate::Acs::Assumed { ctrl } => out.push(format!(
+            "ACS {} assumed",
+            crate::config::acs_bits_string(ctrl)
+        )),
         _ => {}
     }
     if let Some(p) = f.p2pmem {
@@ -100,6 +116,9 @@ pub fn tree(topo: &Topology, ids: &PciIds) -> String {
                     f.vendor,
                     f.device
                 )
+            }
+            None if hb.device_not_captured => {
+                "its 00.0 function is not in the capture (the whitelist cannot be checked)".into()
             }
             None => "no function stands for it (not 00.0 and not a root port)".into(),
         };
@@ -148,6 +167,7 @@ pub fn header(topo: &Topology) -> String {
         "sysfs" if o.detail == "/" => "this machine's sysfs".to_string(),
         "sysfs" => format!("sysfs tree under {}", o.detail),
         "description" => format!("description {}", o.detail),
+        "hwloc" => format!("hwloc XML {}", o.detail),
         _ => o.detail.clone(),
     };
     let from = match topo.snapshot() {

@@ -19,6 +19,8 @@ pub enum Source {
     Description(PathBuf),
     /// A built-in preset.
     Preset(String),
+    /// hwloc XML (`lstopo --of xml`).
+    Hwloc(PathBuf),
 }
 
 impl Default for Source {
@@ -36,6 +38,7 @@ impl Source {
             Source::Snapshot(path) => read_snapshot(path),
             Source::Description(path) => read_description(path),
             Source::Preset(name) => presets::load(name),
+            Source::Hwloc(path) => crate::hwloc::read_hwloc(path),
         }
     }
 
@@ -44,7 +47,9 @@ impl Source {
         match self {
             Source::Live => "this machine's sysfs".into(),
             Source::Root(d) => d.display().to_string(),
-            Source::Snapshot(p) | Source::Description(p) => p.display().to_string(),
+            Source::Snapshot(p) | Source::Description(p) | Source::Hwloc(p) => {
+                p.display().to_string()
+            }
             Source::Preset(n) => format!("preset '{n}'"),
         }
     }
@@ -146,6 +151,15 @@ pub fn snapshot_json(raw: &RawMachine) -> String {
     let mut text = serde_json::to_string_pretty(raw).unwrap_or_default();
     text.push('\n');
     text
+}
+
+/// Write `bytes` to `path` whole or not at all: into a dot file of its own
+/// in the same directory, renamed into place (so a reader that skips dot
+/// files, as node-feature-discovery and node_exporter's textfile
+/// collector do, never sees half a file). `what` names the contents in
+/// errors ("a feature file", "an SVG picture").
+pub fn write_file(path: &Path, bytes: &[u8], what: &str) -> Result<()> {
+    write_whole(path, bytes, what)
 }
 
 /// Write a snapshot file, whole or not at all (see the module `file`).

@@ -24,6 +24,9 @@ pub const ATTRS: &[&str] = &[
     "current_link_width",
     "max_link_speed",
     "max_link_width",
+    // Not a sysfs attribute: hwloc's link rate, kept when a capture read
+    // from hwloc XML is written out as a tree and read back.
+    "pci_link_speed",
 ];
 
 /// Why a sysfs or procfs file was not read: an OS error, or a refusal
@@ -195,6 +198,7 @@ pub fn read_root(root: &Path) -> Result<RawMachine> {
         kernel: small("proc/sys/kernel/osrelease")?,
         cmdline: small("proc/cmdline")?,
         tool: Some(format!("peerdma {}", env!("CARGO_PKG_VERSION"))),
+        partial: None,
     };
     Ok(RawMachine::new(origin, parse_cpuinfo(&cpuinfo), devices))
 }
@@ -242,6 +246,7 @@ fn read_device(dir: &Path, rel: String) -> Result<RawDevice> {
         label: read_attr(&dir.join("label"))?
             .map(|s| s.trim().to_string())
             .filter(|s| !s.is_empty()),
+        ..Default::default()
     })
 }
 

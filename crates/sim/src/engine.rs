@@ -239,6 +239,14 @@ impl SimMachine {
                     self.faults.fire(&self.topo, &|b| self.provider(b), done);
                 }
                 let n = (e.len - off).min(STEP - (done % STEP));
+                // A queued fault fires at its byte: end the step there
+                // (nothing is queued while quiet, and the lock is skipped).
+                let threshold = if quiet {
+                    None
+                } else {
+                    self.faults.next_threshold(done)
+                };
+                let n = threshold.map_or(n, |t| n.min(t - done));
                 let Some(addr) = e
                     .addr
                     .checked_add(off)

@@ -126,6 +126,16 @@ impl Faults {
         self.update_quiet(&s);
     }
 
+    /// The nearest byte, past `done`, at which a queued fault fires.
+    pub(crate) fn next_threshold(&self, done: u64) -> Option<u64> {
+        self.lock()
+            .pending
+            .iter()
+            .map(Fault::after)
+            .filter(|&a| a > done)
+            .min()
+    }
+
     /// Fire the queued faults whose threshold `done` has reached.
     pub(crate) fn fire(
         &self,

@@ -70,3 +70,8 @@ pub use fabric::Route;
 pub use faults::{Fault, RevokeOutcome};
 pub use machine::{HostBuffer, SimConfig, SimMachine, BOUNCE_BASE};
 pub use memmap::DRAM_PER_NODE;
+
+/// The README's example, run as a doctest so it cannot go stale.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -42,11 +42,11 @@ fn read_8gib(c: &mut Criterion) {
         let t = runner.machine().topology().clone();
         let cap = |f| peerdma_consumers::devmem::capacity(&t, f);
         let jobs = w
-            .resolve(&Capacities {
+            .resolve(&[Capacities {
                 topo: &t,
                 media_size: runner.media_size(),
                 device_memory: &cap,
-            })
+            }])
             .expect("jobs");
         // A first run makes the GPU's memory resident.
         let r = runner.run(&jobs).expect("run");

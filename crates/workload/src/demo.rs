@@ -390,5 +390,5 @@ pub fn summary(t: &Topology, r: &Report) -> String {
 
 /// The full report of the demo (for `--verbose`).
 pub fn full(t: &Topology, r: &Report) -> String {
-    render(t, r, "peerdma demo")
+    render(&crate::report::Names::one(t), r, "peerdma demo")
 }

@@ -111,10 +111,28 @@ impl<'de> Deserialize<'de> for Names {
 struct RawFile {
     #[serde(default)]
     description: Option<String>,
+    /// One machine (`[machine]` with its source), or several by name
+    /// (`[machine.a]`, `[machine.b]`).
     #[serde(default)]
-    machine: Option<RawMachine>,
+    machine: Option<toml::Table>,
+    #[serde(default)]
+    wire: Option<toml::Spanned<RawWire>>,
     #[serde(default, rename = "job")]
     jobs: Vec<toml::Spanned<RawJob>>,
+}
+
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+struct RawWire {
+    a: String,
+    b: String,
+    /// Line rate in Gbit/s, each direction.
+    gbps: f64,
+    #[serde(default)]
+    mtu: Option<u32>,
+    /// One-way latency: nanoseconds, or "2us", "500ns", "1ms".
+    #[serde(default)]
+    latency: Option<toml::Value>,
 }
 
 #[derive(Deserialize, Debug, Default, Clone)]
@@ -149,6 +167,16 @@ struct RawJob {
     via: Option<String>,
     data_pointer: Option<String>,
     fault: Option<RawFault>,
+    /// RDMA: the kind of the dma-buf memory regions.
+    mr: Option<String>,
+    /// RDMA: bytes per work request.
+    message: Option<Size>,
+    /// RDMA: the responder's GPU driver moves the buffer at this byte.
+    migrate_at: Option<Size>,
+    /// NVMe-oF: the namespace's p2pmem setting.
+    p2pmem: Option<String>,
+    /// NVMe-oF: bytes per command.
+    io_size: Option<Size>,
 }
 
 #[derive(Deserialize, Debug, Clone)]
@@ -240,15 +268,48 @@ pub struct JobSpec {
     raw: RawJob,
 }
 
+/// One machine of a workload, as written.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MachineSpec {
+    /// The name jobs use for it (`a` in `a:gpu0`); empty for the one
+    /// machine of a workload that names none.
+    pub name: String,
+    pub source: Option<MachineSource>,
+    pub iommu: Option<IommuSetting>,
+}
+
+/// The wire of a workload, as written: two NICs named `machine:device`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WireSpec {
+    pub a: String,
+    pub b: String,
+    pub bytes_per_sec: f64,
+    pub mtu: u32,
+    pub latency_ns: u64,
+    pub line: usize,
+}
+
 /// A parsed workload.
 #[derive(Clone, Debug)]
 pub struct Workload {
     /// The file it came from (for messages), or a built-in name.
     pub origin: String,
     pub description: Option<String>,
-    pub machine: Option<MachineSource>,
-    pub iommu: Option<IommuSetting>,
+    /// At least one; several only when they are named.
+    pub machines: Vec<MachineSpec>,
+    pub wire: Option<WireSpec>,
     pub jobs: Vec<JobSpec>,
+}
+
+impl Workload {
+    /// The source of a workload of one machine.
+    pub fn machine(&self) -> Option<&MachineSource> {
+        self.machines.first().and_then(|m| m.source.as_ref())
+    }
+    /// The IOMMU of a workload of one machine.
+    pub fn iommu(&self) -> Option<IommuSetting> {
+        self.machines.first().and_then(|m| m.iommu)
+    }
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -287,45 +348,126 @@ pub fn parse(text: &str, origin: &str, base_dir: &Path) -> Result<Workload, Work
         };
         err(Some(line_of(text, at)), None, msg)
     })?;
-    let (machine, iommu) = match raw.machine {
-        None => (None, None),
-        Some(m) => {
-            let mut sources = Vec::new();
-            if let Some(p) = m.preset {
-                sources.push(MachineSource::Preset(p));
-            }
-            if let Some(p) = m.snapshot {
-                sources.push(MachineSource::Snapshot(base_dir.join(p)));
-            }
-            if let Some(p) = m.topology {
-                sources.push(MachineSource::Topology(base_dir.join(p)));
-            }
-            if let Some(p) = m.root {
-                sources.push(MachineSource::Root(base_dir.join(p)));
-            }
-            if m.live == Some(true) {
-                sources.push(MachineSource::Live);
-            }
-            if sources.len() > 1 {
-                return Err(err(
+    let source_of = |name: &str, m: RawMachine| -> Result<MachineSpec, WorkloadError> {
+        let label = if name.is_empty() {
+            "[machine]".to_string()
+        } else {
+            format!("[machine.{name}]")
+        };
+        let mut sources = Vec::new();
+        if let Some(p) = m.preset {
+            sources.push(MachineSource::Preset(p));
+        }
+        if let Some(p) = m.snapshot {
+            sources.push(MachineSource::Snapshot(base_dir.join(p)));
+        }
+        if let Some(p) = m.topology {
+            sources.push(MachineSource::Topology(base_dir.join(p)));
+        }
+        if let Some(p) = m.root {
+            sources.push(MachineSource::Root(base_dir.join(p)));
+        }
+        if m.live == Some(true) {
+            sources.push(MachineSource::Live);
+        }
+        if sources.len() > 1 {
+            return Err(err(
+                None,
+                None,
+                format!("{label} names more than one source (preset, snapshot, topology, root, live): pick one"),
+            ));
+        }
+        let iommu = match m.iommu {
+            None => None,
+            Some(s) => Some(IommuSetting::parse(&s).ok_or_else(|| {
+                err(
                     None,
                     None,
-                    "[machine] names more than one source (preset, snapshot, topology, root, live): pick one".into(),
-                ));
+                    format!("{label} iommu = \"{s}\" is not one of off, passthrough, translated"),
+                )
+            })?),
+        };
+        Ok(MachineSpec {
+            name: name.to_string(),
+            source: sources.pop(),
+            iommu,
+        })
+    };
+    const MACHINE_KEYS: [&str; 6] = ["preset", "snapshot", "topology", "root", "live", "iommu"];
+    let machines = match raw.machine {
+        None => vec![MachineSpec {
+            name: String::new(),
+            source: None,
+            iommu: None,
+        }],
+        Some(table) => {
+            let line = text.find("[machine").map_or(1, |at| line_of(text, at));
+            let one = table.is_empty() || table.keys().any(|k| MACHINE_KEYS.contains(&k.as_str()));
+            let bad = |m: String| err(Some(line), None, m);
+            if one {
+                let m = RawMachine::deserialize(toml::Value::Table(table))
+                    .map_err(|e| bad(format!("[machine]: {}", friendly(e.message().trim()))))?;
+                vec![source_of("", m)?]
+            } else {
+                let mut out = Vec::new();
+                for (name, v) in table {
+                    if !name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                    {
+                        return Err(bad(format!(
+                            "[machine.{name}]: a machine's name is letters, digits, '-' and '_'"
+                        )));
+                    }
+                    let toml::Value::Table(t) = v else {
+                        return Err(bad(format!(
+                            "[machine] key `{name}` is not a source (preset, snapshot, topology, root, live, iommu) or a machine table ([machine.{name}])"
+                        )));
+                    };
+                    let m = RawMachine::deserialize(toml::Value::Table(t)).map_err(|e| {
+                        bad(format!(
+                            "[machine.{name}]: {}",
+                            friendly(e.message().trim())
+                        ))
+                    })?;
+                    out.push(source_of(&name, m)?);
+                }
+                out
             }
-            let iommu = match m.iommu {
-                None => None,
-                Some(s) => Some(IommuSetting::parse(&s).ok_or_else(|| {
-                    err(
-                        None,
-                        None,
-                        format!(
-                            "[machine] iommu = \"{s}\" is not one of off, passthrough, translated"
-                        ),
-                    )
-                })?),
+        }
+    };
+    let wire = match raw.wire {
+        None => None,
+        Some(w) => {
+            let line = line_of(text, w.span().start);
+            let w = w.into_inner();
+            let bad = |m: String| err(Some(line), None, format!("[wire]: {m}"));
+            if !(w.gbps.is_finite() && w.gbps > 0.0) {
+                return Err(bad(format!(
+                    "gbps = {} is not a positive line rate in Gbit/s",
+                    w.gbps
+                )));
+            }
+            let mtu = w.mtu.unwrap_or(1500);
+            if !(576..=65535).contains(&mtu) {
+                return Err(bad(format!("mtu = {mtu} is not between 576 and 65535")));
+            }
+            let latency_ns = match &w.latency {
+                None => 1000,
+                Some(v) => parse_latency(v).ok_or_else(|| {
+                    bad(format!(
+                        "latency = {v} is not a time such as 500, \"500ns\", \"2us\" or \"1ms\""
+                    ))
+                })?,
             };
-            (sources.pop(), iommu)
+            Some(WireSpec {
+                a: w.a,
+                b: w.b,
+                bytes_per_sec: w.gbps * 1e9 / 8.0,
+                mtu,
+                latency_ns,
+                line,
+            })
         }
     };
     let mut jobs = Vec::new();
@@ -359,8 +501,8 @@ pub fn parse(text: &str, origin: &str, base_dir: &Path) -> Result<Workload, Work
     Ok(Workload {
         origin: origin.to_string(),
         description: raw.description,
-        machine,
-        iommu,
+        machines,
+        wire,
         jobs,
     })
 }
@@ -401,6 +543,28 @@ pub fn load(path: &Path) -> Result<Workload, WorkloadError> {
     })?;
     let base = path.parent().unwrap_or(Path::new("."));
     parse(&text, &origin, base)
+}
+
+/// A latency: nanoseconds as a number, or a number with ns, us/µs or ms.
+fn parse_latency(v: &toml::Value) -> Option<u64> {
+    match v {
+        toml::Value::Integer(n) => u64::try_from(*n).ok(),
+        toml::Value::String(s) => {
+            let s = s.trim();
+            let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+            let (num, unit) = s.split_at(split);
+            let n: f64 = num.parse().ok()?;
+            let mul = match unit.trim() {
+                "ns" => 1.0,
+                "us" | "µs" => 1e3,
+                "ms" => 1e6,
+                _ => return None,
+            };
+            let ns = n * mul;
+            (0.0..1e15).contains(&ns).then_some(ns.round() as u64)
+        }
+        _ => None,
+    }
 }
 
 fn io_text(e: &std::io::Error) -> String {
@@ -455,6 +619,43 @@ pub enum Task {
         chunk: u64,
         offset: u64,
     },
+    /// An RDMA WRITE (`from` is the requester's buffer, `to` the
+    /// responder's memory region) or READ (`from` the responder's region,
+    /// `to` the requester's buffer), across the wire.
+    Rdma {
+        write: bool,
+        from: MemRef,
+        to: MemRef,
+        pinned: bool,
+        message: u64,
+        migrate_at: Option<u64>,
+    },
+    /// NVMe-oF: a remote host writes its buffer `host` to (or reads it
+    /// from) the namespace on `drive` of the target, across the wire.
+    Nvmeof {
+        write: bool,
+        host: MemRef,
+        drive: (usize, Bdf),
+        offset: u64,
+        io_size: u64,
+        p2pmem: P2pMemSetting,
+    },
+}
+
+/// Memory of a machine: host memory, or a device's memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemRef {
+    pub machine: usize,
+    /// `None`: host memory (on the NIC's NUMA node).
+    pub device: Option<Bdf>,
+}
+
+/// The NVMe-oF namespace's `p2pmem` setting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum P2pMemSetting {
+    Off,
+    Auto,
+    Device(Bdf),
 }
 
 impl Task {
@@ -465,6 +666,10 @@ impl Task {
             Task::Copy { .. } => "copy",
             Task::Raid1Rebuild { .. } => "raid1-rebuild",
             Task::Raid5Read { .. } => "raid5-read",
+            Task::Rdma { write: true, .. } => "rdma-write",
+            Task::Rdma { write: false, .. } => "rdma-read",
+            Task::Nvmeof { write: true, .. } => "nvmeof-write",
+            Task::Nvmeof { write: false, .. } => "nvmeof-read",
         }
     }
 }
@@ -473,6 +678,8 @@ impl Task {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct JobFault {
     pub kind: FaultKind,
+    /// The machine of the device.
+    pub machine: usize,
     pub device: Bdf,
     /// Bytes into the job.
     pub at: u64,
@@ -504,6 +711,8 @@ impl FaultKind {
 pub struct Job {
     pub name: String,
     pub line: usize,
+    /// The machine the job's devices are on.
+    pub machine: usize,
     pub task: Task,
     pub size: u64,
     /// Indices of the jobs this one waits for.
@@ -537,9 +746,89 @@ impl Workload {
         }
     }
 
-    /// Hold the jobs against a machine.
-    pub fn resolve(&self, cap: &Capacities<'_>) -> Result<Vec<Job>, WorkloadError> {
-        let topo = cap.topo;
+    /// Where `what` (`DEVICE`, or `MACHINE:DEVICE` when the workload names
+    /// several machines) is: the machine's index and the device's name.
+    pub fn locate<'w>(&self, what: &'w str) -> Result<(usize, &'w str), String> {
+        if self.machines.len() == 1 {
+            return Ok((0, what));
+        }
+        if let Some((m, rest)) = what.split_once(':') {
+            if let Some(i) = self.machines.iter().position(|x| x.name == m) {
+                return Ok((i, rest));
+            }
+        }
+        let names: Vec<String> = self
+            .machines
+            .iter()
+            .map(|m| format!("{}:DEVICE", m.name))
+            .collect();
+        Err(format!(
+            "\"{what}\" does not say which machine: write {}",
+            names.join(" or ")
+        ))
+    }
+
+    /// The wire between two machines' NICs, held against the machines.
+    pub fn resolve_wire(
+        &self,
+        caps: &[Capacities<'_>],
+    ) -> Result<Option<peerdma_consumers::net::Wire>, WorkloadError> {
+        let Some(w) = &self.wire else { return Ok(None) };
+        let err = |m: String| WorkloadError {
+            origin: self.origin.clone(),
+            line: Some(w.line),
+            job: None,
+            message: format!("[wire]: {m}"),
+        };
+        let port = |key: &str, what: &str| -> Result<peerdma_consumers::net::Port, WorkloadError> {
+            let (m, name) = self
+                .locate(what)
+                .map_err(|x| err(format!("`{key}` = {x}")))?;
+            let topo = caps
+                .get(m)
+                .ok_or_else(|| err(format!("`{key}` = \"{what}\": no such machine")))?
+                .topo;
+            let f = topo
+                .lookup(name)
+                .map_err(|e| err(format!("`{key}` = \"{what}\": {e}")))?;
+            let func = topo.function(f);
+            if func.base_class() != 0x02 {
+                return Err(err(format!(
+                    "`{key}` = \"{what}\" ({}) is not a network controller (class {:06x})",
+                    func.bdf, func.class
+                )));
+            }
+            Ok(peerdma_consumers::net::Port {
+                machine: m,
+                nic: func.bdf,
+            })
+        };
+        let a = port("a", &w.a)?;
+        let b = port("b", &w.b)?;
+        if a == b {
+            return Err(err("`a` and `b` are the same NIC".into()));
+        }
+        Ok(Some(peerdma_consumers::net::Wire {
+            a,
+            b,
+            bytes_per_sec: w.bytes_per_sec,
+            mtu: w.mtu,
+            latency_ns: w.latency_ns,
+        }))
+    }
+
+    /// Hold the jobs against the machines (`caps[i]` is machine `i`).
+    pub fn resolve(&self, caps: &[Capacities<'_>]) -> Result<Vec<Job>, WorkloadError> {
+        if caps.len() != self.machines.len() {
+            return Err(self.err(
+                None,
+                format!(
+                    "{} machine(s) given for a workload of {}",
+                    caps.len(),
+                    self.machines.len()
+                ),
+            ));
+        }
         let index: HashMap<&str, usize> = self
             .jobs
             .iter()
@@ -554,8 +843,21 @@ impl Workload {
                 v.clone()
                     .ok_or_else(|| e(format!("a {} job needs `{key}`", r.kind)))
             };
+            // Every device of a storage job is on one machine.
+            let on: std::cell::Cell<Option<usize>> = std::cell::Cell::new(None);
             let device = |key: &str, what: &str| -> Result<(FnId, Bdf), WorkloadError> {
-                topo.lookup(what)
+                let (m, name) = self.locate(what).map_err(|x| e(format!("`{key}` = {x}")))?;
+                match on.get() {
+                    Some(prev) if prev != m => {
+                        return Err(e(format!(
+                            "`{key}` = \"{what}\" is on machine {} but the job's other devices are on {}: a {} job runs on one machine",
+                            self.machines[m].name, self.machines[prev].name, r.kind
+                        )))
+                    }
+                    _ => on.set(Some(m)),
+                }
+                let topo = caps[m].topo;
+                topo.lookup(name)
                     .map(|f| (f, topo.function(f).bdf))
                     .map_err(|err| {
                         e(format!(
@@ -564,8 +866,10 @@ impl Workload {
                         ))
                     })
             };
+            let cap = |_: ()| &caps[on.get().unwrap_or(0)];
             let drive = |key: &str, what: &str| -> Result<Bdf, WorkloadError> {
                 let (f, bdf) = device(key, what)?;
+                let topo = cap(()).topo;
                 if !is_nvme(topo, f) {
                     return Err(e(format!(
                         "`{key}` = \"{what}\" ({bdf}) is not an NVMe drive (class {:06x})",
@@ -576,7 +880,7 @@ impl Workload {
             };
             let memory = |key: &str, what: &str| -> Result<Bdf, WorkloadError> {
                 let (f, bdf) = device(key, what)?;
-                match (cap.device_memory)(f) {
+                match (cap(()).device_memory)(f) {
                     None => Err(e(format!(
                         "`{key}` = \"{what}\" ({bdf}) has no device memory for the job: it publishes no P2P memory (p2pmem) and is not a GPU or accelerator"
                     ))),
@@ -589,13 +893,14 @@ impl Workload {
                 }
             };
             let media = |key: &str, off: u64| -> Result<u64, WorkloadError> {
+                let size = cap(()).media_size;
                 match off.checked_add(r.size.0) {
-                    Some(end) if end <= cap.media_size => Ok(off),
+                    Some(end) if end <= size => Ok(off),
                     _ => Err(e(format!(
                         "{} at {key} {} runs past the end of the drive's {} of media",
                         format_size(r.size.0),
                         format_size(off),
-                        format_size(cap.media_size)
+                        format_size(size)
                     ))),
                 }
             };
@@ -624,9 +929,12 @@ impl Workload {
                 "copy" => &["from", "to", "offset", "to_offset", "via"],
                 "raid1-rebuild" => &["from", "to", "via"],
                 "raid5-read" => &["members", "missing", "into", "chunk", "offset"],
+                "rdma-write" | "rdma-read" => &["from", "to", "mr", "message", "migrate_at"],
+                "nvmeof-write" => &["from", "drive", "offset", "p2pmem", "io_size"],
+                "nvmeof-read" => &["into", "drive", "offset", "p2pmem", "io_size"],
                 other => {
                     return Err(e(format!(
-                    "kind = \"{other}\" is not one of read, write, copy, raid1-rebuild, raid5-read"
+                    "kind = \"{other}\" is not one of read, write, copy, raid1-rebuild, raid5-read, rdma-write, rdma-read, nvmeof-write, nvmeof-read"
                 )))
                 }
             };
@@ -641,6 +949,11 @@ impl Workload {
                 ("missing", r.missing.is_some()),
                 ("chunk", r.chunk.is_some()),
                 ("via", r.via.is_some()),
+                ("mr", r.mr.is_some()),
+                ("message", r.message.is_some()),
+                ("migrate_at", r.migrate_at.is_some()),
+                ("p2pmem", r.p2pmem.is_some()),
+                ("io_size", r.io_size.is_some()),
             ] {
                 if set && !allowed.contains(&key) {
                     return Err(e(format!(
@@ -650,7 +963,157 @@ impl Workload {
                     )));
                 }
             }
+            // Network jobs: their devices are on the two ends of the wire.
+            let net_mem = |key: &str, what: &str| -> Result<MemRef, WorkloadError> {
+                let (m, name) = self.locate(what).map_err(|x| e(format!("`{key}` = {x}")))?;
+                if name == "host" {
+                    return Ok(MemRef {
+                        machine: m,
+                        device: None,
+                    });
+                }
+                let topo = caps[m].topo;
+                let f = topo
+                    .lookup(name)
+                    .map_err(|err| e(format!("`{key}` = \"{what}\": {err}")))?;
+                let bdf = topo.function(f).bdf;
+                match (caps[m].device_memory)(f) {
+                    None => Err(e(format!(
+                        "`{key}` = \"{what}\" ({bdf}) has no device memory: it publishes no P2P memory (p2pmem) and is not a GPU or accelerator (\"host\" names host memory)"
+                    ))),
+                    Some((bytes, what_mem)) if bytes < r.size.0 => Err(e(format!(
+                        "size {} is more than the {} of {what_mem} of `{key}` = \"{what}\" ({bdf})",
+                        format_size(r.size.0),
+                        format_size(bytes)
+                    ))),
+                    Some(_) => Ok(MemRef { machine: m, device: Some(bdf) }),
+                }
+            };
+            let across = |a: &MemRef, b: &MemRef| -> Result<(), WorkloadError> {
+                let Some(w) = &self.wire else {
+                    return Err(e(format!(
+                        "a {} job crosses a wire: add [wire] with the two NICs",
+                        r.kind
+                    )));
+                };
+                let ends = |m: usize| {
+                    self.locate(&w.a).map(|x| x.0) == Ok(m)
+                        || self.locate(&w.b).map(|x| x.0) == Ok(m)
+                };
+                if a.machine == b.machine || !ends(a.machine) || !ends(b.machine) {
+                    return Err(e(format!(
+                        "a {} job moves data between the machines at the two ends of the wire ({} and {})",
+                        r.kind, w.a, w.b
+                    )));
+                }
+                Ok(())
+            };
             let task = match r.kind.as_str() {
+                "rdma-write" | "rdma-read" => {
+                    let from = net_mem("from", &need("from", &r.from)?)?;
+                    let to = net_mem("to", &need("to", &r.to)?)?;
+                    across(&from, &to)?;
+                    let pinned = match r.mr.as_deref() {
+                        None | Some("dynamic") => false,
+                        Some("pinned") => true,
+                        Some(x) => {
+                            return Err(e(format!("mr = \"{x}\" is not one of dynamic, pinned")))
+                        }
+                    };
+                    let message = r.message.map_or(1 << 20, |s| s.0);
+                    if message == 0 || message > 1 << 31 {
+                        return Err(e(format!(
+                            "message = {message} is not between 1 byte and 2 GiB"
+                        )));
+                    }
+                    let migrate_at = r.migrate_at.map(|s| s.0);
+                    if migrate_at.is_some_and(|m| m >= r.size.0) {
+                        return Err(e("migrate_at is not inside the job".into()));
+                    }
+                    Task::Rdma {
+                        write: r.kind == "rdma-write",
+                        from,
+                        to,
+                        pinned,
+                        message,
+                        migrate_at,
+                    }
+                }
+                "nvmeof-write" | "nvmeof-read" => {
+                    let write = r.kind == "nvmeof-write";
+                    let host = if write {
+                        net_mem("from", &need("from", &r.from)?)?
+                    } else {
+                        net_mem("into", &need("into", &r.into)?)?
+                    };
+                    let dname = need("drive", &r.drive)?;
+                    let (dm, dn) = self
+                        .locate(&dname)
+                        .map_err(|x| e(format!("`drive` = {x}")))?;
+                    let topo = caps[dm].topo;
+                    let df = topo
+                        .lookup(dn)
+                        .map_err(|err| e(format!("`drive` = \"{dname}\": {err}")))?;
+                    if !is_nvme(topo, df) {
+                        return Err(e(format!(
+                            "`drive` = \"{dname}\" ({}) is not an NVMe drive",
+                            topo.function(df).bdf
+                        )));
+                    }
+                    let drive = (dm, topo.function(df).bdf);
+                    across(
+                        &host,
+                        &MemRef {
+                            machine: dm,
+                            device: None,
+                        },
+                    )?;
+                    if offset
+                        .checked_add(r.size.0)
+                        .is_none_or(|x| x > caps[dm].media_size)
+                    {
+                        return Err(e(format!(
+                            "{} at offset {} runs past the end of the drive's {} of media",
+                            format_size(r.size.0),
+                            format_size(offset),
+                            format_size(caps[dm].media_size)
+                        )));
+                    }
+                    let p2pmem = match r.p2pmem.as_deref() {
+                        None | Some("off") => P2pMemSetting::Off,
+                        Some("auto") => P2pMemSetting::Auto,
+                        Some(x) => {
+                            let (m, n) =
+                                self.locate(x).map_err(|y| e(format!("`p2pmem` = {y}")))?;
+                            if m != dm {
+                                return Err(e(format!(
+                                    "`p2pmem` = \"{x}\" is not on the target machine"
+                                )));
+                            }
+                            let t = caps[m].topo;
+                            let f = t.lookup(n).map_err(|err| {
+                                e(format!(
+                                    "`p2pmem` = \"{x}\" is not off, auto or a device: {err}"
+                                ))
+                            })?;
+                            P2pMemSetting::Device(t.function(f).bdf)
+                        }
+                    };
+                    let io_size = r.io_size.map_or(128 << 10, |s| s.0);
+                    if io_size == 0 || io_size % 512 != 0 {
+                        return Err(e(format!(
+                            "io_size = {io_size} is not a whole number of 512-byte blocks"
+                        )));
+                    }
+                    Task::Nvmeof {
+                        write,
+                        host,
+                        drive,
+                        offset,
+                        io_size,
+                        p2pmem,
+                    }
+                }
                 "read" => Task::Read {
                     drive: drive("drive", &need("drive", &r.drive)?)?,
                     into: memory("into", &need("into", &r.into)?)?,
@@ -736,12 +1199,13 @@ impl Workload {
                     let stripe = chunk * data_members;
                     let first = offset / stripe;
                     let last = (offset + r.size.0).div_ceil(stripe);
-                    if last.checked_mul(chunk).is_none_or(|m| m > cap.media_size) {
+                    let media_size = cap(()).media_size;
+                    if last.checked_mul(chunk).is_none_or(|m| m > media_size) {
                         return Err(e(format!(
                             "{} at offset {} needs more than the {} of media per member",
                             format_size(r.size.0),
                             format_size(offset),
-                            format_size(cap.media_size)
+                            format_size(media_size)
                         )));
                     }
                     let _ = first;
@@ -793,7 +1257,7 @@ impl Workload {
                         .clone()
                         .ok_or_else(|| e("a fault needs `device`".into()))?;
                     let (fid, device) = device("fault.device", &name)?;
-                    if kind == FaultKind::Revoke && (cap.device_memory)(fid).is_none() {
+                    if kind == FaultKind::Revoke && (cap(()).device_memory)(fid).is_none() {
                         return Err(e(format!(
                             "a revoke fault needs device memory to revoke, and \"{name}\" ({device}) has none"
                         )));
@@ -807,6 +1271,7 @@ impl Workload {
                     }
                     Some(JobFault {
                         kind,
+                        machine: self.locate(&name).map_or(0, |x| x.0),
                         device,
                         at: f.at.0,
                     })
@@ -831,9 +1296,20 @@ impl Workload {
                     }
                 }
             }
+            let machine = match &task {
+                Task::Rdma {
+                    write: true, from, ..
+                } => from.machine,
+                Task::Rdma {
+                    write: false, to, ..
+                } => to.machine,
+                Task::Nvmeof { host, .. } => host.machine,
+                _ => on.get().unwrap_or(0),
+            };
             out.push(Job {
                 name: j.name.clone(),
                 line: j.line,
+                machine,
                 task,
                 size: r.size.0,
                 after,

@@ -1,7 +1,7 @@
-//! Workloads on the simulated machine: a TOML file of jobs ([`format`]),
+//! Workloads on the simulated machine: a TOML file of jobs ([`format`](mod@format)),
 //! the runner that moves and checks their bytes and times them together
-//! ([`run`]), the report for people and tools ([`report`]), and the
-//! built-in demo ([`demo`]).
+//! ([`run`]), the report for people and tools ([`report`]) and as a
+//! picture ([`svg`]), and the built-in demo ([`demo`]).
 //!
 //! ```
 //! use peerdma_workload::{format, run::RunOptions, run_workload};
@@ -22,6 +22,7 @@ pub mod demo;
 pub mod format;
 pub mod report;
 pub mod run;
+pub mod svg;
 
 use format::{Capacities, Workload, WorkloadError};
 use peerdma_pci::Topology;
@@ -37,20 +38,63 @@ pub enum Error {
 }
 
 /// Resolve `w` against `topo` and run it; the report, and the topology
-/// the machine was built from (for names in the text report).
+/// the machine was built from (for names in the text report). For a
+/// workload of one machine.
 pub fn run_workload(
     w: &Workload,
     topo: Topology,
     opts: RunOptions,
 ) -> Result<(Report, std::sync::Arc<Topology>), Error> {
-    let mut runner = Runner::new(topo, opts)?;
-    let t = runner.machine().topology().clone();
-    let cap = |f| peerdma_consumers::devmem::capacity(&t, f);
-    let jobs = w.resolve(&Capacities {
-        topo: &t,
-        media_size: runner.media_size(),
-        device_memory: &cap,
-    })?;
-    let report = runner.run(&jobs)?;
-    Ok((report, t))
+    let iommu = opts.iommu;
+    let (r, topos) = run_machines(w, vec![(topo, iommu)], opts)?;
+    Ok((r, topos[0].clone()))
 }
+
+/// Resolve `w` against its machines (one topology and IOMMU per machine
+/// the workload names, in its order) and run it; the report and each
+/// machine's topology.
+pub fn run_machines(
+    w: &Workload,
+    machines: Vec<(Topology, format::IommuSetting)>,
+    opts: RunOptions,
+) -> Result<(Report, Vec<std::sync::Arc<Topology>>), Error> {
+    let named: Vec<(String, Topology, format::IommuSetting)> = w
+        .machines
+        .iter()
+        .zip(machines)
+        .map(|(spec, (t, i))| (spec.name.clone(), t, i))
+        .collect();
+    let mut runner = Runner::with_machines(named, None, opts)?;
+    let topos: Vec<std::sync::Arc<Topology>> = runner
+        .machines()
+        .iter()
+        .map(|m| m.sim().topology().clone())
+        .collect();
+    let media = runner.media_size();
+    let caps_fns: Vec<_> = topos
+        .iter()
+        .map(|t| {
+            let t = t.clone();
+            move |f| peerdma_consumers::devmem::capacity(&t, f)
+        })
+        .collect();
+    let caps: Vec<Capacities<'_>> = topos
+        .iter()
+        .zip(&caps_fns)
+        .map(|(t, f)| Capacities {
+            topo: t,
+            media_size: media,
+            device_memory: f,
+        })
+        .collect();
+    let wire = w.resolve_wire(&caps)?;
+    runner.set_wire(wire);
+    let jobs = w.resolve(&caps)?;
+    let report = runner.run(&jobs)?;
+    Ok((report, topos))
+}
+
+/// The README's example, run as a doctest so it cannot go stale.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

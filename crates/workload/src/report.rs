@@ -89,11 +89,66 @@ pub fn with_names(t: &Topology, text: &str) -> String {
         .join(" ")
 }
 
+/// The topologies of a run's machines, to show names instead of BDFs.
+pub struct Names<'a> {
+    machines: Vec<(String, &'a Topology)>,
+}
+
+impl<'a> Names<'a> {
+    /// The one machine of most workloads.
+    pub fn one(t: &'a Topology) -> Names<'a> {
+        Names {
+            machines: vec![(String::new(), t)],
+        }
+    }
+
+    /// Several machines, by name, in the run's order.
+    pub fn new(machines: Vec<(String, &'a Topology)>) -> Names<'a> {
+        Names { machines }
+    }
+
+    fn multi(&self) -> bool {
+        self.machines.len() > 1
+    }
+
+    fn topo(&self, machine: Option<&str>) -> &'a Topology {
+        machine
+            .and_then(|m| self.machines.iter().find(|(n, _)| n == m))
+            .or(self.machines.first())
+            .map(|(_, t)| *t)
+            .expect("a run has a machine")
+    }
+
+    /// A device's short name (`gpu0`, or `a:gpu0` on a run of several).
+    fn device(&self, machine: Option<&str>, s: &str) -> String {
+        let n = short(self.topo(machine), s);
+        match machine {
+            Some(m) if self.multi() => format!("{m}:{n}"),
+            _ => n,
+        }
+    }
+
+    /// A link's name with device names (`a: sw0-p11<->nvme0`).
+    fn link(&self, name: &str) -> String {
+        if self.multi() {
+            if let Some((m, rest)) = name.split_once(": ") {
+                return format!("{m}: {}", link_name(self.topo(Some(m)), rest));
+            }
+        }
+        link_name(self.topo(None), name)
+    }
+
+    fn text(&self, machine: Option<&str>, text: &str) -> String {
+        with_names(self.topo(machine), text)
+    }
+}
+
 fn path_words(p: &str) -> &'static str {
     match p {
         "bus_addr" => "P2P by PCI bus address",
         "thru_host_bridge" => "P2P through the host bridge",
         "bounced" => "bounced through host memory",
+        "wire" => "frames on the wire",
         _ => "host memory",
     }
 }
@@ -113,11 +168,12 @@ fn secs(s: f64) -> String {
 }
 
 /// One job as people read it.
-pub fn render_job(t: &Topology, j: &JobReport) -> String {
+pub fn render_job(names: &Names<'_>, j: &JobReport) -> String {
     let mut s = String::new();
+    let jm = j.machine.as_deref();
     let status = match (&j.error, j.ok) {
         (None, true) => "OK, every byte verified".to_string(),
-        (Some(e), _) => format!("FAILED: {}", with_names(t, e)),
+        (Some(e), _) => format!("FAILED: {}", names.text(jm, e)),
         (None, false) => "FAILED".to_string(),
     };
     let _ = writeln!(
@@ -128,20 +184,33 @@ pub fn render_job(t: &Topology, j: &JobReport) -> String {
         format_size(j.bytes)
     );
     for l in &j.legs {
+        let m = l.machine.as_deref().or(jm);
+        let peer = l.peer_machine.as_deref().or(m);
         let by = if l.by == "cpu" {
             "the CPU".to_string()
         } else {
-            format!("{}'s DMA", short(t, &l.by))
+            format!("{}'s DMA", names.device(m, &l.by))
+        };
+        let host = |mm: Option<&str>| match mm {
+            Some(x) if names.multi() => {
+                format!("{x}:host memory (node {})", l.numa_node.unwrap_or(0))
+            }
+            _ => format!("host memory (node {})", l.numa_node.unwrap_or(0)),
         };
         let from = if l.from == "host" {
-            format!("host memory (node {})", l.numa_node.unwrap_or(0))
+            host(m)
         } else {
-            short(t, &l.from)
+            names.device(m, &l.from)
         };
         let to = if l.to == "host" {
-            format!("host memory (node {})", l.numa_node.unwrap_or(0))
+            host(peer)
         } else {
-            short(t, &l.to)
+            names.device(peer, &l.to)
+        };
+        let by = if l.path == "wire" {
+            "the NICs".to_string()
+        } else {
+            by
         };
         let _ = writeln!(
             s,
@@ -150,7 +219,7 @@ pub fn render_job(t: &Topology, j: &JobReport) -> String {
             format_size(l.bytes),
             l.provider
                 .as_ref()
-                .map(|p| format!(", in the P2P memory of {}", short(t, p)))
+                .map(|p| format!(", in the P2P memory of {}", names.device(m, p)))
                 .unwrap_or_default()
         );
         if !l.routes.is_empty() {
@@ -179,7 +248,7 @@ pub fn render_job(t: &Topology, j: &JobReport) -> String {
             let _ = write!(
                 s,
                 "; narrowest: {} at {}",
-                link_name(t, &b.link),
+                names.link(&b.link),
                 rate(b.gbytes_per_sec * 1e9)
             );
         }
@@ -211,25 +280,46 @@ pub fn render_job(t: &Topology, j: &JobReport) -> String {
         let _ = writeln!(s, "  work  {}", extra.join(", "));
     }
     if let Some(w) = &j.bounce_reason {
-        let _ = writeln!(s, "  why   {}", with_names(t, w));
+        let _ = writeln!(s, "  why   {}", names.text(jm, w));
     }
     for n in &j.notes {
-        let _ = writeln!(s, "  note  {}", with_names(t, n));
+        let _ = writeln!(s, "  note  {}", names.text(jm, n));
     }
     s
 }
 
 /// The whole run as people read it.
-pub fn render(t: &Topology, r: &Report, origin: &str) -> String {
+pub fn render(names: &Names<'_>, r: &Report, origin: &str) -> String {
     let mut s = String::new();
     let ok = r.jobs.iter().filter(|j| j.ok).count();
-    let _ = writeln!(
-        s,
-        "{origin}: {} job(s) on {}, IOMMU {}",
-        r.jobs.len(),
-        r.machine,
-        r.iommu.as_str()
-    );
+    if r.machines.len() > 1 {
+        let list: Vec<String> = r
+            .machines
+            .iter()
+            .map(|m| format!("{} = {} (IOMMU {})", m.name, m.origin, m.iommu.as_str()))
+            .collect();
+        let _ = writeln!(
+            s,
+            "{origin}: {} job(s) on {}",
+            r.jobs.len(),
+            list.join(", ")
+        );
+    } else {
+        let _ = writeln!(
+            s,
+            "{origin}: {} job(s) on {}, IOMMU {}",
+            r.jobs.len(),
+            r.machine,
+            r.iommu.as_str()
+        );
+    }
+    if let Some(w) = &r.wire {
+        let _ = writeln!(
+            s,
+            "wire {} <-> {}: {} Gbit/s, MTU {}, {} ns",
+            w.a, w.b, w.gbits_per_sec, w.mtu, w.latency_ns
+        );
+    }
     let _ = writeln!(
         s,
         "{ok} of {} ok; {} simulated in {} of wall time\n",
@@ -238,7 +328,7 @@ pub fn render(t: &Topology, r: &Report, origin: &str) -> String {
         secs(r.wall_seconds)
     );
     for j in &r.jobs {
-        s.push_str(&render_job(t, j));
+        s.push_str(&render_job(names, j));
         s.push('\n');
     }
     if !r.busiest_links.is_empty() {
@@ -247,7 +337,7 @@ pub fn render(t: &Topology, r: &Report, origin: &str) -> String {
             let _ = writeln!(
                 s,
                 "  {:<40} {:<4} {:>10} busy {:>5.1}% of the run (capacity {})",
-                link_name(t, &l.link),
+                names.link(&l.link),
                 l.direction,
                 format_size(l.bytes),
                 l.busy * 100.0,

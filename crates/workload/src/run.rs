@@ -16,18 +16,20 @@
 //! pattern where the source was never written, else byte for byte.
 
 use crate::format::{FaultKind, IommuSetting, Job, Policy, Task};
+use crate::format::{MemRef, P2pMemSetting};
 use peerdma_consumers::block::Op;
 use peerdma_consumers::copy::{drive_to_drive, plan_copy, plan_rebuild, StagingPlan};
 use peerdma_consumers::devmem::DeviceMemory;
 use peerdma_consumers::io::{
     direct_io, End, Fallback, IoError, IoFault, IoOutcome, Leg, LegPath, Mover,
 };
+use peerdma_consumers::net::Wire;
 use peerdma_consumers::nvme::{NvmeConfig, NvmeDrive};
 use peerdma_consumers::raid::{raid5_degraded_read, write_array, Raid5Layout};
 use peerdma_dma::IommuMode;
 use peerdma_mem::{Address, Bdf, PhysAddr};
 use peerdma_pci::Topology;
-use peerdma_sim::timing::{Flow, Hop, LinkId, SimTime};
+use peerdma_sim::timing::{Flow, Hop, LinkId, Network, SimTime};
 use peerdma_sim::{pattern, Fault, Route, SimConfig, SimMachine};
 use serde::Serialize;
 use std::collections::HashMap;
@@ -62,6 +64,13 @@ impl Default for RunOptions {
 /// One leg of a job in the report.
 #[derive(Clone, Debug, Serialize)]
 pub struct LegReport {
+    /// The machine the leg ran on (when the workload has several); for a
+    /// leg on the wire, the sending machine.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub machine: Option<String>,
+    /// For a leg on the wire, the receiving machine.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer_machine: Option<String>,
     /// A BDF, or `host` for host memory.
     pub from: String,
     pub to: String,
@@ -96,6 +105,9 @@ pub struct Bottleneck {
 pub struct JobReport {
     pub name: String,
     pub kind: &'static str,
+    /// The machine the job ran on, when the workload has several.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub machine: Option<String>,
     /// Where the data comes from: a drive, device memory, or RAID members.
     pub source: Vec<String>,
     /// Where it goes.
@@ -117,6 +129,19 @@ pub struct JobReport {
     pub cpu_copy_bytes: u64,
     pub cpu_xor_bytes: u64,
     pub commands: u64,
+    /// Network jobs: packets on the wire (both ways) and their line bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub packets: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wire_bytes: Option<u64>,
+    /// NVMe-oF: what the target staged where, and the host memory that
+    /// P2P memory saved against the same job without it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub staged_p2p_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub staged_host_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_memory_bytes_saved: Option<u64>,
     pub policy: Policy,
     pub error: Option<String>,
     /// Why the job bounced, when it did.
@@ -127,9 +152,15 @@ pub struct JobReport {
 /// The whole run.
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
-    /// Where the machine came from.
+    /// Where the machine came from (for several: each, by name).
     pub machine: String,
+    /// The IOMMU of the (first) machine.
     pub iommu: IommuSetting,
+    /// Every machine of the run: its name, where it came from, its IOMMU.
+    pub machines: Vec<MachineReport>,
+    /// The wire, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wire: Option<WireReport>,
     pub jobs: Vec<JobReport>,
     /// Simulated time from the first job's start to the last job's end.
     pub sim_seconds: f64,
@@ -138,6 +169,25 @@ pub struct Report {
     /// Wall-clock seconds the simulation took.
     #[serde(skip)]
     pub wall_seconds: f64,
+}
+
+/// One machine of a run.
+#[derive(Clone, Debug, Serialize)]
+pub struct MachineReport {
+    pub name: String,
+    pub origin: String,
+    pub iommu: IommuSetting,
+}
+
+/// The wire of a run.
+#[derive(Clone, Debug, Serialize)]
+pub struct WireReport {
+    /// `machine:BDF` of each end.
+    pub a: String,
+    pub b: String,
+    pub gbits_per_sec: f64,
+    pub mtu: u32,
+    pub latency_ns: u64,
 }
 
 /// How much one direction of a link carried.
@@ -168,12 +218,26 @@ pub enum RunError {
     Timing(#[from] peerdma_sim::timing::TimingError),
 }
 
+/// Where a flow of a job runs.
+#[derive(Clone, Debug)]
+enum FlowPlace {
+    /// On these links of machine `0`.
+    Links(usize, Vec<Hop>),
+    /// On the wire, from its `a` end (true) or its `b` end.
+    Wire { from_a: bool },
+    /// Nowhere but a rate limit (CPU work).
+    Local,
+}
+
+/// Every machine's links and the wire in one network: the network, where
+/// each machine's links are in it (by their index there), and the wire.
+type World = (Network, Vec<Vec<LinkId>>, Option<LinkId>);
+
 /// A job's flows for the timing model, before they are numbered.
 struct JobFlows {
-    /// Data legs: path, bytes, rate cap.
-    /// Path, bytes, rate cap, and whether it is the job's data (not queue
+    /// Where, bytes, rate cap, and whether it is the job's data (not queue
     /// and descriptor traffic).
-    legs: Vec<(Vec<Hop>, u64, Option<f64>, bool)>,
+    legs: Vec<(FlowPlace, u64, Option<f64>, bool)>,
 }
 
 /// What running one job produced.
@@ -182,15 +246,26 @@ struct Done {
     flows: JobFlows,
 }
 
-/// The simulated machine of a run and what the runner keeps about it.
-pub struct Runner {
+/// One simulated machine of a run and what the runner keeps about it.
+pub struct Machine {
+    /// The name jobs use for it (empty for the one machine of a workload
+    /// that names none).
+    pub name: String,
+    label: String,
+    iommu: IommuSetting,
     sim: SimMachine,
     devmem: DeviceMemory,
     drives: HashMap<Bdf, NvmeDrive>,
     /// Ranges of each drive written by a job (start, end).
     written: HashMap<Bdf, Vec<(u64, u64)>>,
-    opts: RunOptions,
-    machine: String,
+    nvme: NvmeConfig,
+    seed: u64,
+}
+
+/// The machines of a run, the wire between two of them, and the options.
+pub struct Runner {
+    machines: Vec<Machine>,
+    wire: Option<Wire>,
 }
 
 fn drive_seed(seed: u64, d: Bdf) -> u64 {
@@ -204,14 +279,19 @@ fn name_seed(name: &str) -> u64 {
     })
 }
 
-impl Runner {
+impl Machine {
     /// A simulated machine for `topo`, every NVMe drive full of pattern data.
-    pub fn new(topo: Topology, opts: RunOptions) -> Result<Runner, RunError> {
-        let machine = topo.origin_label();
+    fn new(
+        name: &str,
+        topo: Topology,
+        iommu: IommuSetting,
+        opts: &RunOptions,
+    ) -> Result<Machine, RunError> {
+        let label = topo.origin_label();
         let sim = SimMachine::new(
             topo,
             SimConfig {
-                iommu: match opts.iommu {
+                iommu: match iommu {
                     IommuSetting::Off => IommuMode::Off,
                     IommuSetting::Passthrough => IommuMode::Passthrough,
                     IommuSetting::Translated => IommuMode::Translated,
@@ -219,136 +299,45 @@ impl Runner {
                 ..SimConfig::default()
             },
         )?;
+        // Two machines of one preset must not hold the same data.
+        let seed = opts.seed ^ name_seed(name);
         let t = sim.topology().clone();
         for id in t.ids() {
             if crate::format::is_nvme(&t, id) {
                 let b = t.function(id).bdf;
                 // Only fails for a device that is not there.
-                let _ = sim.fill_media_pattern(b, drive_seed(opts.seed, b));
+                let _ = sim.fill_media_pattern(b, drive_seed(seed, b));
             }
         }
-        Ok(Runner {
+        Ok(Machine {
+            name: name.to_string(),
+            label,
+            iommu,
             sim,
             devmem: DeviceMemory::new(),
             drives: HashMap::new(),
             written: HashMap::new(),
-            opts,
-            machine,
+            nvme: opts.nvme,
+            seed,
         })
     }
 
-    pub fn machine(&self) -> &SimMachine {
+    pub fn sim(&self) -> &SimMachine {
         &self.sim
     }
 
-    /// Bytes of media behind each drive.
-    pub fn media_size(&self) -> u64 {
-        self.sim.config().media_size
+    /// Where the machine came from (`preset 'dual-xeon'`).
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// The machine's device memory (CMBs, exported GPU apertures).
+    pub fn device_memory(&self) -> &DeviceMemory {
+        &self.devmem
     }
 
     fn drive(&mut self, b: Bdf) -> Result<&mut NvmeDrive, IoError> {
-        drive_of(&self.sim, &mut self.drives, self.opts.nvme, b)
-    }
-
-    /// Run `jobs` (resolved against this machine) and time them together.
-    pub fn run(&mut self, jobs: &[Job]) -> Result<Report, RunError> {
-        let wall = Instant::now();
-        let order = crate::format::run_order(jobs);
-        let mut done: Vec<Option<Done>> = (0..jobs.len()).map(|_| None).collect();
-        for &i in &order {
-            done[i] = Some(self.run_job(&jobs[i]));
-        }
-        let done: Vec<Done> = done
-            .into_iter()
-            .map(|d| d.expect("every job ran"))
-            .collect();
-        let mut report = self.time(jobs, &order, done)?;
-        report.wall_seconds = wall.elapsed().as_secs_f64();
-        Ok(report)
-    }
-
-    fn run_job(&mut self, job: &Job) -> Done {
-        let (source, destination) = match &job.task {
-            Task::Read { drive, into, .. } => (vec![drive.to_string()], into.to_string()),
-            Task::Write { from, drive, .. } => (vec![from.to_string()], drive.to_string()),
-            Task::Copy { from, to, .. } | Task::Raid1Rebuild { from, to, .. } => {
-                (vec![from.to_string()], to.to_string())
-            }
-            Task::Raid5Read {
-                members,
-                missing,
-                into,
-                ..
-            } => (
-                members
-                    .iter()
-                    .enumerate()
-                    .filter(|(i, _)| i != missing)
-                    .map(|(_, m)| m.to_string())
-                    .collect(),
-                into.to_string(),
-            ),
-        };
-        let mut report = JobReport {
-            name: job.name.clone(),
-            kind: job.task.kind(),
-            source,
-            destination,
-            ok: false,
-            legs: Vec::new(),
-            bytes: 0,
-            verified: false,
-            sim_seconds: 0.0,
-            gbytes_per_sec: 0.0,
-            bottleneck: None,
-            shared_with: Vec::new(),
-            start_seconds: 0.0,
-            end_seconds: 0.0,
-            bounce_bytes: 0,
-            cpu_copy_bytes: 0,
-            cpu_xor_bytes: 0,
-            commands: 0,
-            policy: job.policy,
-            error: None,
-            bounce_reason: None,
-            notes: Vec::new(),
-        };
-        let mut flows = JobFlows { legs: Vec::new() };
-        match self.execute(job) {
-            Ok((out, check)) => {
-                self.fill(&mut report, &mut flows, &out);
-                report.bytes = out.bytes;
-                match check {
-                    Ok(()) => {
-                        report.verified = true;
-                        report.ok = true;
-                    }
-                    Err(e) => report.error = Some(e),
-                }
-            }
-            Err(e) => {
-                report.error = Some(e);
-            }
-        }
-        if let Some(f) = &job.fault {
-            let revokes = self.sim.join_revokes();
-            for r in revokes {
-                report.notes.push(match r.result {
-                    Ok(_) => format!(
-                        "the revoke of {} finished after in-flight DMA drained",
-                        r.provider
-                    ),
-                    Err(e) => format!("the revoke of {} did not finish: {e}", r.provider),
-                });
-            }
-            report.notes.push(format!(
-                "fault injected: {} of {} at byte {}",
-                f.kind.as_str(),
-                f.device,
-                f.at
-            ));
-        }
-        Done { report, flows }
+        drive_of(&self.sim, &mut self.drives, self.nvme, b)
     }
 
     /// Move the job's bytes; then check them. The outer error is a job that
@@ -361,27 +350,13 @@ impl Runner {
         };
         let fault = job.fault.as_ref().map(|f| IoFault {
             at: f.at,
-            fault: match f.kind {
-                FaultKind::SurpriseRemoval => Fault::Remove {
-                    device: f.device,
-                    after: 0,
-                },
-                FaultKind::LinkDown => Fault::LinkDown {
-                    below: f.device,
-                    after: 0,
-                },
-                FaultKind::IommuFault => Fault::IommuFault {
-                    device: f.device,
-                    after: 0,
-                },
-                FaultKind::Revoke => Fault::Revoke {
-                    provider: f.device,
-                    after: 0,
-                },
-            },
+            fault: sim_fault(f),
         });
         let err = errno_text;
         match job.task.clone() {
+            Task::Rdma { .. } | Task::Nvmeof { .. } => {
+                Err("a network job needs both machines of the wire".into())
+            }
             Task::Read {
                 drive,
                 into,
@@ -392,8 +367,7 @@ impl Runner {
                     .provider(&self.sim, into)
                     .map_err(|e| e.to_string())?;
                 let buf = p.alloc(job.size).map_err(|e| e.to_string())?;
-                let d =
-                    drive_of(&self.sim, &mut self.drives, self.opts.nvme, drive).map_err(err)?;
+                let d = drive_of(&self.sim, &mut self.drives, self.nvme, drive).map_err(err)?;
                 let out = direct_io(
                     &self.sim,
                     d,
@@ -420,8 +394,7 @@ impl Runner {
                 let seed = name_seed(&job.name);
                 fill_memory(&self.sim, buf.phys_addr(), job.size, seed)
                     .map_err(|e| e.to_string())?;
-                let d =
-                    drive_of(&self.sim, &mut self.drives, self.opts.nvme, drive).map_err(err)?;
+                let d = drive_of(&self.sim, &mut self.drives, self.nvme, drive).map_err(err)?;
                 let out = direct_io(
                     &self.sim,
                     d,
@@ -557,7 +530,7 @@ impl Runner {
             .written
             .get(&d)
             .is_some_and(|w| w.iter().any(|&(a, b)| a < off + len && off < b));
-        (!touched).then(|| drive_seed(self.opts.seed, d))
+        (!touched).then(|| drive_seed(self.seed, d))
     }
 
     fn check_media_to_memory(
@@ -597,9 +570,378 @@ impl Runner {
             None => compare(&self.sim, Side::Media(a, aoff), Side::Media(b, boff), len),
         }
     }
+}
 
-    fn fill(&self, r: &mut JobReport, flows: &mut JobFlows, out: &IoOutcome) {
-        let t = self.sim.topology();
+impl Runner {
+    /// One simulated machine for `topo`.
+    pub fn new(topo: Topology, opts: RunOptions) -> Result<Runner, RunError> {
+        let iommu = opts.iommu;
+        Runner::with_machines(vec![(String::new(), topo, iommu)], None, opts)
+    }
+
+    /// Several machines (name, topology, IOMMU), and the wire between two.
+    pub fn with_machines(
+        machines: Vec<(String, Topology, IommuSetting)>,
+        wire: Option<Wire>,
+        opts: RunOptions,
+    ) -> Result<Runner, RunError> {
+        let machines = machines
+            .into_iter()
+            .map(|(n, t, i)| Machine::new(&n, t, i, &opts))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Runner { machines, wire })
+    }
+
+    /// The first machine (the only one of most workloads).
+    pub fn machine(&self) -> &SimMachine {
+        &self.machines[0].sim
+    }
+
+    pub fn machines(&self) -> &[Machine] {
+        &self.machines
+    }
+
+    /// The wire, when the workload has one.
+    pub fn wire(&self) -> Option<&Wire> {
+        self.wire.as_ref()
+    }
+
+    /// Join two of the machines with a wire (or none).
+    pub fn set_wire(&mut self, w: Option<Wire>) {
+        self.wire = w;
+    }
+
+    /// Bytes of media behind each drive.
+    pub fn media_size(&self) -> u64 {
+        self.machines[0].sim.config().media_size
+    }
+
+    /// Run `jobs` (resolved against this machine) and time them together.
+    pub fn run(&mut self, jobs: &[Job]) -> Result<Report, RunError> {
+        let wall = Instant::now();
+        let order = crate::format::run_order(jobs);
+        let mut done: Vec<Option<Done>> = (0..jobs.len()).map(|_| None).collect();
+        for &i in &order {
+            done[i] = Some(self.run_job(&jobs[i]));
+        }
+        let done: Vec<Done> = done
+            .into_iter()
+            .map(|d| d.expect("every job ran"))
+            .collect();
+        let mut report = self.time(jobs, &order, done)?;
+        report.wall_seconds = wall.elapsed().as_secs_f64();
+        Ok(report)
+    }
+
+    fn run_job(&mut self, job: &Job) -> Done {
+        let (source, destination) = match &job.task {
+            Task::Read { drive, into, .. } => (vec![drive.to_string()], into.to_string()),
+            Task::Write { from, drive, .. } => (vec![from.to_string()], drive.to_string()),
+            Task::Copy { from, to, .. } | Task::Raid1Rebuild { from, to, .. } => {
+                (vec![from.to_string()], to.to_string())
+            }
+            Task::Raid5Read {
+                members,
+                missing,
+                into,
+                ..
+            } => (
+                members
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| i != missing)
+                    .map(|(_, m)| m.to_string())
+                    .collect(),
+                into.to_string(),
+            ),
+            Task::Rdma { from, to, .. } => (vec![self.mem_name(from)], self.mem_name(to)),
+            Task::Nvmeof {
+                write, host, drive, ..
+            } => {
+                let d = format!("{}:{}", self.machines[drive.0].name, drive.1);
+                if *write {
+                    (vec![self.mem_name(host)], d)
+                } else {
+                    (vec![d], self.mem_name(host))
+                }
+            }
+        };
+        let mut report = JobReport {
+            name: job.name.clone(),
+            kind: job.task.kind(),
+            machine: (self.machines.len() > 1).then(|| self.machines[job.machine].name.clone()),
+            source,
+            destination,
+            ok: false,
+            legs: Vec::new(),
+            bytes: 0,
+            verified: false,
+            sim_seconds: 0.0,
+            gbytes_per_sec: 0.0,
+            bottleneck: None,
+            shared_with: Vec::new(),
+            start_seconds: 0.0,
+            end_seconds: 0.0,
+            bounce_bytes: 0,
+            cpu_copy_bytes: 0,
+            cpu_xor_bytes: 0,
+            commands: 0,
+            packets: None,
+            wire_bytes: None,
+            staged_p2p_bytes: None,
+            staged_host_bytes: None,
+            host_memory_bytes_saved: None,
+            policy: job.policy,
+            error: None,
+            bounce_reason: None,
+            notes: Vec::new(),
+        };
+        let mut flows = JobFlows { legs: Vec::new() };
+        let net = matches!(job.task, Task::Rdma { .. } | Task::Nvmeof { .. });
+        let result = if net {
+            self.execute_net(job, &mut report)
+        } else {
+            self.machines[job.machine]
+                .execute(job)
+                .map(|(o, c)| (o, c, None, job.machine))
+        };
+        match result {
+            Ok((mut out, check, wire_bytes, meta_machine)) => {
+                if !net {
+                    // A storage job runs on one machine: its consumers
+                    // number no machines, so its legs are that machine's.
+                    for l in &mut out.legs {
+                        l.machine = job.machine;
+                    }
+                }
+                self.fill(meta_machine, &mut report, &mut flows, &out, wire_bytes);
+                report.bytes = out.bytes;
+                match check {
+                    Ok(()) => {
+                        report.verified = true;
+                        report.ok = true;
+                    }
+                    Err(e) => report.error = Some(e),
+                }
+            }
+            Err(e) => {
+                report.error = Some(e);
+            }
+        }
+        if let Some(f) = &job.fault {
+            let revokes = self.machines[job.machine].sim.join_revokes();
+            for r in revokes {
+                report.notes.push(match r.result {
+                    Ok(_) => format!(
+                        "the revoke of {} finished after in-flight DMA drained",
+                        r.provider
+                    ),
+                    Err(e) => format!("the revoke of {} did not finish: {e}", r.provider),
+                });
+            }
+            report.notes.push(format!(
+                "fault injected: {} of {} at byte {}",
+                f.kind.as_str(),
+                f.device,
+                f.at
+            ));
+        }
+        Done { report, flows }
+    }
+
+    /// `a:gpu0 (0000:1a:00.0)`-style name of a job's memory.
+    fn mem_name(&self, m: &MemRef) -> String {
+        let multi = self.machines.len() > 1;
+        let on = |x: String| {
+            if multi {
+                format!("{}:{x}", self.machines[m.machine].name)
+            } else {
+                x
+            }
+        };
+        match m.device {
+            Some(b) => on(b.to_string()),
+            None => on("host".into()),
+        }
+    }
+
+    /// An RDMA or NVMe-oF job: both machines and the wire. The outcome,
+    /// the check of the bytes, the line bytes on the wire, and the machine
+    /// of the queue traffic.
+    #[allow(clippy::type_complexity)]
+    fn execute_net(
+        &mut self,
+        job: &Job,
+        report: &mut JobReport,
+    ) -> Result<(IoOutcome, Result<(), String>, Option<u64>, usize), String> {
+        use peerdma_consumers::rdma::job::{
+            Host, JobFault as RFault, Memory, Migration, RdmaJob, RdmaOp, Side,
+        };
+        let wire = self
+            .wire
+            .ok_or_else(|| "a network job needs a [wire] between the machines".to_string())?;
+        let nic_of = |m: usize| {
+            if wire.a.machine == m {
+                wire.a.nic
+            } else {
+                wire.b.nic
+            }
+        };
+        let side = |r: &MemRef| Side {
+            machine: r.machine,
+            nic: nic_of(r.machine),
+            memory: r.device.map_or(Memory::Host, Memory::Device),
+        };
+        let fault = job.fault.as_ref().map(|f| RFault {
+            machine: f.machine,
+            at: f.at,
+            fault: sim_fault(f),
+        });
+        let seed = name_seed(&job.name);
+        match &job.task {
+            Task::Rdma {
+                write,
+                from,
+                to,
+                pinned,
+                message,
+                migrate_at,
+            } => {
+                let (req, resp) = if *write { (from, to) } else { (to, from) };
+                let mut r = RdmaJob::new(
+                    if *write { RdmaOp::Write } else { RdmaOp::Read },
+                    side(req),
+                    side(resp),
+                    job.size,
+                );
+                r.mr = if *pinned {
+                    peerdma_consumers::rdma::MrKind::Pinned
+                } else {
+                    peerdma_consumers::rdma::MrKind::Dynamic
+                };
+                r.message = *message;
+                r.fault = fault;
+                r.seed = seed;
+                r.migrate = migrate_at.map(|at| Migration {
+                    at,
+                    to: peerdma_consumers::rdma::dmabuf::Placement::Host { node: 0 },
+                });
+                let hosts: Vec<Host<'_>> = self
+                    .machines
+                    .iter()
+                    .map(|m| Host {
+                        sim: &m.sim,
+                        devmem: &m.devmem,
+                    })
+                    .collect();
+                let rep = peerdma_consumers::rdma::job::run_rdma(&hosts, &wire, &r)
+                    .map_err(|e| format!("{}: {e}", e.errno()))?;
+                report.packets = Some(rep.outcome.packets);
+                report.wire_bytes = Some(rep.outcome.wire_bytes);
+                report.notes.push(format!(
+                    "{} {} message(s) of up to {} bytes, path MTU {}, {} memory regions; {} re-map(s) after {} invalidation(s), {} move(s)",
+                    rep.messages,
+                    if *write { "RDMA WRITE" } else { "RDMA READ" },
+                    message,
+                    rep.path_mtu,
+                    rep.mr_kind,
+                    rep.remaps,
+                    rep.invalidations,
+                    rep.moves
+                ));
+                let check = match (rep.check, rep.teardown) {
+                    (Ok(()), Ok(())) => Ok(()),
+                    (Err(e), _) => Err(e),
+                    (Ok(()), Err(t)) => Err(format!("teardown: {t}")),
+                };
+                Ok((
+                    rep.outcome.io,
+                    check,
+                    Some(rep.outcome.wire_bytes),
+                    job.machine,
+                ))
+            }
+            Task::Nvmeof {
+                write,
+                host,
+                drive,
+                offset,
+                io_size,
+                p2pmem,
+            } => {
+                use peerdma_consumers::nvmet::{NvmetJob, P2pMem};
+                let (dm, dbdf) = *drive;
+                let nvme_cfg = self.machines[dm].nvme;
+                {
+                    let m = &mut self.machines[dm];
+                    drive_of(&m.sim, &mut m.drives, nvme_cfg, dbdf).map_err(errno_text)?;
+                }
+                let mut d = self.machines[dm]
+                    .drives
+                    .remove(&dbdf)
+                    .expect("set up above");
+                let nj = NvmetJob {
+                    op: if *write { Op::Write } else { Op::Read },
+                    host_machine: host.machine,
+                    host_nic: nic_of(host.machine),
+                    host_memory: host.device.map_or(Memory::Host, Memory::Device),
+                    target_machine: dm,
+                    target_nic: nic_of(dm),
+                    drive: dbdf,
+                    offset: *offset,
+                    size: job.size,
+                    io_size: *io_size,
+                    p2pmem: match p2pmem {
+                        P2pMemSetting::Off => P2pMem::Off,
+                        P2pMemSetting::Auto => P2pMem::Auto,
+                        P2pMemSetting::Device(b) => P2pMem::Device(*b),
+                    },
+                    fault,
+                    seed,
+                };
+                let result = {
+                    let hosts: Vec<Host<'_>> = self
+                        .machines
+                        .iter()
+                        .map(|m| Host {
+                            sim: &m.sim,
+                            devmem: &m.devmem,
+                        })
+                        .collect();
+                    peerdma_consumers::nvmet::run_nvmet(&hosts, &wire, &mut d, &nj)
+                };
+                self.machines[dm].drives.insert(dbdf, d);
+                if *write {
+                    self.machines[dm].mark_written(dbdf, *offset, job.size);
+                }
+                let rep = result.map_err(|e| e.to_string())?;
+                report.packets = Some(rep.outcome.packets);
+                report.wire_bytes = Some(rep.outcome.wire_bytes);
+                report.commands = rep.commands;
+                report.host_memory_bytes_saved = Some(rep.host_memory_bytes_saved);
+                report.staged_p2p_bytes = Some(rep.staged_p2p_bytes);
+                report.staged_host_bytes = Some(rep.staged_host_bytes);
+                let check = match (rep.check, rep.teardown) {
+                    (Ok(()), Ok(())) => Ok(()),
+                    (Err(e), _) => Err(e),
+                    (Ok(()), Err(t)) => Err(format!("teardown: {t}")),
+                };
+                Ok((rep.outcome.io, check, Some(rep.outcome.wire_bytes), dm))
+            }
+            _ => Err("not a network job".into()),
+        }
+    }
+
+    fn fill(
+        &self,
+        job_machine: usize,
+        r: &mut JobReport,
+        flows: &mut JobFlows,
+        out: &IoOutcome,
+        wire_bytes: Option<u64>,
+    ) {
+        let multi = self.machines.len() > 1;
+        let name = |m: usize| self.machines.get(m).map(|x| x.name.clone());
         let end = |e: End| match e {
             End::Device { bdf } => bdf.to_string(),
             End::Host { .. } => "host".to_string(),
@@ -608,7 +950,16 @@ impl Runner {
             if l.bytes == 0 {
                 continue;
             }
+            let t = self.machines[l.machine.min(self.machines.len() - 1)]
+                .sim
+                .topology();
             r.legs.push(LegReport {
+                machine: if multi { name(l.machine) } else { None },
+                peer_machine: if multi {
+                    l.peer_machine.and_then(name)
+                } else {
+                    None
+                },
                 from: end(l.from),
                 to: end(l.to),
                 path: l.path.as_str(),
@@ -626,19 +977,44 @@ impl Runner {
                 routes: l.routes.iter().map(|r| describe_route(t, r)).collect(),
                 unsupported_bytes: l.unsupported_bytes,
             });
+            if l.path == LegPath::Wire {
+                let from_a = self.wire.is_some_and(|w| {
+                    w.a.machine == l.machine && End::Device { bdf: w.a.nic } == l.from
+                });
+                // On the line: frames with their headers (both ways, all
+                // counted in the data's direction), or else the payload.
+                let line = wire_bytes.unwrap_or(l.bytes);
+                flows
+                    .legs
+                    .push((FlowPlace::Wire { from_a }, line, None, true));
+                continue;
+            }
             let cap = leg_rate_cap(l);
             for p in &l.paths {
-                flows.legs.push((p.hops.clone(), p.bytes, cap, true));
+                flows.legs.push((
+                    FlowPlace::Links(l.machine, p.hops.clone()),
+                    p.bytes,
+                    cap,
+                    true,
+                ));
             }
         }
         // Queue and descriptor traffic moves alongside the data.
         for p in &out.meta_paths {
-            flows.legs.push((p.hops.clone(), p.bytes, None, false));
+            flows.legs.push((
+                FlowPlace::Links(job_machine, p.hops.clone()),
+                p.bytes,
+                None,
+                false,
+            ));
         }
         if out.cpu_xor_bytes > 0 {
-            flows
-                .legs
-                .push((Vec::new(), out.cpu_xor_bytes, Some(CPU_XOR_RATE), true));
+            flows.legs.push((
+                FlowPlace::Local,
+                out.cpu_xor_bytes,
+                Some(CPU_XOR_RATE),
+                true,
+            ));
         }
         r.bounce_bytes = out.bounce_bytes;
         r.cpu_copy_bytes = out.cpu_copy_bytes;
@@ -648,9 +1024,54 @@ impl Runner {
         r.notes.extend(out.notes.iter().cloned());
     }
 
+    /// One network of every machine's links and the wire, and where each
+    /// machine's links are in it.
+    fn world(&self) -> Result<World, RunError> {
+        let multi = self.machines.len() > 1;
+        let mut world = Network::new();
+        let mut maps = Vec::new();
+        for m in &self.machines {
+            let mut ids = Vec::new();
+            for l in m.sim.network().links() {
+                let name = if multi {
+                    format!("{}: {}", m.name, l.name)
+                } else {
+                    l.name.clone()
+                };
+                ids.push(world.add_link(name, l.bytes_per_sec, l.latency)?);
+            }
+            maps.push(ids);
+        }
+        let wire = match &self.wire {
+            Some(w) => {
+                let end = |p: &peerdma_consumers::net::Port| {
+                    let m = &self.machines[p.machine];
+                    let t = m.sim.topology();
+                    let n = t
+                        .find(p.nic)
+                        .and_then(|f| t.function(f).label.clone())
+                        .unwrap_or_else(|| p.nic.to_string());
+                    if multi {
+                        format!("{}:{n}", m.name)
+                    } else {
+                        n
+                    }
+                };
+                Some(world.add_link(
+                    format!("wire {}<->{}", end(&w.a), end(&w.b)),
+                    w.bytes_per_sec,
+                    SimTime::from_nanos(w.latency_ns),
+                )?)
+            }
+            None => None,
+        };
+        Ok((world, maps, wire))
+    }
+
     /// Time every job together and fill in the times.
     fn time(&self, jobs: &[Job], order: &[usize], mut done: Vec<Done>) -> Result<Report, RunError> {
-        let net = self.sim.network();
+        let (world, maps, wire_link) = self.world()?;
+        let net = &world;
         let mut flows: Vec<Flow> = Vec::new();
         // Per job: start marker, data flows, end marker (indices).
         let mut markers: Vec<(usize, Vec<usize>, usize)> = vec![(0, Vec::new(), 0); jobs.len()];
@@ -665,7 +1086,22 @@ impl Runner {
             });
             let mut data = Vec::new();
             let mut data_only = Vec::new();
-            for (hops, bytes, cap, is_data) in &done[i].flows.legs {
+            for (place, bytes, cap, is_data) in &done[i].flows.legs {
+                let hops: Vec<Hop> = match place {
+                    FlowPlace::Links(m, hops) => hops
+                        .iter()
+                        .filter_map(|h| {
+                            maps.get(*m)
+                                .and_then(|ids| ids.get(h.link.index() as usize))
+                                .map(|&link| Hop { link, dir: h.dir })
+                        })
+                        .collect(),
+                    FlowPlace::Wire { from_a } => match wire_link {
+                        Some(l) => vec![if *from_a { Hop::up(l) } else { Hop::down(l) }],
+                        None => Vec::new(),
+                    },
+                    FlowPlace::Local => Vec::new(),
+                };
                 if hops.is_empty() && cap.is_none() {
                     // Inside one device (a drive and its own CMB): no link
                     // to share, nothing to time here.
@@ -797,9 +1233,38 @@ impl Runner {
             .collect();
         busiest.sort_by(|a, b| b.busy.total_cmp(&a.busy).then(b.bytes.cmp(&a.bytes)));
         busiest.truncate(5);
+        let machines: Vec<MachineReport> = self
+            .machines
+            .iter()
+            .map(|m| MachineReport {
+                name: m.name.clone(),
+                origin: m.label.clone(),
+                iommu: m.iommu,
+            })
+            .collect();
+        let machine = if machines.len() == 1 {
+            machines[0].origin.clone()
+        } else {
+            machines
+                .iter()
+                .map(|m| format!("{}: {}", m.name, m.origin))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let port = |p: &peerdma_consumers::net::Port| {
+            format!("{}:{}", self.machines[p.machine].name, p.nic)
+        };
         Ok(Report {
-            machine: self.machine.clone(),
-            iommu: self.opts.iommu,
+            machine,
+            iommu: self.machines[0].iommu,
+            machines,
+            wire: self.wire.as_ref().map(|w| WireReport {
+                a: port(&w.a),
+                b: port(&w.b),
+                gbits_per_sec: w.bytes_per_sec * 8.0 / 1e9,
+                mtu: w.mtu,
+                latency_ns: w.latency_ns,
+            }),
             jobs: done.into_iter().map(|d| d.report).collect(),
             sim_seconds: makespan,
             busiest_links: busiest,
@@ -874,6 +1339,28 @@ fn errno_text(e: IoError) -> String {
         m
     } else {
         format!("{}: {m}", e.errno())
+    }
+}
+
+/// A workload's fault as the simulator's (armed by the consumer at its byte).
+fn sim_fault(f: &crate::format::JobFault) -> Fault {
+    match f.kind {
+        FaultKind::SurpriseRemoval => Fault::Remove {
+            device: f.device,
+            after: 0,
+        },
+        FaultKind::LinkDown => Fault::LinkDown {
+            below: f.device,
+            after: 0,
+        },
+        FaultKind::IommuFault => Fault::IommuFault {
+            device: f.device,
+            after: 0,
+        },
+        FaultKind::Revoke => Fault::Revoke {
+            provider: f.device,
+            after: 0,
+        },
     }
 }
 

@@ -10,11 +10,11 @@ fn resolve(text: &str) -> Result<Vec<format::Job>, String> {
     let w = format::parse(text, "jobs.toml", Path::new("/w")).map_err(|e| e.to_string())?;
     let t = Source::Preset("dual-xeon".into()).load().unwrap();
     let cap = |f| capacity(&t, f);
-    w.resolve(&Capacities {
+    w.resolve(&[Capacities {
         topo: &t,
         media_size: 64 << 30,
         device_memory: &cap,
-    })
+    }])
     .map_err(|e| e.to_string())
 }
 
@@ -150,4 +150,100 @@ fn a_missing_file_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let e = format::load(dir.path()).unwrap_err().to_string();
     assert!(e.contains("not a regular file"), "{e}");
+}
+
+const TWO: &str = "[machine.a]\npreset = \"dual-xeon\"\n\n[machine.b]\npreset = \"workstation\"\niommu = \"translated\"\n\n[wire]\na = \"a:nic0\"\nb = \"b:nic\"\ngbps = 100\nmtu = 9000\nlatency = \"2us\"\n\n";
+
+fn two(jobs: &str) -> Result<(Vec<format::Job>, Option<peerdma_consumers::net::Wire>), String> {
+    let w = format::parse(&format!("{TWO}{jobs}"), "two.toml", Path::new("/w"))
+        .map_err(|e| e.to_string())?;
+    assert_eq!(w.machines.len(), 2);
+    assert_eq!(w.machines[1].name, "b");
+    assert_eq!(w.machines[1].iommu, Some(format::IommuSetting::Translated));
+    let a = Source::Preset("dual-xeon".into()).load().unwrap();
+    let b = Source::Preset("workstation".into()).load().unwrap();
+    let (ca, cb) = (|f| capacity(&a, f), |f| capacity(&b, f));
+    let caps = [
+        Capacities {
+            topo: &a,
+            media_size: 64 << 30,
+            device_memory: &ca,
+        },
+        Capacities {
+            topo: &b,
+            media_size: 64 << 30,
+            device_memory: &cb,
+        },
+    ];
+    let wire = w.resolve_wire(&caps).map_err(|e| e.to_string())?;
+    let jobs = w.resolve(&caps).map_err(|e| e.to_string())?;
+    Ok((jobs, wire))
+}
+
+#[test]
+fn two_machines_name_their_devices_and_a_wire_joins_two_nics() {
+    let (jobs, wire) = two(
+        "[[job]]\nname = \"x\"\nkind = \"read\"\ndrive = \"a:nvme0\"\ninto = \"a:gpu0\"\nsize = \"1M\"\n\n\
+         [[job]]\nname = \"y\"\nkind = \"read\"\ndrive = \"b:nvme0\"\ninto = \"b:gpu\"\nsize = \"1M\"\n",
+    )
+    .unwrap();
+    assert_eq!((jobs[0].machine, jobs[1].machine), (0, 1));
+    let w = wire.unwrap();
+    assert_eq!((w.a.machine, w.b.machine), (0, 1));
+    assert_eq!(w.bytes_per_sec, 100e9 / 8.0);
+    assert_eq!((w.mtu, w.latency_ns), (9000, 2000));
+
+    let e = two("[[job]]\nname = \"x\"\nkind = \"read\"\ndrive = \"nvme0\"\ninto = \"a:gpu0\"\nsize = \"1M\"\n").unwrap_err();
+    assert!(
+        e.contains("\"nvme0\" does not say which machine: write a:DEVICE or b:DEVICE"),
+        "{e}"
+    );
+    let e = two("[[job]]\nname = \"x\"\nkind = \"read\"\ndrive = \"a:nvme0\"\ninto = \"b:gpu\"\nsize = \"1M\"\n").unwrap_err();
+    assert!(e.contains("a read job runs on one machine"), "{e}");
+    let job = "[[job]]\nname = \"x\"\nkind = \"read\"\ndrive = \"a:nvme0\"\ninto = \"a:gpu0\"\nsize = \"1M\"\n";
+    let w = format::parse(
+        &format!("{}{job}", TWO.replace("b = \"b:nic\"", "b = \"b:gpu\"")),
+        "two.toml",
+        Path::new("/w"),
+    )
+    .unwrap();
+    let a = Source::Preset("dual-xeon".into()).load().unwrap();
+    let b = Source::Preset("workstation".into()).load().unwrap();
+    let none = |_| None;
+    let caps = [
+        Capacities {
+            topo: &a,
+            media_size: 1 << 30,
+            device_memory: &none,
+        },
+        Capacities {
+            topo: &b,
+            media_size: 1 << 30,
+            device_memory: &none,
+        },
+    ];
+    let e = w.resolve_wire(&caps).unwrap_err().to_string();
+    assert!(
+        e.contains("two.toml:8: [wire]: `b` = \"b:gpu\"") && e.contains("not a network controller"),
+        "{e}"
+    );
+    let e = format::parse(
+        &TWO.replace("latency = \"2us\"", "latency = \"soon\""),
+        "two.toml",
+        Path::new("/w"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("[wire]: latency") && e.contains("two.toml:8"),
+        "{e}"
+    );
+    let e = format::parse(
+        &TWO.replace("gbps = 100", "gbps = -1"),
+        "two.toml",
+        Path::new("/w"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("not a positive line rate"), "{e}");
 }

@@ -390,3 +390,44 @@ fn the_demo_runs_on_every_preset_and_every_job_is_verified() {
         assert!(s.contains("verified byte for byte"), "{s}");
     }
 }
+
+#[test]
+fn two_machines_run_side_by_side_without_sharing_links() {
+    let text = "[machine.a]\npreset = \"dual-xeon\"\n[machine.b]\npreset = \"dual-xeon\"\n\
+                [wire]\na = \"a:nic0\"\nb = \"b:nic0\"\ngbps = 100\n\n\
+                [[job]]\nname = \"x\"\nkind = \"read\"\ndrive = \"a:nvme0\"\ninto = \"a:gpu0\"\nsize = \"32M\"\n\n\
+                [[job]]\nname = \"y\"\nkind = \"read\"\ndrive = \"b:nvme0\"\ninto = \"b:gpu0\"\nsize = \"32M\"\n";
+    let w = format::parse(text, "two.toml", Path::new(".")).unwrap();
+    let (r, topos) = peerdma_workload::run_machines(
+        &w,
+        vec![
+            (topo("dual-xeon"), IommuSetting::Off),
+            (topo("dual-xeon"), IommuSetting::Translated),
+        ],
+        RunOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(topos.len(), 2);
+    let (x, y) = (&r.jobs[0], &r.jobs[1]);
+    assert!(x.ok && y.ok && x.verified && y.verified);
+    assert_eq!(x.machine.as_deref(), Some("a"));
+    assert_eq!(y.legs[0].machine.as_deref(), Some("b"));
+    assert!(
+        x.shared_with.is_empty() && y.shared_with.is_empty(),
+        "separate machines share no link"
+    );
+    assert!((x.gbytes_per_sec - y.gbytes_per_sec).abs() < 0.01);
+    assert_eq!(r.machines[1].iommu, IommuSetting::Translated);
+    let wire = r.wire.as_ref().unwrap();
+    assert_eq!(
+        (wire.a.as_str(), wire.gbits_per_sec),
+        ("a:0000:1d:00.0", 100.0)
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&peerdma_workload::report::to_json(&r)).unwrap();
+    assert_eq!(v["jobs"][1]["machine"], "b");
+    assert!(v["jobs"][0]["bottleneck"]["link"]
+        .as_str()
+        .unwrap()
+        .starts_with("a: "));
+}

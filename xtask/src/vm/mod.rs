@@ -14,7 +14,7 @@
 //!   peerdma and its libraries, each scenario's probe and copy lists);
 //! - [`qemu`]: the disks, the QEMU command line, and one boot with its
 //!   console read until the guest's output markers;
-//! - [`collect`]: unpacking what the guest brought back and evaluating it;
+//! - [`collect`](mod@collect): unpacking what the guest brought back and evaluating it;
 //! - here: the arguments, the run over scenarios with the KVM-to-TCG
 //!   fallback, and the final report.
 

@@ -590,18 +590,24 @@ impl NvmeDrive {
             Ok(r) => r,
             Err(s) => return (s, Vec::new(), cause),
         };
-        if let Some(f) = fault {
-            if let Err(e) = sim.inject(f) {
-                return (
-                    Status::INTERNAL_ERROR,
-                    Vec::new(),
-                    Some(DmaError::Access(e)),
-                );
-            }
-        }
+        // The fault fires `after` bytes into the command's data: in the DMA
+        // of the range that holds that byte, that many bytes into it.
+        let mut fault = fault;
+        let mut pos = 0u64;
         let mut data = Vec::new();
         let mut media = start;
         for (addr, n) in ranges {
+            if let Some(f) = fault.take() {
+                let at = f.after();
+                if at < pos + n {
+                    if let Err(e) = sim.inject(with_after(f, at - pos)) {
+                        return (Status::INTERNAL_ERROR, data, Some(DmaError::Access(e)));
+                    }
+                } else {
+                    fault = Some(f);
+                }
+            }
+            pos += n;
             let r = match sqe.opcode {
                 // The drive's read: media to memory, posted writes.
                 Opcode::Read => sim.dma_to(
@@ -633,5 +639,15 @@ impl NvmeDrive {
             media += n;
         }
         (Status::SUCCESS, data, None)
+    }
+}
+
+/// `f` firing `after` bytes into the next DMA.
+fn with_after(f: Fault, after: u64) -> Fault {
+    match f {
+        Fault::LinkDown { below, .. } => Fault::LinkDown { below, after },
+        Fault::Remove { device, .. } => Fault::Remove { device, after },
+        Fault::IommuFault { device, .. } => Fault::IommuFault { device, after },
+        Fault::Revoke { provider, .. } => Fault::Revoke { provider, after },
     }
 }

@@ -647,6 +647,11 @@ mod tests {
         enters: usize,
         /// Refuse this many pushes as if the queue were full.
         full: usize,
+        /// Hand completions to the loop one per reap, the others kept
+        /// back (still in flight for the loop), so that I/O is in flight
+        /// at any point of a run whatever the kernel's speed.
+        trickle: bool,
+        held: VecDeque<(u64, i32)>,
     }
 
     impl Faulty {
@@ -658,7 +663,13 @@ mod tests {
                 fail_all_from: usize::MAX,
                 enters: 0,
                 full: 0,
+                trickle: false,
+                held: VecDeque::new(),
             }
+        }
+        fn trickle(mut self) -> Faulty {
+            self.trickle = true;
+            self
         }
         /// The `nth` enter (from 1) fails with `errno`, once.
         fn fail_nth(mut self, nth: usize, errno: i32) -> Faulty {
@@ -702,14 +713,22 @@ mod tests {
         fn submit_and_wait(&mut self, want: usize) -> io::Result<usize> {
             match self.injected() {
                 Some(e) => Err(e),
+                // Completions held back are there already: don't wait for
+                // the kernel to produce more.
+                None if !self.held.is_empty() => RingOps::submit(&mut self.inner),
                 None => RingOps::submit_and_wait(&mut self.inner, want),
             }
         }
         fn reap(&mut self, out: &mut Vec<(u64, i32)>) {
-            let before = out.len();
-            self.inner.reap(out);
-            for _ in before..out.len() {
-                self.log.borrow_mut().push(Event::Reap);
+            let mut fresh = Vec::new();
+            self.inner.reap(&mut fresh);
+            self.held.extend(fresh);
+            let n = if self.trickle { 1 } else { self.held.len() };
+            for _ in 0..n.min(self.held.len()) {
+                if let Some(c) = self.held.pop_front() {
+                    out.push(c);
+                    self.log.borrow_mut().push(Event::Reap);
+                }
             }
         }
     }
@@ -879,7 +898,7 @@ mod tests {
     fn a_panicking_progress_callback_unwinds_only_after_the_io_is_reaped() {
         let s = setup(2 << 20);
         let log = Log::default();
-        let ring = Faulty::new(&log);
+        let ring = Faulty::new(&log).trickle();
         let r = catch_unwind(AssertUnwindSafe(|| {
             go(&s, ring, &log, &mut |done| {
                 if done >= 3 * CHUNK {

@@ -151,6 +151,7 @@ pub(super) fn devices(file: &DescFile, l: &Layout, ctx: &Ctx) -> Result<Vec<RawD
             physfn: n.physfn.map(|pf| e.bdf(tree, pf)),
             p2pmem,
             label: Some(d.name.clone()),
+            ..Default::default()
         });
     }
     Ok(devices)

@@ -142,6 +142,7 @@ fn build(text: &str, origin: &str, kind: &str) -> Result<RawMachine> {
         kernel: None,
         cmdline: file.cmdline.clone(),
         tool: Some(format!("peerdma {}", env!("CARGO_PKG_VERSION"))),
+        partial: None,
     };
     Ok(RawMachine::new(origin, file.cpu.raw(), devices))
 }
