@@ -823,6 +823,20 @@ impl TransferSpec {
     }
 }
 
+impl TransferSpec {
+    /// A dma-buf that holds a full RX ring, the frags a user holds before
+    /// one `SO_DEVMEM_DONTNEED` and four bursts in flight, of this spec's
+    /// `net_iov`s, rounded up to 2 MiB (the unit GPU drivers export in):
+    /// enough that the pool never runs dry while the user gives tokens
+    /// back.
+    pub fn ring_dmabuf_len(&self) -> u64 {
+        let buffers = u64::from(self.nic.ring_size)
+            + u64::from(MAX_DONTNEED_FRAGS)
+            + 4 * u64::from(self.flow.burst);
+        (buffers * u64::from(self.rx_buf_size)).next_multiple_of(2 << 20)
+    }
+}
+
 /// How full the `net_iov`s holding data were.
 #[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
 pub struct Utilization {

@@ -202,11 +202,7 @@ pub fn utilization_table(
                 t.tokens = TokenReturn::Batch {
                     frags: MAX_DONTNEED_FRAGS,
                 };
-                // Room for a full ring, what the user holds and a burst.
-                let buffers = u64::from(t.nic.ring_size)
-                    + u64::from(MAX_DONTNEED_FRAGS)
-                    + 4 * u64::from(t.flow.burst);
-                t.dmabuf_len = (buffers * u64::from(niov)).next_multiple_of(2 << 20);
+                t.dmabuf_len = t.ring_dmabuf_len();
                 let r = run_transfer(sender, receiver, &w, from, &t)?;
                 if !r.complete {
                     return Err(NetError::Config(format!(
