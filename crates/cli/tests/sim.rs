@@ -127,3 +127,66 @@ fn a_job_that_fails_is_exit_status_1_and_a_bad_workload_2() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("--iommu sometimes"));
 }
+
+#[test]
+fn the_demo_has_a_network_part_on_two_copies_of_the_machine() {
+    let o = peerdma(&["demo", "--size", "8M", "--part", "network"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{}{out}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    for job in ["devmem-4k", "devmem-64k", "gpudirect", "nvmeof"] {
+        assert!(out.contains(job), "{job}: {out}");
+    }
+    assert!(out.contains("4 moved and verified byte for byte"), "{out}");
+    assert!(out.contains("buffer utilization"), "{out}");
+    assert!(!out.contains("the storage consumers"), "{out}");
+    // Its workload is a workload file of two machines that `sim` runs.
+    let o = peerdma(&[
+        "demo",
+        "--size",
+        "8M",
+        "--part",
+        "network",
+        "--print-workload",
+    ]);
+    let text = String::from_utf8(o.stdout).unwrap();
+    assert!(
+        text.contains("[machine.a]\npreset = \"dual-xeon\""),
+        "{text}"
+    );
+    let (_d, path) = write(&text);
+    let o = peerdma(&["sim", &path, "--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let jobs = v["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 4);
+    let d = &jobs[1]["devmem"];
+    assert_eq!(d["niov_size"], 65536);
+    assert!(d["utilization"].as_f64().unwrap() < 0.05, "{d}");
+    assert_eq!(d["binding_freed"], true);
+    // Both parts in one JSON document; a machine without a NIC says why.
+    let o = peerdma(&[
+        "demo",
+        "--size",
+        "8M",
+        "--preset",
+        "gpu-storage-16",
+        "--json",
+    ]);
+    assert!(o.status.success());
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v["jobs"].as_array().is_some_and(|j| !j.is_empty()));
+    assert!(
+        v["network"]["skipped"]
+            .as_str()
+            .unwrap()
+            .contains("no network controller"),
+        "{v}"
+    );
+    let o = peerdma(&["demo", "--preset", "workstation", "--part", "network"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no NIC reaches a GPU by P2P"));
+}
