@@ -18,6 +18,7 @@ use std::process::ExitCode;
 
 mod docs_cmds;
 mod fleet_cmds;
+mod net_cmds;
 mod style;
 
 #[derive(Parser)]
@@ -165,6 +166,10 @@ enum Cmd {
         #[arg(long, value_name = "FILE")]
         svg: Option<PathBuf>,
     },
+    /// devmem TCP receive into GPU memory, as a table: buffer utilization,
+    /// device memory held and throughput for each MTU, net_iov size and
+    /// buffer layout, on two copies of the machine joined by a wire.
+    DevmemTable(net_cmds::DevmemTableArgs),
     /// Run the built-in demo on the default machine: the storage consumers
     /// of P2P DMA, each job's bytes moved and checked, P2P side by side
     /// with the same job through host memory.
@@ -916,6 +921,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Labels(a) => fleet_cmds::labels(&topo, &source, &a, cli.json),
         Cmd::Metrics(a) => fleet_cmds::metrics(&topo, &a, cli.json),
+        Cmd::DevmemTable(a) => net_cmds::devmem_table(&topo, &a, cli.json),
         Cmd::Report { output, probe, all } => {
             let pairs = probe
                 .iter()

@@ -393,15 +393,10 @@ pub fn full(t: &Topology, r: &Report) -> String {
     render(&crate::report::Names::one(t), r, "peerdma demo")
 }
 
-/// The network part of the demo: two copies of `t` (machines `a` and
-/// `b`) joined by a 100 Gbit/s wire between a NIC of each, the NIC that
-/// reaches a GPU best. devmem TCP receive into GPU memory with the
-/// kernel's 4 KiB `net_iov`s and with 64 KiB ones (the seed's question
-/// about 1500-byte frames in 64K units), GPUDirect RDMA from GPU memory
-/// to GPU memory, and an NVMe-oF write staged in a drive's CMB when one
-/// is there. `Err` says why the machine has no network part (no NIC, no
-/// GPU the NIC reaches by P2P).
-pub fn network_workload_text(t: &Topology, size: u64) -> Result<String, String> {
+/// The NIC and the GPU it reaches best (by bus address before through the
+/// host bridge, then by distance) with at least `size` bytes of GPU
+/// memory; `Err` says why there is none.
+pub fn best_nic_gpu(t: &Topology, size: u64) -> Result<(FnId, FnId), String> {
     let nics: Vec<FnId> = t
         .ids()
         .filter(|&f| t.function(f).class >> 16 == 0x02)
@@ -444,6 +439,19 @@ pub fn network_workload_text(t: &Topology, size: u64) -> Result<String, String> 
                 .into()
         });
     };
+    Ok((nic, gpu))
+}
+
+/// The network part of the demo: two copies of `t` (machines `a` and
+/// `b`) joined by a 100 Gbit/s wire between a NIC of each, the NIC that
+/// reaches a GPU best. devmem TCP receive into GPU memory with the
+/// kernel's 4 KiB `net_iov`s and with 64 KiB ones (the seed's question
+/// about 1500-byte frames in 64K units), GPUDirect RDMA from GPU memory
+/// to GPU memory, and an NVMe-oF write staged in a drive's CMB when one
+/// is there. `Err` says why the machine has no network part (no NIC, no
+/// GPU the NIC reaches by P2P).
+pub fn network_workload_text(t: &Topology, size: u64) -> Result<String, String> {
+    let (nic, gpu) = best_nic_gpu(t, size)?;
     let (n, g) = (name(t, nic), name(t, gpu));
     // Where the machine came from, so that `peerdma sim` runs the file on
     // the same machine (a preset); otherwise the command line gives it.

@@ -1231,20 +1231,20 @@ impl Workload {
                             return Err(e(format!("mtu = {mtu} is outside 576..=9216")));
                         }
                     }
-                    let layout = match r.layout.as_deref() {
-                        None | Some("packed") => BufferLayout::default(),
-                        Some("one-packet") => BufferLayout::OnePacket,
-                        Some(x) => match x.strip_prefix("packed:").map(parse_size) {
-                            Some(Ok(st)) if st.is_power_of_two() && (64..=u64::from(niov)).contains(&st) => {
-                                BufferLayout::Packed { stride: st as u32 }
-                            }
-                            _ => {
-                                return Err(e(format!(
-                                    "layout = \"{x}\" is not one of one-packet, packed (2K strides), packed:STRIDE (a power of two from 64 bytes to the net_iov size)"
-                                )))
-                            }
-                        },
+                    let layout: BufferLayout = match r.layout.as_deref() {
+                        None => BufferLayout::default(),
+                        Some(x) => x.parse().map_err(|m| e(format!("layout = {m}")))?,
                     };
+                    if let BufferLayout::Packed { stride } = layout {
+                        if stride > niov {
+                            return Err(e(format!(
+                                "layout = \"{}\": strides of {} do not fit a {} net_iov",
+                                r.layout.as_deref().unwrap_or("packed"),
+                                format_size(u64::from(stride)),
+                                format_size(u64::from(niov))
+                            )));
+                        }
+                    }
                     let dontneed = r.dontneed.unwrap_or(MAX_DONTNEED_FRAGS);
                     if dontneed == 0 || dontneed > MAX_DONTNEED_FRAGS {
                         return Err(e(format!(

@@ -78,6 +78,30 @@ impl std::fmt::Display for BufferLayout {
     }
 }
 
+impl std::str::FromStr for BufferLayout {
+    type Err = String;
+
+    /// `one-packet`, `packed` (2 KiB strides) or `packed:STRIDE` (a power
+    /// of two of at least 64 bytes: `packed:64`, `packed:4K`).
+    fn from_str(s: &str) -> Result<BufferLayout, String> {
+        let bad = || {
+            format!(
+                "\"{s}\" is not one of one-packet, packed (2K strides), packed:STRIDE (a power of two of at least 64 bytes)"
+            )
+        };
+        match s {
+            "one-packet" => Ok(BufferLayout::OnePacket),
+            "packed" => Ok(BufferLayout::default()),
+            _ => match s.strip_prefix("packed:").map(peerdma_mem::parse_size) {
+                Some(Ok(st)) if st.is_power_of_two() && (64..=2 << 20).contains(&st) => {
+                    Ok(BufferLayout::Packed { stride: st as u32 })
+                }
+                _ => Err(bad()),
+            },
+        }
+    }
+}
+
 /// A NIC's settings.
 #[derive(Clone, Copy, Debug)]
 pub struct NicConfig {
