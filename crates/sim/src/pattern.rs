@@ -20,7 +20,10 @@ fn word(seed: u64, w: u64) -> u64 {
     mix(seed.wrapping_add(w.wrapping_mul(K)))
 }
 
-/// The pattern of `seed` for the bytes at `offset .. offset + buf.len()`.
+/// The pattern of `seed` for the bytes at `offset .. offset + buf.len()`
+/// (compiled for AVX2 too, picked at run time, like [`first_mismatch`]'s
+/// word loop).
+#[multiversion::multiversion(targets("x86_64+avx2"))]
 pub fn fill(seed: u64, offset: u64, buf: &mut [u8]) {
     let mut i = 0usize;
     let mut off = offset;
@@ -54,13 +57,36 @@ pub fn first_mismatch(seed: u64, offset: u64, buf: &[u8]) -> Option<usize> {
         i += 1;
         off += 1;
     }
-    // Whole words, a block at a time: every word's difference from the
-    // pattern OR-ed together (a loop that vectorizes, no early exit); the
-    // exact byte is looked for only in a block that differs.
+    // Whole words, a block at a time.
+    let (at, z) = words_mismatch(&buf[i..], seed.wrapping_add((off / 8).wrapping_mul(K)));
+    if let Some(at) = at {
+        return Some(i + at);
+    }
+    i += (buf.len() - i) / 8 * 8;
+    // Tail: less than a word.
+    let e = mix(z).to_le_bytes();
+    buf[i..]
+        .iter()
+        .zip(e.iter())
+        .position(|(a, b)| a != b)
+        .map(|k| i + k)
+}
+
+/// The whole words of `buf` against the pattern whose first word is
+/// `mix(z)`: the index of the first byte that differs, and the `z` of the
+/// word after the last whole one. Every word's difference is OR-ed over a
+/// block (a loop that vectorizes, no early exit); the exact byte is
+/// looked for only in a block that differs. Compiled for AVX2 too, picked
+/// at run time where the CPU has it (the check runs at memory speed with
+/// 256-bit lanes; with SSE2 alone it is the slowest part of a devmem
+/// receive).
+#[multiversion::multiversion(targets("x86_64+avx2"))]
+fn words_mismatch(buf: &[u8], mut z: u64) -> (Option<usize>, u64) {
     const BLOCK: usize = 512;
-    let mut z = seed.wrapping_add((off / 8).wrapping_mul(K));
-    while buf.len() - i >= 8 {
-        let n = ((buf.len() - i) / 8 * 8).min(BLOCK);
+    let words = buf.len() / 8 * 8;
+    let mut i = 0usize;
+    while i < words {
+        let n = (words - i).min(BLOCK);
         let block = &buf[i..i + n];
         let mut acc = 0u64;
         let mut zz = z;
@@ -75,7 +101,7 @@ pub fn first_mismatch(seed: u64, offset: u64, buf: &[u8]) -> Option<usize> {
             for (j, c) in block.chunks_exact(8).enumerate() {
                 let e = mix(zz).to_le_bytes();
                 if let Some(k) = c.iter().zip(e.iter()).position(|(a, b)| a != b) {
-                    return Some(i + j * 8 + k);
+                    return (Some(i + j * 8 + k), zz);
                 }
                 zz = zz.wrapping_add(K);
             }
@@ -83,13 +109,7 @@ pub fn first_mismatch(seed: u64, offset: u64, buf: &[u8]) -> Option<usize> {
         z = zz;
         i += n;
     }
-    // Tail: less than a word.
-    let e = mix(z).to_le_bytes();
-    buf[i..]
-        .iter()
-        .zip(e.iter())
-        .position(|(a, b)| a != b)
-        .map(|k| i + k)
+    (None, z)
 }
 
 #[cfg(test)]
