@@ -18,6 +18,7 @@ use std::process::ExitCode;
 
 mod docs_cmds;
 mod fleet_cmds;
+mod net_cmds;
 mod style;
 
 #[derive(Parser)]
@@ -165,6 +166,10 @@ enum Cmd {
         #[arg(long, value_name = "FILE")]
         svg: Option<PathBuf>,
     },
+    /// devmem TCP receive into GPU memory, as a table: buffer utilization,
+    /// device memory held and throughput for each MTU, net_iov size and
+    /// buffer layout, on two copies of the machine joined by a wire.
+    DevmemTable(net_cmds::DevmemTableArgs),
     /// Run the built-in demo on the default machine: the storage consumers
     /// of P2P DMA, each job's bytes moved and checked, P2P side by side
     /// with the same job through host memory.
@@ -179,9 +184,15 @@ enum Cmd {
         /// file for `peerdma sim`) instead of running it.
         #[arg(long)]
         print_workload: bool,
-        /// Bytes each read moves (the other jobs move half as much).
+        /// Bytes each read moves (the other jobs, and each job of the
+        /// network part, move half as much).
         #[arg(long, value_name = "BYTES", default_value = "512M", value_parser = parse_bytes)]
         size: u64,
+        /// Which part to run: storage (one machine), network (two copies
+        /// of the machine on a wire: devmem TCP, GPUDirect RDMA, NVMe-oF),
+        /// or all. With --print-workload, `all` prints the storage part.
+        #[arg(long, value_name = "PART", default_value = "all", value_parser = ["all", "storage", "network"])]
+        part: String,
     },
     /// Node labels for Kubernetes node-feature-discovery: a feature file
     /// for its features.d directory, saying for each two kinds of device
@@ -572,12 +583,14 @@ fn run_sim(
     })
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run_demo(
     src: &SourceArgs,
     iommu: &str,
     verbose: bool,
     print_workload: bool,
     size: u64,
+    part: &str,
     json: bool,
 ) -> Result<ExitCode> {
     const STEP: u64 = 4 << 20;
@@ -585,30 +598,125 @@ fn run_demo(
         bail!("--size {size}: the demo's reads are whole multiples of 4 MiB (try 1G or 64M)");
     }
     let topo = src.load(&src.source()?)?;
-    let text = peerdma_workload::demo::workload_text_sized(&topo, size, size / 2);
+    let storage = part != "network";
+    let network = part != "storage";
+    let net_text = peerdma_workload::demo::network_workload_text(&topo, size / 2);
     if print_workload {
-        print(&text)?;
+        if storage {
+            print(&peerdma_workload::demo::workload_text_sized(
+                &topo,
+                size,
+                size / 2,
+            ))?;
+        } else {
+            match &net_text {
+                Ok(t) => print(t)?,
+                Err(why) => bail!(
+                    "the demo has no network part on {}: {why}",
+                    topo.origin_label()
+                ),
+            }
+        }
         return Ok(ExitCode::SUCCESS);
     }
-    let w = peerdma_workload::format::parse(&text, "the demo workload", std::path::Path::new("."))?;
     let opts = peerdma_workload::run::RunOptions {
         iommu: iommu_setting(iommu)?,
         ..Default::default()
     };
-    let (report, t) = peerdma_workload::run_workload(&w, topo, opts)?;
+    let mut ok = true;
+    let mut json_out = serde_json::Map::new();
+    if storage {
+        let text = peerdma_workload::demo::workload_text_sized(&topo, size, size / 2);
+        let w =
+            peerdma_workload::format::parse(&text, "the demo workload", std::path::Path::new("."))?;
+        let (report, t) = peerdma_workload::run_workload(&w, topo.clone(), opts.clone())?;
+        ok &= report.ok();
+        if json {
+            let v: serde_json::Value =
+                serde_json::from_str(&peerdma_workload::report::to_json(&report))?;
+            if let serde_json::Value::Object(m) = v {
+                json_out = m;
+            }
+        } else if verbose {
+            print(&peerdma_workload::demo::full(&t, &report))?;
+        } else {
+            print(&format!(
+                "peerdma demo: the storage consumers of P2P DMA on the simulated machine\n{}\n",
+                peerdma_workload::demo::summary(&t, &report)
+            ))?;
+        }
+    }
+    if network {
+        match &net_text {
+            Err(why) => {
+                if !storage {
+                    bail!(
+                        "the demo has no network part on {}: {why}",
+                        topo.origin_label()
+                    );
+                }
+                if json {
+                    json_out.insert(
+                        "network".into(),
+                        serde_json::json!({ "skipped": format!("the demo has no network part on {}: {why}", topo.origin_label()) }),
+                    );
+                } else {
+                    print(&format!(
+                        "The demo has no network part on {}: {why}.\n",
+                        topo.origin_label()
+                    ))?;
+                }
+            }
+            Ok(text) => {
+                let w = peerdma_workload::format::parse(
+                    text,
+                    "the demo's network workload",
+                    std::path::Path::new("."),
+                )?;
+                let i = opts.iommu;
+                let (report, topos) = peerdma_workload::run_machines(
+                    &w,
+                    vec![(topo.clone(), i), (topo.clone(), i)],
+                    opts.clone(),
+                )?;
+                ok &= report.ok();
+                if json {
+                    let v: serde_json::Value =
+                        serde_json::from_str(&peerdma_workload::report::to_json(&report))?;
+                    if storage {
+                        json_out.insert("network".into(), v);
+                    } else if let serde_json::Value::Object(m) = v {
+                        json_out = m;
+                    }
+                } else if verbose {
+                    print(&peerdma_workload::report::render(
+                        &peerdma_workload::report::Names::new(
+                            w.machines
+                                .iter()
+                                .zip(&topos)
+                                .map(|(m, t)| (m.name.clone(), &**t))
+                                .collect(),
+                        ),
+                        &report,
+                        "peerdma demo (network part)",
+                    ))?;
+                } else {
+                    print(&format!(
+                        "peerdma demo: the network consumers of P2P DMA on two simulated machines\n{}\n",
+                        peerdma_workload::demo::network_summary(&topos[1], &report)
+                    ))?;
+                }
+            }
+        }
+    }
     if json {
-        let mut s = peerdma_workload::report::to_json(&report);
+        let mut s = serde_json::to_string_pretty(&serde_json::Value::Object(json_out))?;
         s.push('\n');
         print(&s)?;
-    } else if verbose {
-        print(&peerdma_workload::demo::full(&t, &report))?;
     } else {
-        print(&format!(
-            "peerdma demo: the storage consumers of P2P DMA on the simulated machine\n{}\nEach job's bytes went through the simulated PCIe fabric and were checked; `peerdma demo --verbose` shows every leg, route and note, and `peerdma sim FILE` runs your own workload.\n",
-            peerdma_workload::demo::summary(&t, &report)
-        ))?;
+        print("Each job's bytes went through the simulated PCIe fabric (and the wire) and were checked; `peerdma demo --verbose` shows every leg, route and note, `--print-workload` the workload it ran, and `peerdma sim FILE` runs your own.\n")?;
     }
-    Ok(if report.ok() {
+    Ok(if ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
@@ -783,6 +891,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         verbose,
         print_workload,
         size,
+        part,
     } = &cli.cmd
     {
         return run_demo(
@@ -791,6 +900,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             *verbose,
             *print_workload,
             *size,
+            part,
             cli.json,
         );
     }
@@ -811,6 +921,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Labels(a) => fleet_cmds::labels(&topo, &source, &a, cli.json),
         Cmd::Metrics(a) => fleet_cmds::metrics(&topo, &a, cli.json),
+        Cmd::DevmemTable(a) => net_cmds::devmem_table(&topo, &a, cli.json),
         Cmd::Report { output, probe, all } => {
             let pairs = probe
                 .iter()

@@ -36,6 +36,7 @@ const SUBCOMMANDS: &[&str] = &[
     "presets",
     "sim",
     "demo",
+    "devmem-table",
     "report",
     "labels",
     "metrics",

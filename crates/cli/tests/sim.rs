@@ -127,3 +127,142 @@ fn a_job_that_fails_is_exit_status_1_and_a_bad_workload_2() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("--iommu sometimes"));
 }
+
+#[test]
+fn the_demo_has_a_network_part_on_two_copies_of_the_machine() {
+    let o = peerdma(&["demo", "--size", "8M", "--part", "network"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{}{out}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    for job in ["devmem-4k", "devmem-64k", "gpudirect", "nvmeof"] {
+        assert!(out.contains(job), "{job}: {out}");
+    }
+    assert!(out.contains("4 moved and verified byte for byte"), "{out}");
+    assert!(out.contains("buffer utilization"), "{out}");
+    assert!(!out.contains("the storage consumers"), "{out}");
+    // Its workload is a workload file of two machines that `sim` runs.
+    let o = peerdma(&[
+        "demo",
+        "--size",
+        "8M",
+        "--part",
+        "network",
+        "--print-workload",
+    ]);
+    let text = String::from_utf8(o.stdout).unwrap();
+    assert!(
+        text.contains("[machine.a]\npreset = \"dual-xeon\""),
+        "{text}"
+    );
+    let (_d, path) = write(&text);
+    let o = peerdma(&["sim", &path, "--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let jobs = v["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 4);
+    let d = &jobs[1]["devmem"];
+    assert_eq!(d["niov_size"], 65536);
+    assert!(d["utilization"].as_f64().unwrap() < 0.05, "{d}");
+    assert_eq!(d["binding_freed"], true);
+    // Both parts in one JSON document; a machine without a NIC says why.
+    let o = peerdma(&[
+        "demo",
+        "--size",
+        "8M",
+        "--preset",
+        "gpu-storage-16",
+        "--json",
+    ]);
+    assert!(o.status.success());
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v["jobs"].as_array().is_some_and(|j| !j.is_empty()));
+    assert!(
+        v["network"]["skipped"]
+            .as_str()
+            .unwrap()
+            .contains("no network controller"),
+        "{v}"
+    );
+    let o = peerdma(&["demo", "--preset", "workstation", "--part", "network"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no NIC reaches a GPU by P2P"));
+}
+
+#[test]
+fn the_devmem_table_answers_the_64k_question_with_numbers() {
+    let o = peerdma(&["devmem-table", "--size", "2M", "--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let rows = v["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 27, "3 MTUs x 3 net_iov sizes x 3 layouts");
+    let cell = |mtu: u64, niov: u64, stride: u64| {
+        let layout = |r: &Value| match r["layout"]["kind"].as_str() {
+            Some("one_packet") => 0,
+            _ => r["layout"]["stride"].as_u64().unwrap(),
+        };
+        rows.iter()
+            .find(|r| r["mtu"] == mtu && r["niov_size"] == niov && layout(r) == stride)
+            .unwrap_or_else(|| panic!("{mtu} {niov} {stride}: {v}"))["utilization"]
+            .as_f64()
+            .unwrap()
+    };
+    // 1460-byte payloads alone in 64 KiB buffers waste 98% of them; packed
+    // into 64-byte strides of 4 KiB buffers, almost nothing.
+    // (stride 0: one packet per buffer)
+    assert!(cell(1500, 65536, 0) < 0.03, "{v}");
+    assert!(cell(1500, 4096, 64) > 0.9, "{v}");
+    assert!(cell(1500, 4096, 0) < cell(1500, 4096, 2048));
+    // A 9000-byte MTU fills 16 KiB buffers better than 1500 does.
+    assert!(cell(9000, 16384, 0) > 4.0 * cell(1500, 16384, 0));
+    assert_eq!(v["into"], "0000:1a:00.0");
+    // The text names the devices and limits its cells as asked.
+    let o = peerdma(&[
+        "devmem-table",
+        "--size",
+        "1M",
+        "--mtu",
+        "9000",
+        "--niov",
+        "64K",
+        "--layout",
+        "one-packet",
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{out}");
+    assert!(
+        out.contains("into gpu0's memory on b through nic0"),
+        "{out}"
+    );
+    assert_eq!(
+        out.lines()
+            .filter(|l| l.trim_start().starts_with("9000"))
+            .count(),
+        1,
+        "{out}"
+    );
+    for (args, want) in [
+        (
+            &["--niov", "3K"][..],
+            "--niov 3 KiB: a net_iov is a power of two",
+        ),
+        (&["--mtu", "100"][..], "each MTU is 576 to 9216"),
+        (
+            &["--layout", "zigzag"][..],
+            "--layout \"zigzag\" is not one of",
+        ),
+        (
+            &["--preset", "gpu-storage-16"][..],
+            "no devmem TCP table on preset 'gpu-storage-16': it has no network controller",
+        ),
+    ] {
+        let mut a = vec!["devmem-table"];
+        a.extend_from_slice(args);
+        let o = peerdma(&a);
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+}

@@ -11,6 +11,8 @@
 //! * [`raid`]: md-style RAID-1 rebuild and RAID-5 degraded read;
 //! * [`devmem`]: the device memory a consumer can use (a CMB, a GPU's
 //!   VRAM aperture);
+//! * [`net`]: machines joined by a wire, and devmem TCP receive into
+//!   device memory;
 //! * [`rdma`]: dma-bufs of GPU memory, RDMA memory regions on them
 //!   (dynamic and pinned), RDMA WRITE and READ between two machines over
 //!   the wire, GPUDirect RDMA;

@@ -8,7 +8,7 @@
 use crate::error::DmaError;
 use crate::fabric::{Parts, Request, Target};
 use crate::memory::{self, Store, CHUNK};
-use crate::timing::{Flow, Hop, SimTime};
+use crate::timing::{Hop, SimTime};
 use crate::{Route, SimMachine};
 use peerdma_dma::{DmaSgl, PathTaken};
 use peerdma_mem::{Address, Bdf, DmaAddr, PhysAddr};
@@ -100,6 +100,24 @@ struct Entry {
     len: u64,
 }
 
+/// A piece of a DMA against one store: (offset in the store, offset on the
+/// device's side, bytes).
+pub(crate) type Piece = (u64, u64, u64);
+
+/// Routes a DMA keeps while it runs: at most this many windows.
+const WINDOWS: usize = 4;
+
+/// A window of DMA addresses that routes to one region the same way
+/// ([`crate::fabric::Fabric`]'s `window`): `[lo, hi)` lands at `offset` of
+/// `region` from `lo` on, over the links of `flow`.
+struct Window {
+    lo: u64,
+    hi: u64,
+    region: crate::memmap::RegionId,
+    offset: u64,
+    flow: usize,
+}
+
 /// An endless source of all-ones, for Unsupported Request reads.
 static ALL_ONES: std::sync::LazyLock<Store> = std::sync::LazyLock::new(|| {
     let s = Store::new(CHUNK);
@@ -166,15 +184,15 @@ impl SimMachine {
     }
 
     /// Move bytes between the engine's local side and the list, step by
-    /// step. `local(store, offset, local_offset, n)` reads or writes `n`
-    /// bytes of the device's side at `local_offset` against `store` at
-    /// `offset`.
+    /// step. `local(store, pieces)` reads or writes, for each piece
+    /// `(offset, local_offset, n)`, `n` bytes of the device's side at
+    /// `local_offset` against `store` at `offset`.
     fn run(
         &self,
         engine: Bdf,
         sgl: &DmaSgl,
         write: bool,
-        local: &mut dyn FnMut(&Store, u64, u64, u64),
+        local: &mut dyn FnMut(&Store, &[Piece]),
     ) -> Result<Transfer, DmaError> {
         let (initiator, ticket) = self.start(engine, sgl, write)?;
         let entries: Vec<(DmaAddr, u64)> = sgl.entries().iter().map(|e| (e.addr, e.len)).collect();
@@ -186,38 +204,75 @@ impl SimMachine {
 
     /// Move bytes between the engine's local side and `entries` (DMA
     /// address, length), step by step, as the fabric routes each step.
+    ///
+    /// While no fault is queued or in effect, a route found for one step
+    /// is reused for later steps inside its window (the fabric's
+    /// `window`): the same region, links and route the fabric would give
+    /// them, without walking the tree again. With a fault queued or in
+    /// effect every step is routed and checked.
     fn run_entries(
         &self,
         engine: Bdf,
         initiator: FnId,
         entries: &[(DmaAddr, u64)],
         write: bool,
-        local: &mut dyn FnMut(&Store, u64, u64, u64),
+        local: &mut dyn FnMut(&Store, &[Piece]),
     ) -> Result<Transfer, DmaError> {
         let parts = self.parts();
         let mut done = 0u64;
         let mut routes: Vec<Route> = Vec::new();
         let mut unsupported = 0u64;
         let mut flows: Vec<(Vec<Hop>, u64)> = Vec::new();
+        let mut cache: Vec<Window> = Vec::new();
+        // Pieces through known windows into one store, moved together
+        // (one lock) before anything else happens.
+        let mut batch: Vec<Piece> = Vec::new();
+        let mut batch_region: Option<crate::memmap::RegionId> = None;
         for &(addr0, len) in entries {
             let e = Entry { addr: addr0, len };
             let mut off = 0;
             while off < e.len {
-                self.faults.fire(&self.topo, &|b| self.provider(b), done);
+                let quiet = self.faults.quiet();
+                if !quiet {
+                    self.flush(local, &mut batch, batch_region);
+                    cache.clear();
+                    self.faults.fire(&self.topo, &|b| self.provider(b), done);
+                }
                 let n = (e.len - off).min(STEP - (done % STEP));
-                // A queued fault fires at its byte: end the step there.
-                let n = match self.faults.next_threshold(done) {
-                    Some(t) => n.min(t - done),
-                    None => n,
+                // A queued fault fires at its byte: end the step there
+                // (nothing is queued while quiet, and the lock is skipped).
+                let threshold = if quiet {
+                    None
+                } else {
+                    self.faults.next_threshold(done)
                 };
-                let addr = e
+                let n = threshold.map_or(n, |t| n.min(t - done));
+                let Some(addr) = e
                     .addr
                     .checked_add(off)
                     .filter(|a| a.checked_add(n - 1).is_some())
-                    .ok_or(DmaError::AddressOverflow {
+                else {
+                    self.flush(local, &mut batch, batch_region);
+                    return Err(DmaError::AddressOverflow {
                         addr: e.addr,
                         len: e.len,
-                    })?;
+                    });
+                };
+                if quiet {
+                    let a = addr.raw();
+                    if let Some(w) = cache.iter().find(|w| w.lo <= a && a + n <= w.hi) {
+                        if batch_region != Some(w.region) {
+                            self.flush(local, &mut batch, batch_region);
+                            batch_region = Some(w.region);
+                        }
+                        batch.push((w.offset + (a - w.lo), done, n));
+                        flows[w.flow].1 += n;
+                        off += n;
+                        done += n;
+                        continue;
+                    }
+                }
+                self.flush(local, &mut batch, batch_region);
                 let req = Request {
                     initiator,
                     addr,
@@ -226,26 +281,55 @@ impl SimMachine {
                     done,
                 };
                 let mut local_off = done;
-                for p in self.fabric.route(&parts, &req)? {
+                let pieces = self.fabric.route(&parts, &req)?;
+                let single = pieces.len() == 1;
+                for p in pieces {
                     if !routes.contains(&p.route) {
                         routes.push(p.route);
                     }
+                    let window = if quiet && single {
+                        self.fabric.window(&parts, &req, &p)
+                    } else {
+                        None
+                    };
                     match &p.target {
                         Target::Memory { region, offset } => {
-                            local(&self.mem.region(*region).store, *offset, local_off, p.len);
+                            batch_region = Some(*region);
+                            batch.push((*offset, local_off, p.len));
+                            self.flush(local, &mut batch, batch_region);
                         }
                         Target::Unsupported { addr, reason } => {
                             unsupported += p.len;
                             self.log_unsupported(engine, *addr, p.len, write, reason);
                             if !write {
-                                local(&ALL_ONES, 0, local_off, p.len);
+                                // A step is at most 1 MiB: inside the
+                                // one-chunk all-ones store.
+                                local(&ALL_ONES, &[(0, local_off, p.len)]);
                             }
                         }
                     }
                     let hops = data_direction(p.hops, write);
-                    match flows.iter_mut().find(|(h, _)| *h == hops) {
-                        Some((_, b)) => *b += p.len,
-                        None => flows.push((hops, p.len)),
+                    let flow = match flows.iter().position(|(h, _)| *h == hops) {
+                        Some(i) => {
+                            flows[i].1 += p.len;
+                            i
+                        }
+                        None => {
+                            flows.push((hops, p.len));
+                            flows.len() - 1
+                        }
+                    };
+                    if let Some((lo, hi, region, offset)) = window {
+                        if cache.len() == WINDOWS {
+                            cache.remove(0);
+                        }
+                        cache.push(Window {
+                            lo,
+                            hi,
+                            region,
+                            offset,
+                            flow,
+                        });
                     }
                     local_off += p.len;
                 }
@@ -253,6 +337,7 @@ impl SimMachine {
                 done += n;
             }
         }
+        self.flush(local, &mut batch, batch_region);
         Ok(Transfer {
             bytes: done,
             mapped: None,
@@ -265,27 +350,51 @@ impl SimMachine {
                     bytes: *bytes,
                 })
                 .collect(),
-            time: self.time_alone(flows),
+            time: self.time_alone(&flows),
         })
     }
 
+    /// Move the pieces gathered for one store, and start over.
+    fn flush(
+        &self,
+        local: &mut dyn FnMut(&Store, &[Piece]),
+        batch: &mut Vec<Piece>,
+        region: Option<crate::memmap::RegionId>,
+    ) {
+        if let (false, Some(r)) = (batch.is_empty(), region) {
+            local(&self.mem.region(r).store, batch);
+        }
+        batch.clear();
+    }
+
     /// The time of a DMA alone on an idle machine: its pieces one after
-    /// another.
-    fn time_alone(&self, flows: Vec<(Vec<Hop>, u64)>) -> SimTime {
-        let chain: Vec<Flow> = flows
-            .into_iter()
-            .enumerate()
-            .map(|(i, (path, bytes))| Flow {
-                path,
-                bytes,
-                after: i.checked_sub(1),
-                ..Flow::default()
-            })
-            .collect();
-        // Only a time past ~584 years can fail here.
-        self.net
-            .simulate(&chain)
-            .map_or(SimTime::MAX, |s| s.makespan)
+    /// another, each at its path's narrowest link plus the path's latency
+    /// (what the flow model gives a chain of lone flows, without running
+    /// it: a DMA of many pieces would pay for an event simulation per
+    /// call). A piece inside one device (no links) takes no time.
+    fn time_alone(&self, flows: &[(Vec<Hop>, u64)]) -> SimTime {
+        let mut ns = 0u64;
+        for (path, bytes) in flows {
+            let rate = path
+                .iter()
+                .filter_map(|h| self.net.link(h.link))
+                .map(|l| l.bytes_per_sec)
+                .fold(f64::INFINITY, f64::min);
+            // Rounded as the flow model rounds: up, except within a
+            // thousandth of a nanosecond above a whole one.
+            let data = if rate.is_finite() && rate > 0.0 {
+                (*bytes as f64 / rate * 1e9 - 1e-3).ceil().max(0.0)
+            } else {
+                0.0
+            };
+            let piece = if data < u64::MAX as f64 {
+                (data as u64).saturating_add(self.net.path_latency(path).as_nanos())
+            } else {
+                u64::MAX
+            };
+            ns = ns.saturating_add(piece);
+        }
+        SimTime::from_nanos(ns)
     }
 
     fn log_unsupported(&self, initiator: Bdf, addr: PhysAddr, len: u64, write: bool, why: &str) {
@@ -315,9 +424,7 @@ impl SimMachine {
     /// read from a drive).
     pub fn dma_write(&self, engine: Bdf, sgl: &DmaSgl, data: &[u8]) -> Result<Transfer, DmaError> {
         Self::check_len(data.len(), sgl)?;
-        self.run(engine, sgl, true, &mut |s, off, loff, n| {
-            s.write(off, &data[loff as usize..(loff + n) as usize])
-        })
+        self.run(engine, sgl, true, &mut |s, ps| s.write_pieces(ps, data))
     }
 
     /// The device reads the memory of the list into `out`.
@@ -328,9 +435,7 @@ impl SimMachine {
         out: &mut [u8],
     ) -> Result<Transfer, DmaError> {
         Self::check_len(out.len(), sgl)?;
-        self.run(engine, sgl, false, &mut |s, off, loff, n| {
-            s.read(off, &mut out[loff as usize..(loff + n) as usize])
-        })
+        self.run(engine, sgl, false, &mut |s, ps| s.read_pieces(ps, out))
     }
 
     /// The device moves `sgl.len()` bytes from its media at `media_offset`
@@ -342,8 +447,10 @@ impl SimMachine {
         sgl: &DmaSgl,
     ) -> Result<Transfer, DmaError> {
         let media = self.media_range(engine, media_offset, sgl.len())?;
-        self.run(engine, sgl, true, &mut |s, off, loff, n| {
-            memory::copy(&media, media_offset + loff, s, off, n)
+        self.run(engine, sgl, true, &mut |s, ps| {
+            for &(off, loff, n) in ps {
+                memory::copy(&media, media_offset + loff, s, off, n)
+            }
         })
     }
 
@@ -356,8 +463,10 @@ impl SimMachine {
         media_offset: u64,
     ) -> Result<Transfer, DmaError> {
         let media = self.media_range(engine, media_offset, sgl.len())?;
-        self.run(engine, sgl, false, &mut |s, off, loff, n| {
-            memory::copy(s, off, &media, media_offset + loff, n)
+        self.run(engine, sgl, false, &mut |s, ps| {
+            for &(off, loff, n) in ps {
+                memory::copy(s, off, &media, media_offset + loff, n)
+            }
         })
     }
 
@@ -389,36 +498,7 @@ impl SimMachine {
         len: u64,
         from: Local<'_>,
     ) -> Result<Transfer, DmaError> {
-        let initiator = self.id(engine)?;
-        if len == 0 {
-            return Err(DmaError::Empty { engine, addr });
-        }
-        let entries = [(addr, len)];
-        match from {
-            Local::Bytes(data) => {
-                if data.len() as u64 != len {
-                    return Err(DmaError::LengthMismatch {
-                        buffer: data.len() as u64,
-                        list: len,
-                    });
-                }
-                self.run_entries(engine, initiator, &entries, true, &mut |s, off, loff, n| {
-                    s.write(off, &data[loff as usize..(loff + n) as usize])
-                })
-            }
-            Local::Media(m) => {
-                let media = self.media_range(engine, m, len)?;
-                self.run_entries(engine, initiator, &entries, true, &mut |s, off, loff, n| {
-                    memory::copy(&media, m + loff, s, off, n)
-                })
-            }
-            Local::Own(phys) => {
-                let (store, base) = self.own(engine, phys, len)?;
-                self.run_entries(engine, initiator, &entries, true, &mut |s, off, loff, n| {
-                    memory::copy(store, base + loff, s, off, n)
-                })
-            }
-        }
+        self.dma_to_many(engine, &[(addr, len)], from)
     }
 
     /// `engine` reads `len` bytes at the DMA address `addr` it was handed
@@ -430,11 +510,92 @@ impl SimMachine {
         len: u64,
         into: LocalMut<'_>,
     ) -> Result<Transfer, DmaError> {
-        let initiator = self.id(engine)?;
-        if len == 0 {
-            return Err(DmaError::Empty { engine, addr });
+        self.dma_from_many(engine, &[(addr, len)], into)
+    }
+
+    /// Check a list of handed addresses: none empty, none past the end of
+    /// the address space; their total length.
+    fn handed(engine: Bdf, entries: &[(DmaAddr, u64)]) -> Result<u64, DmaError> {
+        if entries.is_empty() {
+            // Nothing to route: as a request of no bytes.
+            return Err(DmaError::Empty {
+                engine,
+                addr: DmaAddr::from_descriptor(0),
+            });
         }
-        let entries = [(addr, len)];
+        let mut total = 0u64;
+        for &(addr, len) in entries {
+            if len == 0 {
+                return Err(DmaError::Empty { engine, addr });
+            }
+            if addr.checked_add(len - 1).is_none() {
+                return Err(DmaError::AddressOverflow { addr, len });
+            }
+            total = total
+                .checked_add(len)
+                .ok_or(DmaError::AddressOverflow { addr, len })?;
+        }
+        Ok(total)
+    }
+
+    /// One DMA of many pieces: `engine` writes its side (`from`, taken in
+    /// order) to the handed addresses `entries` (DMA address, length), one
+    /// after another — a NIC scattering a burst of received packets into
+    /// the buffers it was given, a descriptor list in one go. Bytes, routes
+    /// and faults are as for one [`SimMachine::dma_to`] per entry; the
+    /// result is one [`Transfer`] for all of them. `from` holds as many
+    /// bytes as the entries together (its media or own memory from the
+    /// given offset on).
+    pub fn dma_to_many(
+        &self,
+        engine: Bdf,
+        entries: &[(DmaAddr, u64)],
+        from: Local<'_>,
+    ) -> Result<Transfer, DmaError> {
+        let initiator = self.id(engine)?;
+        let len = Self::handed(engine, entries)?;
+        match from {
+            Local::Bytes(data) => {
+                if data.len() as u64 != len {
+                    return Err(DmaError::LengthMismatch {
+                        buffer: data.len() as u64,
+                        list: len,
+                    });
+                }
+                self.run_entries(engine, initiator, entries, true, &mut |s, ps| {
+                    s.write_pieces(ps, data)
+                })
+            }
+            Local::Media(m) => {
+                let media = self.media_range(engine, m, len)?;
+                self.run_entries(engine, initiator, entries, true, &mut |s, ps| {
+                    for &(off, loff, n) in ps {
+                        memory::copy(&media, m + loff, s, off, n)
+                    }
+                })
+            }
+            Local::Own(phys) => {
+                let (store, base) = self.own(engine, phys, len)?;
+                self.run_entries(engine, initiator, entries, true, &mut |s, ps| {
+                    for &(off, loff, n) in ps {
+                        memory::copy(store, base + loff, s, off, n)
+                    }
+                })
+            }
+        }
+    }
+
+    /// One DMA of many pieces the other way: `engine` reads the handed
+    /// addresses `entries` in order into its side (`into`). See
+    /// [`SimMachine::dma_to_many`].
+    pub fn dma_from_many(
+        &self,
+        engine: Bdf,
+        entries: &[(DmaAddr, u64)],
+        into: LocalMut<'_>,
+    ) -> Result<Transfer, DmaError> {
+        let initiator = self.id(engine)?;
+        let len = Self::handed(engine, entries)?;
         match into {
             LocalMut::Bytes(out) => {
                 if out.len() as u64 != len {
@@ -443,35 +604,25 @@ impl SimMachine {
                         list: len,
                     });
                 }
-                self.run_entries(
-                    engine,
-                    initiator,
-                    &entries,
-                    false,
-                    &mut |s, off, loff, n| {
-                        s.read(off, &mut out[loff as usize..(loff + n) as usize])
-                    },
-                )
+                self.run_entries(engine, initiator, entries, false, &mut |s, ps| {
+                    s.read_pieces(ps, out)
+                })
             }
             LocalMut::Media(m) => {
                 let media = self.media_range(engine, m, len)?;
-                self.run_entries(
-                    engine,
-                    initiator,
-                    &entries,
-                    false,
-                    &mut |s, off, loff, n| memory::copy(s, off, &media, m + loff, n),
-                )
+                self.run_entries(engine, initiator, entries, false, &mut |s, ps| {
+                    for &(off, loff, n) in ps {
+                        memory::copy(s, off, &media, m + loff, n)
+                    }
+                })
             }
             LocalMut::Own(phys) => {
                 let (store, base) = self.own(engine, phys, len)?;
-                self.run_entries(
-                    engine,
-                    initiator,
-                    &entries,
-                    false,
-                    &mut |s, off, loff, n| memory::copy(s, off, store, base + loff, n),
-                )
+                self.run_entries(engine, initiator, entries, false, &mut |s, ps| {
+                    for &(off, loff, n) in ps {
+                        memory::copy(s, off, store, base + loff, n)
+                    }
+                })
             }
         }
     }

@@ -54,6 +54,9 @@ pub enum AccessError {
     /// No function with that BDF in this machine.
     #[error("no function {0} in this machine")]
     NoDevice(Bdf),
+    /// The function has no memory BAR of that number.
+    #[error("{device} has no memory BAR {bar}")]
+    NoBar { device: Bdf, bar: u8 },
     /// The function publishes no P2P memory.
     #[error("{0} publishes no P2P memory in this machine")]
     NoProvider(Bdf),

@@ -293,6 +293,73 @@ impl Fabric {
         self.root_complex(parts, req)
     }
 
+    /// The DMA addresses around a request that `route` routed to memory
+    /// in one piece for which every request of the same initiator and
+    /// direction routes the same way, to the same region at the same
+    /// offset from the window's start — or `None` where that cannot be
+    /// said. Valid while the fault state, the live ACS registers and the
+    /// device's IOMMU mappings do not change: a DMA engine may reuse the
+    /// route for the rest of one DMA while no fault is queued or in effect.
+    ///
+    /// A switch route holds for the target BAR's whole bus range (the
+    /// decision depends only on the claim). A root-complex route holds
+    /// where no claim of the initiator's host bridge starts or ends (the
+    /// peer-to-peer check gives the same answer), inside one IOMMU page
+    /// when the domain translates (else everywhere: the address is
+    /// physical) and inside the target region (the root complex's
+    /// decision depends only on the region's owner).
+    pub(crate) fn window(
+        &self,
+        parts: &Parts<'_>,
+        req: &Request,
+        piece: &Piece,
+    ) -> Option<(u64, u64, RegionId, u64)> {
+        let Target::Memory { region, offset } = piece.target else {
+            return None;
+        };
+        if piece.len != req.len {
+            return None;
+        }
+        let addr = req.addr.raw();
+        let end = addr.checked_add(req.len)?;
+        let hb = self.topo.function(req.initiator).host_bridge;
+        let claims = &self.claims[hb.index()];
+        let i = claims.partition_point(|c| c.range.start().raw() <= addr);
+        let prev = i.checked_sub(1).map(|j| &claims[j]);
+        let claim_end = |c: &Claim| c.range.start().raw().saturating_add(c.range.len());
+        let (mut lo, mut hi) = match prev {
+            // Inside a claim: the same answer for all of it.
+            Some(c) if claim_end(c) > addr => (c.range.start().raw(), claim_end(c)),
+            // Between claims: none of them is asked.
+            _ => (
+                prev.map_or(0, claim_end),
+                claims.get(i).map_or(u64::MAX, |c| c.range.start().raw()),
+            ),
+        };
+        if !matches!(piece.route, Route::Switch { .. }) {
+            let r = parts.mem.region(region).range;
+            let phys = r.start().raw().checked_add(offset)?;
+            if parts
+                .mapper
+                .iommu_mode(self.topo.function(req.initiator).bdf)
+                == peerdma_dma::IommuMode::Translated
+            {
+                let page = peerdma_dma::iommu::IOMMU_PAGE;
+                lo = lo.max(addr - addr % page);
+                hi = hi.min((addr - addr % page).saturating_add(page));
+            }
+            // The region, seen from the DMA address side.
+            let below = phys.checked_sub(r.start().raw())?;
+            let above = r.start().raw().saturating_add(r.len()) - phys;
+            lo = lo.max(addr.saturating_sub(below));
+            hi = hi.min(addr.saturating_add(above));
+        }
+        if lo > addr || hi < end {
+            return None;
+        }
+        Some((lo, hi, region, offset - (addr - lo)))
+    }
+
     /// The function and its bridges up to the root bus.
     fn chain(&self, f: FnId) -> Vec<FnId> {
         std::iter::once(f).chain(self.topo.ancestors(f)).collect()

@@ -6,6 +6,7 @@ use peerdma_mem::Bdf;
 use peerdma_p2p::{Provider, RevokeError, RevokeReport};
 use peerdma_pci::{FnId, Topology};
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -66,18 +67,53 @@ struct State {
     revokes: Vec<(Bdf, JoinHandle<Result<RevokeReport, RevokeError>>)>,
 }
 
+impl State {
+    /// Nothing queued and nothing in effect.
+    fn quiet(&self) -> bool {
+        self.pending.is_empty()
+            && self.links_down.is_empty()
+            && self.removed.is_empty()
+            && self.iommu_fault.is_empty()
+    }
+}
+
 /// The machine's fault state.
-#[derive(Default)]
-pub(crate) struct Faults(Mutex<State>);
+pub(crate) struct Faults {
+    state: Mutex<State>,
+    /// [`State::quiet`], kept up to date under the lock and read without
+    /// it: while it holds, routes do not change with faults, and the DMA
+    /// engine may reuse them.
+    quiet: AtomicBool,
+}
+
+impl Default for Faults {
+    fn default() -> Self {
+        Faults {
+            state: Mutex::new(State::default()),
+            quiet: AtomicBool::new(true),
+        }
+    }
+}
 
 impl Faults {
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether no fault is queued or in effect.
+    pub(crate) fn quiet(&self) -> bool {
+        self.quiet.load(Ordering::Acquire)
+    }
+
+    fn update_quiet(&self, s: &State) {
+        self.quiet.store(s.quiet(), Ordering::Release);
     }
 
     /// Queue a fault (its device was checked by the caller).
     pub(crate) fn queue(&self, fault: Fault) {
-        self.lock().pending.push(fault);
+        let mut s = self.lock();
+        s.pending.push(fault);
+        self.update_quiet(&s);
     }
 
     /// Clear every fault and everything queued.
@@ -87,6 +123,7 @@ impl Faults {
         s.removed.clear();
         s.iommu_fault.clear();
         s.pending.clear();
+        self.update_quiet(&s);
     }
 
     /// The nearest byte, past `done`, at which a queued fault fires.
@@ -150,6 +187,7 @@ impl Faults {
                 }
             }
         }
+        self.update_quiet(&s);
     }
 
     /// Whether `f` or a bridge above it was removed.

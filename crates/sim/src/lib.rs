@@ -17,7 +17,9 @@
 //! * the memory map: DRAM and BARs in physical address space;
 //! * the fabric: links and the routing of every request ([`Route`]);
 //! * the DMA engine: moves a list's bytes as the fabric routes them
-//!   ([`Transfer`]);
+//!   ([`Transfer`]), or many handed pieces in one DMA (a NIC scattering a
+//!   burst into its buffers: [`SimMachine::dma_to_many`]), reusing a
+//!   route for the addresses it covers while no fault is pending;
 //! * media: each device's local storage;
 //! * faults ([`Fault`]): link down, surprise removal, IOMMU fault, revoke;
 //! * [`timing`]: the flow-level timing model.

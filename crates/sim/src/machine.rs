@@ -10,7 +10,7 @@ use crate::media::Media;
 use crate::memmap::{HostAllocators, MemoryMap};
 use crate::timing::{Flow, LinkId, Network, Schedule, SimTime, TimingError};
 use peerdma_dma::{BouncePolicy, DmaSgl, IommuMode, Mapper, MapperConfig};
-use peerdma_mem::{Bdf, Direction, MemKind, PhysAddr, PhysVec, PAGE_SIZE};
+use peerdma_mem::{AddrRange, Bdf, Direction, MemKind, PhysAddr, PhysVec, PAGE_SIZE};
 use peerdma_p2p::Provider;
 use peerdma_pci::{FnId, PortType, Topology};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -391,6 +391,48 @@ impl SimMachine {
         })
     }
 
+    /// Make `dev`'s memory BAR `bar` hold data: every byte reads as
+    /// [`crate::pattern`] data of `seed` at its offset in the BAR — device
+    /// memory full of a dataset (a GPU's VRAM) that costs nothing until it
+    /// is written, as [`SimMachine::fill_media_pattern`] does for media.
+    /// What was written to the BAR before is forgotten.
+    pub fn fill_bar_pattern(&self, dev: Bdf, bar: u8, seed: u64) -> Result<(), AccessError> {
+        let f = self.id(dev)?;
+        let (region, _, _) = self
+            .mem
+            .bars()
+            .find(|&(_, function, index)| function == f && index == bar)
+            .ok_or(AccessError::NoBar { device: dev, bar })?;
+        self.mem
+            .region(region)
+            .store
+            .reset(crate::memory::Unwritten::Pattern(seed));
+        Ok(())
+    }
+
+    /// Write `len` bytes of [`crate::pattern`] data of `seed`, from
+    /// `pattern_offset` on, into memory at `addr` (host DRAM or a BAR) —
+    /// data produced where it lives, outside any DMA: an application
+    /// filling its buffer, a GPU kernel writing its memory. What
+    /// [`SimMachine::memory_pattern_mismatch`] checks against.
+    pub fn fill_memory_pattern(
+        &self,
+        addr: PhysAddr,
+        len: u64,
+        seed: u64,
+        pattern_offset: u64,
+    ) -> Result<(), AccessError> {
+        if len == 0 {
+            return Ok(());
+        }
+        let (region, off) = self.mem.find_or_err(addr, len)?;
+        self.mem
+            .region(region)
+            .store
+            .fill_pattern(off, len, seed, pattern_offset);
+        Ok(())
+    }
+
     /// Check `len` bytes of memory at `addr` (host DRAM or a BAR) against
     /// [`crate::pattern`] data of `seed` from `pattern_offset` on, in place:
     /// the offset of the first byte that differs, or `None`.
@@ -412,7 +454,43 @@ impl SimMachine {
             .pattern_mismatch(off, len, seed, pattern_offset))
     }
 
-    /// The same for `len` bytes of `dev`'s media at `offset`.
+    /// [`SimMachine::memory_pattern_mismatch`] for many ranges `(addr, len,
+    /// pattern_offset)` of one seed, in order — every frag of a receive
+    /// checked in one call: the index of the first range with a byte that
+    /// differs and that byte's offset in it, or `None`.
+    pub fn memory_patterns_mismatch(
+        &self,
+        ranges: &[(PhysAddr, u64, u64)],
+        seed: u64,
+    ) -> Result<Option<(usize, u64)>, AccessError> {
+        let mut run: Vec<(u64, u64, u64)> = Vec::new();
+        let mut i = 0;
+        while i < ranges.len() {
+            let (addr, len, _) = ranges[i];
+            let (region, _) = self.mem.find_or_err(addr, len.max(1))?;
+            let r = self.mem.region(region);
+            // The ranges from here on that lie in the same memory.
+            run.clear();
+            let mut j = i;
+            while j < ranges.len() {
+                let (a, l, po) = ranges[j];
+                let inside = AddrRange::new(a, l.max(1)).is_ok_and(|w| r.range.contains_range(&w));
+                if !inside {
+                    break;
+                }
+                run.push((r.range.offset_of(a).unwrap_or(0), l, po));
+                j += 1;
+            }
+            if let Some((k, at)) = r.store.patterns_mismatch(&run, seed) {
+                return Ok(Some((i + k, at)));
+            }
+            i = j;
+        }
+        Ok(None)
+    }
+
+    /// [`SimMachine::memory_pattern_mismatch`] for `len` bytes of `dev`'s
+    /// media at `offset`.
     pub fn media_pattern_mismatch(
         &self,
         dev: Bdf,

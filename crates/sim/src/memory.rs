@@ -80,8 +80,15 @@ pub(crate) enum Unwritten {
 #[derive(Debug)]
 pub(crate) struct Store {
     size: u64,
-    chunks: Mutex<Chunks>,
-    unwritten: Mutex<Unwritten>,
+    /// The chunks and what unwritten bytes read as, under one lock (taken
+    /// once per access).
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    chunks: Chunks,
+    unwritten: Unwritten,
 }
 
 /// The chunk, offset in it, and bytes of it a span starting at `off` with
@@ -97,20 +104,18 @@ impl Store {
     pub(crate) fn new(size: u64) -> Store {
         Store {
             size,
-            chunks: Mutex::new(BTreeMap::new()),
-            unwritten: Mutex::new(Unwritten::Zero),
+            inner: Mutex::new(Inner {
+                chunks: BTreeMap::new(),
+                unwritten: Unwritten::Zero,
+            }),
         }
     }
 
     /// Forget every written byte: the whole store now reads as `what`.
     pub(crate) fn reset(&self, what: Unwritten) {
-        let mut chunks = lock(&self.chunks);
-        chunks.clear();
-        *lock(&self.unwritten) = what;
-    }
-
-    fn unwritten(&self) -> Unwritten {
-        *lock(&self.unwritten)
+        let mut g = lock(&self.inner);
+        g.chunks.clear();
+        g.unwritten = what;
     }
 
     pub(crate) fn size(&self) -> u64 {
@@ -125,33 +130,90 @@ impl Store {
     /// Bytes actually backed.
     #[cfg(test)]
     pub(crate) fn resident(&self) -> u64 {
-        lock(&self.chunks).len() as u64 * CHUNK
+        lock(&self.inner).chunks.len() as u64 * CHUNK
     }
 
     /// Copy `dst.len()` bytes at offset `off` into `dst` (inside: see
     /// [`Store::holds`]).
     pub(crate) fn read(&self, off: u64, dst: &mut [u8]) {
         debug_assert!(self.holds(off, dst.len() as u64));
-        read_from(&lock(&self.chunks), self.unwritten(), off, dst);
+        let g = lock(&self.inner);
+        read_from(&g.chunks, g.unwritten, off, dst);
     }
 
     /// Copy `src` in at offset `off` (inside: see [`Store::holds`]).
     pub(crate) fn write(&self, off: u64, src: &[u8]) {
         debug_assert!(self.holds(off, src.len() as u64));
-        write_into(&mut lock(&self.chunks), self.unwritten(), off, src);
+        let g = &mut *lock(&self.inner);
+        write_into(&mut g.chunks, g.unwritten, off, src);
+    }
+
+    /// Write the pattern of `seed` from `pattern_offset` on into `len`
+    /// bytes at `off` (inside), generated in place.
+    pub(crate) fn fill_pattern(&self, off: u64, len: u64, seed: u64, pattern_offset: u64) {
+        debug_assert!(self.holds(off, len));
+        let g = &mut *lock(&self.inner);
+        let (chunks, unwritten) = (&mut g.chunks, g.unwritten);
+        let mut done = 0u64;
+        while done < len {
+            let left = usize::try_from(len - done).unwrap_or(usize::MAX);
+            let (ci, co, n) = piece(off + done, left);
+            let c = chunk_mut(chunks, unwritten, ci, co, n);
+            crate::pattern::fill(seed, pattern_offset + done, &mut c[co..co + n]);
+            done += n as u64;
+        }
+    }
+
+    /// [`Store::write`] for many pieces `(offset, offset in src, len)`
+    /// under one lock.
+    pub(crate) fn write_pieces(&self, pieces: &[(u64, u64, u64)], src: &[u8]) {
+        let g = &mut *lock(&self.inner);
+        let unwritten = g.unwritten;
+        // Consecutive pieces mostly land in the chunk the last one did.
+        let mut cur: Option<(u64, &mut Chunk)> = None;
+        for &(off, loff, n) in pieces {
+            debug_assert!(self.holds(off, n));
+            let mut done = 0usize;
+            let n = n as usize;
+            while done < n {
+                let (ci, co, k) = piece(off + done as u64, n - done);
+                let hit = matches!(&cur, Some((c, _)) if *c == ci);
+                if !hit {
+                    chunk_mut(&mut g.chunks, unwritten, ci, co, k);
+                    cur = g.chunks.get_mut(&ci).map(|c| (ci, c));
+                }
+                let Some((_, c)) = cur.as_mut() else {
+                    return;
+                };
+                let from = loff as usize + done;
+                c[co..co + k].copy_from_slice(&src[from..from + k]);
+                done += k;
+            }
+        }
+    }
+
+    /// [`Store::read`] for many pieces `(offset, offset in dst, len)`
+    /// under one lock.
+    pub(crate) fn read_pieces(&self, pieces: &[(u64, u64, u64)], dst: &mut [u8]) {
+        let g = lock(&self.inner);
+        for &(off, loff, n) in pieces {
+            debug_assert!(self.holds(off, n));
+            let (a, b) = (loff as usize, (loff + n) as usize);
+            read_from(&g.chunks, g.unwritten, off, &mut dst[a..b]);
+        }
     }
 
     /// Fill `len` bytes at `off` with `byte`.
     pub(crate) fn fill(&self, off: u64, len: u64, byte: u8) {
         debug_assert!(self.holds(off, len));
-        let unwritten = self.unwritten();
-        let mut chunks = lock(&self.chunks);
+        let g = &mut *lock(&self.inner);
+        let (chunks, unwritten) = (&mut g.chunks, g.unwritten);
         let mut done = 0u64;
         while done < len {
             let left = usize::try_from(len - done).unwrap_or(usize::MAX);
             let (ci, co, n) = piece(off + done, left);
             if byte != 0 || unwritten != Unwritten::Zero || chunks.contains_key(&ci) {
-                chunk_mut(&mut chunks, unwritten, ci, co, n)[co..co + n].fill(byte);
+                chunk_mut(chunks, unwritten, ci, co, n)[co..co + n].fill(byte);
             }
             done += n as u64;
         }
@@ -194,30 +256,56 @@ impl Store {
         pattern_offset: u64,
     ) -> Option<u64> {
         debug_assert!(self.holds(off, len));
-        let unwritten = self.unwritten();
-        let chunks = lock(&self.chunks);
+        let g = lock(&self.inner);
         let mut tmp: Vec<u8> = Vec::new();
-        let mut done = 0u64;
-        while done < len {
-            let left = usize::try_from(len - done).unwrap_or(usize::MAX);
-            let (ci, co, n) = piece(off + done, left);
-            let found = match chunks.get(&ci) {
-                Some(c) => {
-                    crate::pattern::first_mismatch(seed, pattern_offset + done, &c[co..co + n])
-                }
-                None => {
-                    tmp.resize(n, 0);
-                    unwritten_into(unwritten, off + done, &mut tmp[..n]);
-                    crate::pattern::first_mismatch(seed, pattern_offset + done, &tmp[..n])
-                }
-            };
-            if let Some(i) = found {
-                return Some(done + i as u64);
-            }
-            done += n as u64;
-        }
-        None
+        mismatch_in(&g, off, len, seed, pattern_offset, &mut tmp)
     }
+
+    /// [`Store::pattern_mismatch`] for many ranges `(offset, len,
+    /// pattern_offset)` under one lock: the first range with a byte that
+    /// differs, and that byte's offset in it.
+    pub(crate) fn patterns_mismatch(
+        &self,
+        ranges: &[(u64, u64, u64)],
+        seed: u64,
+    ) -> Option<(usize, u64)> {
+        let g = lock(&self.inner);
+        let mut tmp: Vec<u8> = Vec::new();
+        ranges.iter().enumerate().find_map(|(k, &(off, len, po))| {
+            debug_assert!(self.holds(off, len));
+            mismatch_in(&g, off, len, seed, po, &mut tmp).map(|i| (k, i))
+        })
+    }
+}
+
+/// The first byte of `[off, off + len)` that is not the pattern of `seed`
+/// from `pattern_offset` on (as an offset from `off`).
+fn mismatch_in(
+    g: &Inner,
+    off: u64,
+    len: u64,
+    seed: u64,
+    pattern_offset: u64,
+    tmp: &mut Vec<u8>,
+) -> Option<u64> {
+    let mut done = 0u64;
+    while done < len {
+        let left = usize::try_from(len - done).unwrap_or(usize::MAX);
+        let (ci, co, n) = piece(off + done, left);
+        let found = match g.chunks.get(&ci) {
+            Some(c) => crate::pattern::first_mismatch(seed, pattern_offset + done, &c[co..co + n]),
+            None => {
+                tmp.resize(n, 0);
+                unwritten_into(g.unwritten, off + done, &mut tmp[..n]);
+                crate::pattern::first_mismatch(seed, pattern_offset + done, &tmp[..n])
+            }
+        };
+        if let Some(i) = found {
+            return Some(done + i as u64);
+        }
+        done += n as u64;
+    }
+    None
 }
 
 fn read_from(chunks: &Chunks, unwritten: Unwritten, off: u64, dst: &mut [u8]) {
@@ -246,15 +334,15 @@ fn write_into(chunks: &mut Chunks, unwritten: Unwritten, off: u64, src: &[u8]) {
 /// address order; one lock when both are the same store).
 pub(crate) fn copy(src: &Store, soff: u64, dst: &Store, doff: u64, len: u64) {
     debug_assert!(src.holds(soff, len) && dst.holds(doff, len));
-    let (su, du) = (src.unwritten(), dst.unwritten());
     if std::ptr::eq(src, dst) {
-        let mut chunks = lock(&src.chunks);
+        let g = &mut *lock(&src.inner);
+        let u = g.unwritten;
         let mut tmp = vec![0u8; len.min(CHUNK) as usize];
         let mut done = 0;
         while done < len {
             let n = (len - done).min(CHUNK) as usize;
-            read_from(&chunks, su, soff + done, &mut tmp[..n]);
-            write_into(&mut chunks, du, doff + done, &tmp[..n]);
+            read_from(&g.chunks, u, soff + done, &mut tmp[..n]);
+            write_into(&mut g.chunks, u, doff + done, &tmp[..n]);
             done += n as u64;
         }
         return;
@@ -264,13 +352,15 @@ pub(crate) fn copy(src: &Store, soff: u64, dst: &Store, doff: u64, len: u64) {
     } else {
         (dst, src)
     };
-    let ga = lock(&a.chunks);
-    let gb = lock(&b.chunks);
+    let ga = lock(&a.inner);
+    let gb = lock(&b.inner);
     let (s, mut d) = if std::ptr::eq(a, src) {
         (ga, gb)
     } else {
         (gb, ga)
     };
+    let (su, du) = (s.unwritten, d.unwritten);
+    let (s, d) = (&s.chunks, &mut d.chunks);
     let mut done = 0u64;
     while done < len {
         let left = usize::try_from(len - done).unwrap_or(usize::MAX);
@@ -279,7 +369,7 @@ pub(crate) fn copy(src: &Store, soff: u64, dst: &Store, doff: u64, len: u64) {
         let n = sn.min(dn);
         match s.get(&sci) {
             Some(sc) => {
-                chunk_mut(&mut d, du, dci, dco, n)[dco..dco + n].copy_from_slice(&sc[sco..sco + n]);
+                chunk_mut(d, du, dci, dco, n)[dco..dco + n].copy_from_slice(&sc[sco..sco + n]);
             }
             None if su == Unwritten::Zero && du == Unwritten::Zero => {
                 if let Some(dc) = d.get_mut(&dci) {
@@ -287,7 +377,7 @@ pub(crate) fn copy(src: &Store, soff: u64, dst: &Store, doff: u64, len: u64) {
                 }
             }
             None => {
-                let dc = chunk_mut(&mut d, du, dci, dco, n);
+                let dc = chunk_mut(d, du, dci, dco, n);
                 unwritten_into(su, soff + done, &mut dc[dco..dco + n]);
             }
         }

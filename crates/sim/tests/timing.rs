@@ -1,10 +1,10 @@
 //! Known results of the timing model on the simulated machine.
 
 use peerdma_dma::{BouncePolicy, IommuMode};
-use peerdma_mem::{Direction, DmaAddr};
+use peerdma_mem::{Address, Direction, DmaAddr};
 use peerdma_pci::desc::parse_description;
-use peerdma_pci::Topology;
-use peerdma_sim::timing::{Dir, Flow};
+use peerdma_pci::{Source, Topology};
+use peerdma_sim::timing::{Dir, Flow, SimTime};
 use peerdma_sim::{SimConfig, SimMachine};
 
 const TWO_GPUS_ONE_SWITCH: &str = r#"
@@ -134,4 +134,76 @@ fn a_p2p_flow_under_one_switch_does_not_touch_the_root_complex() {
     let t = m.dma_write(g0, &sgl, &vec![7u8; 64 << 20]).unwrap();
     assert!(!t.touched_root_complex());
     assert!(t.time.as_secs_f64() > 0.0);
+    // Its time alone is the flow model's for its pieces one after another
+    // (to the nanosecond each piece is rounded to).
+    let model = chained(&m, &t.paths);
+    assert!(
+        t.time.as_nanos().abs_diff(model.as_nanos()) <= t.paths.len() as u64,
+        "{} vs the chain's makespan {}",
+        t.time,
+        model
+    );
+}
+
+/// The flow model's makespan for `paths` one after another on an idle
+/// machine.
+fn chained(m: &SimMachine, paths: &[peerdma_sim::PathBytes]) -> SimTime {
+    let chain: Vec<Flow> = paths
+        .iter()
+        .enumerate()
+        .map(|(i, p)| Flow {
+            path: p.hops.clone(),
+            bytes: p.bytes,
+            after: i.checked_sub(1),
+            ..Flow::default()
+        })
+        .collect();
+    m.simulate(&chain).unwrap().makespan
+}
+
+#[test]
+fn a_dma_of_many_pieces_takes_what_its_pieces_take_one_after_another() {
+    let m = SimMachine::new(
+        Source::Preset("dual-xeon".into()).load().unwrap(),
+        SimConfig::default(),
+    )
+    .unwrap();
+    let nic = m.device("nic0").unwrap();
+    let host = m.alloc_host(8 << 20, 0).unwrap();
+    let cmb = m
+        .provider(m.device("nvme1").unwrap())
+        .unwrap()
+        .alloc(8 << 20)
+        .unwrap();
+    let mut entries = Vec::new();
+    let mut lists = Vec::new();
+    for (i, v) in [host.phys(), cmb.phys()].iter().enumerate() {
+        let sgl = m
+            .map(nic, &[*v], Direction::FromDevice, BouncePolicy::Forbid)
+            .unwrap();
+        let base = sgl.entries()[0].addr;
+        for k in 0..100u64 {
+            entries.push((
+                base.checked_add(k * 4096 + i as u64).unwrap(),
+                1000 + k * 37,
+            ));
+        }
+        lists.push(sgl);
+    }
+    let total: u64 = entries.iter().map(|e| e.1).sum();
+    let t = m
+        .dma_to_many(
+            nic,
+            &entries,
+            peerdma_sim::Local::Bytes(&vec![1u8; total as usize]),
+        )
+        .unwrap();
+    assert_eq!(
+        t.paths.len(),
+        2,
+        "host memory and the CMB across the root complex"
+    );
+    let model = chained(&m, &t.paths);
+    let diff = t.time.as_nanos().abs_diff(model.as_nanos());
+    assert!(diff <= 2, "{} vs {}", t.time, model);
 }

@@ -392,3 +392,252 @@ pub fn summary(t: &Topology, r: &Report) -> String {
 pub fn full(t: &Topology, r: &Report) -> String {
     render(&crate::report::Names::one(t), r, "peerdma demo")
 }
+
+/// The NIC and the GPU it reaches best (by bus address before through the
+/// host bridge, then by distance) with at least `size` bytes of GPU
+/// memory; `Err` says why there is none.
+pub fn best_nic_gpu(t: &Topology, size: u64) -> Result<(FnId, FnId), String> {
+    let nics: Vec<FnId> = t
+        .ids()
+        .filter(|&f| t.function(f).class >> 16 == 0x02)
+        .collect();
+    if nics.is_empty() {
+        return Err("it has no network controller".into());
+    }
+    let gpus: Vec<FnId> = t
+        .ids()
+        .filter(|&f| {
+            matches!(
+                peerdma_consumers::devmem::device_memory(t.function(f)),
+                Some((
+                    peerdma_consumers::devmem::DeviceMemoryKind::GpuAperture { .. },
+                    n
+                )) if n >= size
+            )
+        })
+        .collect();
+    // The (NIC, GPU) pair with the best verdict, then the shortest distance.
+    let rank = |m: MapType| match m {
+        MapType::BusAddr => 0,
+        MapType::ThruHostBridge => 1,
+        _ => 2,
+    };
+    let best = nics
+        .iter()
+        .flat_map(|&n| gpus.iter().map(move |&g| (n, g)))
+        .map(|(n, g)| {
+            let d = calc_map_type_and_dist(t, g, n);
+            (rank(d.map_type), d.distance, n, g)
+        })
+        .filter(|&(r, ..)| r < 2)
+        .min_by_key(|&(r, dist, ..)| (r, dist));
+    let Some((_, _, nic, gpu)) = best else {
+        return Err(if gpus.is_empty() {
+            "it has no GPU memory for devmem TCP and GPUDirect RDMA".into()
+        } else {
+            "no NIC reaches a GPU by P2P (devmem TCP would be refused: it has no bounce path)"
+                .into()
+        });
+    };
+    Ok((nic, gpu))
+}
+
+/// The network part of the demo: two copies of `t` (machines `a` and
+/// `b`) joined by a 100 Gbit/s wire between a NIC of each, the NIC that
+/// reaches a GPU best. devmem TCP receive into GPU memory with the
+/// kernel's 4 KiB `net_iov`s and with 64 KiB ones (the seed's question
+/// about 1500-byte frames in 64K units), GPUDirect RDMA from GPU memory
+/// to GPU memory, and an NVMe-oF write staged in a drive's CMB when one
+/// is there. `Err` says why the machine has no network part (no NIC, no
+/// GPU the NIC reaches by P2P).
+pub fn network_workload_text(t: &Topology, size: u64) -> Result<String, String> {
+    let (nic, gpu) = best_nic_gpu(t, size)?;
+    let (n, g) = (name(t, nic), name(t, gpu));
+    // Where the machine came from, so that `peerdma sim` runs the file on
+    // the same machine (a preset); otherwise the command line gives it.
+    let source = match (t.origin().kind.as_str(), t.snapshot()) {
+        ("preset", None) => format!("preset = \"{}\"\n", t.origin().detail),
+        (_, Some(p)) => format!(
+            "snapshot = {}\n",
+            toml::Value::String(
+                std::fs::canonicalize(p)
+                    .unwrap_or_else(|_| p.to_path_buf())
+                    .display()
+                    .to_string()
+            )
+        ),
+        _ => String::new(),
+    };
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "# peerdma demo, network part, for {}: two copies of the machine (a and b)\n# joined by a wire between their {n}s. Each job waits for the one before.\ndescription = \"the network consumers of P2P DMA on two copies of {}\"\n\n[machine.a]\n{source}[machine.b]\n{source}\n[wire]\na = \"a:{n}\"\nb = \"b:{n}\"\ngbps = 100\nmtu = 1500\nlatency = \"2us\"\n",
+        t.origin_label(),
+        t.origin_label().replace('"', "'")
+    );
+    let size_s = gib(size);
+    let _ = writeln!(
+        s,
+        "[[job]]\n# devmem TCP: 1500-byte frames from a's host memory into {g}'s memory on b,\n# headers split into host memory, 4 KiB net_iovs, tokens given back 1024 at a time\nname = \"devmem-4k\"\nkind = \"devmem-rx\"\nfrom = \"a:host\"\ninto = \"b:{g}\"\nsize = \"{size_s}\"\n"
+    );
+    let _ = writeln!(
+        s,
+        "[[job]]\n# the same into 64 KiB net_iovs, one packet per buffer: how much device memory\n# the frames hold\nname = \"devmem-64k\"\nkind = \"devmem-rx\"\nfrom = \"a:host\"\ninto = \"b:{g}\"\nsize = \"{size_s}\"\nniov = \"64K\"\nlayout = \"one-packet\"\nafter = \"devmem-4k\"\n"
+    );
+    let _ = writeln!(
+        s,
+        "[[job]]\n# GPUDirect RDMA: an RDMA WRITE from {g}'s memory on a into {g}'s memory on b,\n# memory regions on dma-bufs\nname = \"gpudirect\"\nkind = \"rdma-write\"\nfrom = \"a:{g}\"\nto = \"b:{g}\"\nsize = \"{size_s}\"\nafter = \"devmem-64k\"\n"
+    );
+    let cmb_drive = t
+        .ids()
+        .filter(|&f| is_nvme(t, f))
+        .find(|&f| t.function(f).p2pmem.is_some_and(|p| p.published));
+    if let Some(d) = cmb_drive {
+        let _ = writeln!(
+            s,
+            "[[job]]\n# NVMe-oF: a remote host writes to b's {0}; b's target stages the data in\n# P2P memory (nvmet's p2pmem), not in its host memory\nname = \"nvmeof\"\nkind = \"nvmeof-write\"\nfrom = \"a:host\"\ndrive = \"b:{0}\"\nsize = \"{size_s}\"\np2pmem = \"auto\"\nafter = \"gpudirect\"\n",
+            name(t, d)
+        );
+    }
+    Ok(s)
+}
+
+/// `a:0000:1a:00.0` as `a:gpu0`.
+fn net_name(t: &Topology, s: &str) -> String {
+    match s.split_once(':') {
+        Some((m, rest)) if !m.is_empty() && m.len() < 4 => {
+            let d = device_name(t, rest);
+            format!("{m}:{}", d.split(' ').next().unwrap_or(&d))
+        }
+        _ => s.to_string(),
+    }
+}
+
+/// One line per job of the network part, then what its numbers say.
+pub fn network_summary(t: &Topology, r: &Report) -> String {
+    let mut s = String::new();
+    let ok = r.jobs.iter().filter(|j| j.ok && j.verified).count();
+    if let Some(w) = &r.wire {
+        let _ = writeln!(
+            s,
+            "{} jobs on two copies of the machine, a wire of {} Gbit/s (MTU {}) between {} and {}: {ok} moved and verified byte for byte; {:.3} s simulated in {:.2} s\n",
+            r.jobs.len(),
+            w.gbits_per_sec,
+            w.mtu,
+            net_name(t, &w.a),
+            net_name(t, &w.b),
+            r.sim_seconds,
+            r.wall_seconds
+        );
+    }
+    let head = ["job", "what", "path of each leg", "rate", "narrowest link"];
+    let rows: Vec<[String; 5]> = r
+        .jobs
+        .iter()
+        .map(|j| {
+            let legs: Vec<String> = j
+                .legs
+                .iter()
+                .map(|l| {
+                    let p = match l.path {
+                        "bus_addr" => "P2P bus address",
+                        "thru_host_bridge" => "P2P host bridge",
+                        "wire" => "wire",
+                        "bounced" => "bounced",
+                        _ => "host memory",
+                    };
+                    format!("{}:{p}", l.machine.as_deref().unwrap_or(""))
+                })
+                .collect();
+            [
+                j.name.clone(),
+                format!(
+                    "{} {} {} -> {}",
+                    j.kind,
+                    format_size(j.bytes),
+                    j.source
+                        .iter()
+                        .map(|x| net_name(t, x))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    net_name(t, &j.destination)
+                ),
+                if j.ok {
+                    legs.join(", ")
+                } else {
+                    "FAILED".into()
+                },
+                format!("{:.2} GB/s", j.gbytes_per_sec),
+                j.bottleneck
+                    .as_ref()
+                    .map(|b| {
+                        let (m, l) = b.link.split_once(": ").unwrap_or(("", &b.link));
+                        let l = link_name(t, l);
+                        if m.is_empty() {
+                            format!("{l} {:.2} GB/s", b.gbytes_per_sec)
+                        } else {
+                            format!("{m}: {l} {:.2} GB/s", b.gbytes_per_sec)
+                        }
+                    })
+                    .unwrap_or_default(),
+            ]
+        })
+        .collect();
+    let mut w = head.map(str::len);
+    for row in &rows {
+        for (k, c) in row.iter().enumerate() {
+            w[k] = w[k].max(c.chars().count());
+        }
+    }
+    let line = |c: [&str; 5]| {
+        format!(
+            "{:<w0$}  {:<w1$}  {:<w2$}  {:>w3$}  {}\n",
+            c[0],
+            c[1],
+            c[2],
+            c[3],
+            c[4],
+            w0 = w[0],
+            w1 = w[1],
+            w2 = w[2],
+            w3 = w[3]
+        )
+    };
+    s.push_str(&line(head));
+    for row in &rows {
+        s.push_str(&line([&row[0], &row[1], &row[2], &row[3], &row[4]]));
+    }
+    s.push('\n');
+    for j in &r.jobs {
+        if let Some(d) = &j.devmem {
+            let _ = writeln!(
+                s,
+                "{}: {} net_iovs, {}: buffer utilization {:.1}%, at most {} of GPU memory held for {} of payload; {} frags, {} tokens back in {} SO_DEVMEM_DONTNEED calls; {} of headers in host memory.",
+                j.name,
+                format_size(u64::from(d.niov_size)),
+                d.layout,
+                100.0 * d.utilization,
+                format_size(d.peak_held_bytes),
+                format_size(d.peak_payload_bytes),
+                d.frags,
+                d.tokens_returned,
+                d.dontneed_calls,
+                format_size(d.header_bytes)
+            );
+        }
+        if let Some(saved) = j.host_memory_bytes_saved {
+            let _ = writeln!(
+                s,
+                "{}: staged {} in P2P memory, {} in host memory: {} of the target's host memory bandwidth saved.",
+                j.name,
+                format_size(j.staged_p2p_bytes.unwrap_or(0)),
+                format_size(j.staged_host_bytes.unwrap_or(0)),
+                format_size(saved)
+            );
+        }
+        if let Some(e) = &j.error {
+            let _ = writeln!(s, "{}: {}", j.name, with_names(t, e));
+        }
+    }
+    s
+}

@@ -29,6 +29,27 @@
 //! Other kinds: `copy` (drive `from` to drive `to`), `raid1-rebuild`
 //! (surviving mirror `from` to replacement `to`) and `raid5-read` (a
 //! degraded read of `members`, one of them `missing`, into `into`).
+//!
+//! Across a `[wire]` between two machines (`[machine.a]`, `[machine.b]`,
+//! devices named `a:gpu0`, host memory `a:host`): `rdma-write` /
+//! `rdma-read` (`from`, `to`, `mr`, `message`, `migrate_at`),
+//! `nvmeof-write` / `nvmeof-read` (`from` or `into`, `drive`, `p2pmem`,
+//! `io_size`), and devmem TCP receive:
+//!
+//! ```toml
+//! [[job]]
+//! name = "shard"
+//! kind = "devmem-rx"         # `from` sends, the NIC at the other end receives into `into`
+//! from = "a:host"            # or a GPU: devmem TX of a dataset in its memory
+//! into = "b:gpu0"            # a dma-buf of this memory, bound to an RX queue
+//! size = "1G"
+//! niov = "4K"                # net_iov size (rx-buf-size): 4K (default) .. 2M
+//! mtu = 1500                 # default: the wire's
+//! layout = "packed"          # packed (2K strides), packed:STRIDE, one-packet
+//! return_tokens = "batched"  # batched (every `dontneed` frags), immediately, never
+//! dontneed = 1024            # frags per SO_DEVMEM_DONTNEED (at most 1024)
+//! dmabuf = "64M"             # default: a full ring, what the user holds, four bursts
+//! ```
 
 use peerdma_mem::{format_size, parse_size, Bdf};
 use peerdma_pci::{FnId, Topology};
@@ -177,6 +198,18 @@ struct RawJob {
     p2pmem: Option<String>,
     /// NVMe-oF: bytes per command.
     io_size: Option<Size>,
+    /// devmem TCP: the `net_iov` size (the queue's rx-buf-size).
+    niov: Option<Size>,
+    /// devmem TCP: the interface MTU (default: the wire's).
+    mtu: Option<u32>,
+    /// devmem TCP: how the driver lays payloads into buffers.
+    layout: Option<String>,
+    /// devmem TCP: when the user gives tokens back.
+    return_tokens: Option<String>,
+    /// devmem TCP: frags given back per `SO_DEVMEM_DONTNEED`.
+    dontneed: Option<u32>,
+    /// devmem TCP: bytes of the bound dma-buf.
+    dmabuf: Option<Size>,
 }
 
 #[derive(Deserialize, Debug, Clone)]
@@ -640,6 +673,26 @@ pub enum Task {
         io_size: u64,
         p2pmem: P2pMemSetting,
     },
+    /// devmem TCP receive into device memory, across the wire.
+    DevmemRx(DevmemRx),
+}
+
+/// devmem TCP receive: `from` sends over the wire, the NIC at the other
+/// end receives into a dma-buf of `into`'s memory bound to an RX queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DevmemRx {
+    pub from: MemRef,
+    /// Always device memory.
+    pub into: MemRef,
+    /// `net_iov` size in bytes.
+    pub niov: u32,
+    /// The interface MTU for this job, if not the wire's.
+    pub mtu: Option<u32>,
+    pub layout: peerdma_consumers::net::nic::BufferLayout,
+    pub tokens: peerdma_consumers::net::flow::TokenReturn,
+    /// Bytes of the dma-buf; `None`: a full ring, what the user holds and
+    /// a burst, in 2 MiB units.
+    pub dmabuf: Option<u64>,
 }
 
 /// Memory of a machine: host memory, or a device's memory.
@@ -670,6 +723,7 @@ impl Task {
             Task::Rdma { write: false, .. } => "rdma-read",
             Task::Nvmeof { write: true, .. } => "nvmeof-write",
             Task::Nvmeof { write: false, .. } => "nvmeof-read",
+            Task::DevmemRx(_) => "devmem-rx",
         }
     }
 }
@@ -907,7 +961,7 @@ impl Workload {
             if r.size.0 == 0 {
                 return Err(e("size is 0: a job moves at least one block".into()));
             }
-            if r.size.0 % 512 != 0 {
+            if r.size.0 % 512 != 0 && r.kind != "devmem-rx" {
                 return Err(e(format!(
                     "size {} is not a multiple of 512 bytes, the O_DIRECT block size",
                     r.size.0
@@ -932,9 +986,19 @@ impl Workload {
                 "rdma-write" | "rdma-read" => &["from", "to", "mr", "message", "migrate_at"],
                 "nvmeof-write" => &["from", "drive", "offset", "p2pmem", "io_size"],
                 "nvmeof-read" => &["into", "drive", "offset", "p2pmem", "io_size"],
+                "devmem-rx" => &[
+                    "from",
+                    "into",
+                    "niov",
+                    "mtu",
+                    "layout",
+                    "return_tokens",
+                    "dontneed",
+                    "dmabuf",
+                ],
                 other => {
                     return Err(e(format!(
-                    "kind = \"{other}\" is not one of read, write, copy, raid1-rebuild, raid5-read, rdma-write, rdma-read, nvmeof-write, nvmeof-read"
+                    "kind = \"{other}\" is not one of read, write, copy, raid1-rebuild, raid5-read, rdma-write, rdma-read, nvmeof-write, nvmeof-read, devmem-rx"
                 )))
                 }
             };
@@ -954,6 +1018,12 @@ impl Workload {
                 ("migrate_at", r.migrate_at.is_some()),
                 ("p2pmem", r.p2pmem.is_some()),
                 ("io_size", r.io_size.is_some()),
+                ("niov", r.niov.is_some()),
+                ("mtu", r.mtu.is_some()),
+                ("layout", r.layout.is_some()),
+                ("return_tokens", r.return_tokens.is_some()),
+                ("dontneed", r.dontneed.is_some()),
+                ("dmabuf", r.dmabuf.is_some()),
             ] {
                 if set && !allowed.contains(&key) {
                     return Err(e(format!(
@@ -1113,6 +1183,116 @@ impl Workload {
                         io_size,
                         p2pmem,
                     }
+                }
+                "devmem-rx" => {
+                    use peerdma_consumers::net::flow::{TokenReturn, TransferSpec};
+                    use peerdma_consumers::net::nic::BufferLayout;
+                    use peerdma_consumers::net::tcp::MAX_DONTNEED_FRAGS;
+                    if r.policy.is_some() {
+                        return Err(e(
+                            "`policy` does not apply to a devmem-rx job: devmem TCP has no bounce path (the bind fails where the NIC cannot reach the memory by P2P)".into(),
+                        ));
+                    }
+                    if r.fault.is_some() {
+                        return Err(e("`fault` does not apply to a devmem-rx job (the consumer's tests cover its fault paths); leave tokens unreturned with return_tokens = \"never\" to see the pool run dry".into()));
+                    }
+                    let from = net_mem("from", &need("from", &r.from)?)?;
+                    let into_name = need("into", &r.into)?;
+                    let (im, iname) = self
+                        .locate(&into_name)
+                        .map_err(|x| e(format!("`into` = {x}")))?;
+                    let topo = caps[im].topo;
+                    let f = topo
+                        .lookup(iname)
+                        .map_err(|err| e(format!("`into` = \"{into_name}\": {err}")))?;
+                    let bdf = topo.function(f).bdf;
+                    let Some((capacity, what_mem)) = (caps[im].device_memory)(f) else {
+                        return Err(e(format!(
+                            "`into` = \"{into_name}\" ({bdf}) has no device memory to bind: devmem TCP receives into a dma-buf of a GPU's or accelerator's memory"
+                        )));
+                    };
+                    let into = MemRef {
+                        machine: im,
+                        device: Some(bdf),
+                    };
+                    across(&from, &into)?;
+                    let niov = match r.niov {
+                        None => 4096,
+                        Some(Size(n)) if n.is_power_of_two() && (4096..=2 << 20).contains(&n) => n as u32,
+                        Some(Size(n)) => {
+                            return Err(e(format!(
+                                "niov = {} is not a power of two from 4K to 2M (the kernel's rx-buf-size)",
+                                format_size(n)
+                            )))
+                        }
+                    };
+                    if let Some(mtu) = r.mtu {
+                        if !(576..=9216).contains(&mtu) {
+                            return Err(e(format!("mtu = {mtu} is outside 576..=9216")));
+                        }
+                    }
+                    let layout: BufferLayout = match r.layout.as_deref() {
+                        None => BufferLayout::default(),
+                        Some(x) => x.parse().map_err(|m| e(format!("layout = {m}")))?,
+                    };
+                    if let BufferLayout::Packed { stride } = layout {
+                        if stride > niov {
+                            return Err(e(format!(
+                                "layout = \"{}\": strides of {} do not fit a {} net_iov",
+                                r.layout.as_deref().unwrap_or("packed"),
+                                format_size(u64::from(stride)),
+                                format_size(u64::from(niov))
+                            )));
+                        }
+                    }
+                    let dontneed = r.dontneed.unwrap_or(MAX_DONTNEED_FRAGS);
+                    if dontneed == 0 || dontneed > MAX_DONTNEED_FRAGS {
+                        return Err(e(format!(
+                            "dontneed = {dontneed}: one SO_DEVMEM_DONTNEED gives back 1 to {MAX_DONTNEED_FRAGS} frags"
+                        )));
+                    }
+                    let tokens = match r.return_tokens.as_deref() {
+                        None | Some("batched") => TokenReturn::Batch { frags: dontneed },
+                        Some("immediately") => TokenReturn::Immediately,
+                        Some("never") => TokenReturn::Never,
+                        Some(x) => {
+                            return Err(e(format!(
+                                "return_tokens = \"{x}\" is not one of batched (every `dontneed` frags), immediately, never"
+                            )))
+                        }
+                    };
+                    if r.dontneed.is_some() && !matches!(tokens, TokenReturn::Batch { .. }) {
+                        return Err(e(
+                            "`dontneed` applies only with return_tokens = \"batched\"".into(),
+                        ));
+                    }
+                    let dmabuf = r.dmabuf.map(|s| s.0);
+                    let mut spec = TransferSpec::new(r.size.0, bdf);
+                    spec.rx_buf_size = niov;
+                    let len = dmabuf.unwrap_or_else(|| spec.ring_dmabuf_len());
+                    if len == 0 || len % u64::from(niov) != 0 {
+                        return Err(e(format!(
+                            "dmabuf = {} is not a whole number of {} net_iovs",
+                            format_size(len),
+                            format_size(u64::from(niov))
+                        )));
+                    }
+                    if len > capacity {
+                        return Err(e(format!(
+                            "a dma-buf of {} is more than the {} of {what_mem} of `into` = \"{into_name}\" ({bdf})",
+                            format_size(len),
+                            format_size(capacity)
+                        )));
+                    }
+                    Task::DevmemRx(DevmemRx {
+                        from,
+                        into,
+                        niov,
+                        mtu: r.mtu,
+                        layout,
+                        tokens,
+                        dmabuf,
+                    })
                 }
                 "read" => Task::Read {
                     drive: drive("drive", &need("drive", &r.drive)?)?,
@@ -1304,6 +1484,7 @@ impl Workload {
                     write: false, to, ..
                 } => to.machine,
                 Task::Nvmeof { host, .. } => host.machine,
+                Task::DevmemRx(d) => d.into.machine,
                 _ => on.get().unwrap_or(0),
             };
             out.push(Job {

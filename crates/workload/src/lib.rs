@@ -19,6 +19,7 @@
 //! ```
 
 pub mod demo;
+pub mod devmem_table;
 pub mod format;
 pub mod report;
 pub mod run;

@@ -27,7 +27,7 @@ use peerdma_consumers::net::Wire;
 use peerdma_consumers::nvme::{NvmeConfig, NvmeDrive};
 use peerdma_consumers::raid::{raid5_degraded_read, write_array, Raid5Layout};
 use peerdma_dma::IommuMode;
-use peerdma_mem::{Address, Bdf, PhysAddr};
+use peerdma_mem::{format_size, Address, Bdf, PhysAddr};
 use peerdma_pci::Topology;
 use peerdma_sim::timing::{Flow, Hop, LinkId, Network, SimTime};
 use peerdma_sim::{pattern, Fault, Route, SimConfig, SimMachine};
@@ -93,6 +93,39 @@ pub struct LegReport {
     pub unsupported_bytes: u64,
 }
 
+/// What a devmem TCP receive did with its buffers.
+#[derive(Clone, Debug, Serialize)]
+pub struct DevmemSummary {
+    pub mtu: u32,
+    pub mss: u32,
+    /// `net_iov` size in bytes.
+    pub niov_size: u32,
+    pub layout: String,
+    /// Bytes of the bound dma-buf.
+    pub dmabuf_bytes: u64,
+    /// Payload bytes over the bytes of the `net_iov`s holding them,
+    /// averaged over the transfer.
+    pub utilization: f64,
+    /// The most device memory held by data at once, and its payload.
+    pub peak_held_bytes: u64,
+    pub peak_payload_bytes: u64,
+    /// Frames the NIC dropped for want of RX buffers, and segments the
+    /// socket dropped for a full receive buffer.
+    pub drops: u64,
+    pub socket_drops: u64,
+    pub retransmitted_bytes: u64,
+    /// Headers split into host memory.
+    pub header_bytes: u64,
+    pub frags: u64,
+    pub tokens_returned: u64,
+    pub dontneed_calls: u64,
+    /// Whether the binding was freed after unbind and close (every
+    /// `net_iov` back).
+    pub binding_freed: bool,
+    /// Why the receive stopped short, if it did.
+    pub stalled: Option<String>,
+}
+
 /// A link and its data rate.
 #[derive(Clone, Debug, Serialize)]
 pub struct Bottleneck {
@@ -142,6 +175,9 @@ pub struct JobReport {
     pub staged_host_bytes: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub host_memory_bytes_saved: Option<u64>,
+    /// devmem TCP receive: the buffers, tokens and drops.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub devmem: Option<DevmemSummary>,
     pub policy: Policy,
     pub error: Option<String>,
     /// Why the job bounced, when it did.
@@ -354,7 +390,7 @@ impl Machine {
         });
         let err = errno_text;
         match job.task.clone() {
-            Task::Rdma { .. } | Task::Nvmeof { .. } => {
+            Task::Rdma { .. } | Task::Nvmeof { .. } | Task::DevmemRx(_) => {
                 Err("a network job needs both machines of the wire".into())
             }
             Task::Read {
@@ -655,6 +691,7 @@ impl Runner {
                 into.to_string(),
             ),
             Task::Rdma { from, to, .. } => (vec![self.mem_name(from)], self.mem_name(to)),
+            Task::DevmemRx(d) => (vec![self.mem_name(&d.from)], self.mem_name(&d.into)),
             Task::Nvmeof {
                 write, host, drive, ..
             } => {
@@ -691,13 +728,17 @@ impl Runner {
             staged_p2p_bytes: None,
             staged_host_bytes: None,
             host_memory_bytes_saved: None,
+            devmem: None,
             policy: job.policy,
             error: None,
             bounce_reason: None,
             notes: Vec::new(),
         };
         let mut flows = JobFlows { legs: Vec::new() };
-        let net = matches!(job.task, Task::Rdma { .. } | Task::Nvmeof { .. });
+        let net = matches!(
+            job.task,
+            Task::Rdma { .. } | Task::Nvmeof { .. } | Task::DevmemRx(_)
+        );
         let result = if net {
             self.execute_net(job, &mut report)
         } else {
@@ -927,6 +968,104 @@ impl Runner {
                     (Ok(()), Err(t)) => Err(format!("teardown: {t}")),
                 };
                 Ok((rep.outcome.io, check, Some(rep.outcome.wire_bytes), dm))
+            }
+            Task::DevmemRx(d) => {
+                use peerdma_consumers::net::flow::{
+                    run_transfer, Host as NetHost, SendFrom, TransferSpec,
+                };
+                let from_port = if wire.a.machine == d.from.machine {
+                    wire.a
+                } else {
+                    wire.b
+                };
+                let into = d
+                    .into
+                    .device
+                    .ok_or_else(|| "devmem TCP receives into device memory".to_string())?;
+                let mut spec = TransferSpec::new(job.size, into);
+                spec.seed = seed;
+                spec.rx_buf_size = d.niov;
+                spec.nic.layout = d.layout;
+                spec.tokens = d.tokens;
+                spec.dmabuf_len = d.dmabuf.unwrap_or_else(|| spec.ring_dmabuf_len());
+                spec.from = match d.from.device {
+                    Some(dev) => SendFrom::DeviceDataset { dev },
+                    None => SendFrom::Host {
+                        node: peerdma_consumers::rdma::job::node_of(
+                            &self.machines[d.from.machine].sim,
+                            from_port.nic,
+                        ),
+                    },
+                };
+                let mut w = wire;
+                if let Some(mtu) = d.mtu {
+                    w.mtu = mtu;
+                }
+                let host = |m: usize| NetHost {
+                    sim: &self.machines[m].sim,
+                    mem: &self.machines[m].devmem,
+                    id: m,
+                };
+                let rep = run_transfer(
+                    host(d.from.machine),
+                    host(d.into.machine),
+                    &w,
+                    from_port,
+                    &spec,
+                )
+                .map_err(|e| e.to_string())?;
+                report.packets = Some(rep.packets);
+                report.wire_bytes = Some(rep.line_bytes);
+                report.notes.push(format!(
+                    "devmem TCP: MTU {} (MSS {}), {} net_iovs in a {} dma-buf, {}; {} frags, {} tokens given back in {} SO_DEVMEM_DONTNEED call(s); buffer utilization {:.1}% (at most {} of device memory held for {} of payload); {} of headers split into host memory",
+                    rep.mtu,
+                    rep.mss,
+                    format_size(u64::from(rep.niov_size)),
+                    format_size(spec.dmabuf_len),
+                    rep.layout,
+                    rep.frags,
+                    rep.tokens_returned,
+                    rep.dontneed_calls,
+                    100.0 * rep.utilization.average,
+                    format_size(rep.utilization.peak_held_bytes),
+                    format_size(rep.utilization.peak_payload_bytes),
+                    format_size(rep.header_bytes),
+                ));
+                report.devmem = Some(DevmemSummary {
+                    mtu: rep.mtu,
+                    mss: rep.mss,
+                    niov_size: rep.niov_size,
+                    layout: rep.layout.to_string(),
+                    dmabuf_bytes: spec.dmabuf_len,
+                    utilization: rep.utilization.average,
+                    peak_held_bytes: rep.utilization.peak_held_bytes,
+                    peak_payload_bytes: rep.utilization.peak_payload_bytes,
+                    drops: rep.drops,
+                    socket_drops: rep.socket_drops,
+                    retransmitted_bytes: rep.retransmitted_bytes,
+                    header_bytes: rep.header_bytes,
+                    frags: rep.frags,
+                    tokens_returned: rep.tokens_returned,
+                    dontneed_calls: rep.dontneed_calls,
+                    binding_freed: rep.binding_freed,
+                    stalled: rep.stalled.clone(),
+                });
+                let check = if let Some(why) = &rep.stalled {
+                    Err(format!(
+                        "received {} of {} bytes (all of them verified, none overwritten): {why}",
+                        rep.verified_bytes, rep.bytes
+                    ))
+                } else if !rep.complete {
+                    Err(format!(
+                        "received {} of {} bytes",
+                        rep.verified_bytes, rep.bytes
+                    ))
+                } else if !rep.binding_freed {
+                    Err("the dma-buf binding was not freed after unbind and close: a net_iov is still referenced".into())
+                } else {
+                    Ok(())
+                };
+                Ok((rep.outcome, check, Some(rep.line_bytes), d.into.machine))
             }
             _ => Err("not a network job".into()),
         }

@@ -148,8 +148,9 @@ fn host<'a>(hosts: &[Host<'a>], m: MachineId) -> Result<Host<'a>, RdmaError> {
     })
 }
 
-/// The NUMA node of a device.
-fn node_of(sim: &SimMachine, dev: Bdf) -> u32 {
+/// The NUMA node of a device (its own, or its host bridge's; 0 when the
+/// topology does not say).
+pub fn node_of(sim: &SimMachine, dev: Bdf) -> u32 {
     let t = sim.topology();
     t.find(dev)
         .and_then(|f| {
