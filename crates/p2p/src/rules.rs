@@ -5,7 +5,6 @@
 //! and the simulator's fabric all decide by these functions.
 
 use crate::whitelist::host_bridge_whitelisted;
-use peerdma_pci::config::ACS_REDIR_MASK;
 use peerdma_pci::{Acs, HostBridgeId, Topology};
 use serde::Serialize;
 
@@ -16,7 +15,7 @@ use serde::Serialize;
 /// The simulator calls this with the live register value (which `setpci`
 /// may have changed since the topology was read).
 pub fn acs_ctrl_redirects(ctrl: u16) -> bool {
-    ctrl & ACS_REDIR_MASK != 0
+    peerdma_pci::config::acs_ctrl_redirects(ctrl)
 }
 
 /// [`acs_ctrl_redirects`] on a function's ACS state as captured: `None`
@@ -24,11 +23,7 @@ pub fn acs_ctrl_redirects(ctrl: u16) -> bool {
 /// space, hwloc XML); a function without ACS does not redirect; an assumed
 /// state (`--assume-acs`) counts as its assumed control bits.
 pub fn acs_redirects(acs: &Acs) -> Option<bool> {
-    match acs {
-        Acs::Absent => Some(false),
-        Acs::Present { ctrl, .. } | Acs::Assumed { ctrl } => Some(acs_ctrl_redirects(*ctrl)),
-        Acs::Unknown => None,
-    }
+    acs.redirects()
 }
 
 /// What the host-bridge whitelist says about one host bridge, for both

@@ -52,6 +52,15 @@ pub const ACS_DT: u16 = 0x0040;
 /// port as redirecting peer traffic upstream (`pci_bridge_has_acs_redir`).
 pub const ACS_REDIR_MASK: u16 = ACS_RR | ACS_CR | ACS_EC;
 
+/// `pci_bridge_has_acs_redir` on an ACS control register value: P2P
+/// Request Redirect, Completion Redirect or Egress Control is set, so the
+/// port sends peer requests upstream instead of routing them across. The
+/// one place this test is written; `peerdma_p2p::rules` and the simulator
+/// call it.
+pub fn acs_ctrl_redirects(ctrl: u16) -> bool {
+    ctrl & ACS_REDIR_MASK != 0
+}
+
 /// Names of the ACS bits, lowest first, as used in description files and
 /// messages.
 pub const ACS_BIT_NAMES: [(u16, &str); 7] = [

@@ -188,7 +188,7 @@ impl Acs {
         match self {
             Acs::Absent => Some(false),
             Acs::Present { ctrl, .. } | Acs::Assumed { ctrl } => {
-                Some(ctrl & config::ACS_REDIR_MASK != 0)
+                Some(config::acs_ctrl_redirects(*ctrl))
             }
             Acs::Unknown => None,
         }
