@@ -529,6 +529,7 @@ fn run_sim(
                 MachineSource::Snapshot(f) => Source::Snapshot(f.clone()),
                 MachineSource::Topology(f) => Source::Description(f.clone()),
                 MachineSource::Root(d) => Source::Root(d.clone()),
+                MachineSource::Hwloc(f) => Source::Hwloc(f.clone()),
                 MachineSource::Live => Source::Live,
             },
             _ => src.source()?,

@@ -266,3 +266,34 @@ fn the_devmem_table_answers_the_64k_question_with_numbers() {
         assert!(err.contains(want), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn a_workload_machine_can_be_hwloc_xml() {
+    let xml = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/hwloc/kernel/switch-nvme-cmb.whole-io.xml")
+        .canonicalize()
+        .unwrap();
+    let (_d, path) = write(&format!(
+        "[machine]\nhwloc = \"{}\"\n\n[[job]]\nname = \"c\"\nkind = \"copy\"\nfrom = \"0000:03:00.0\"\nto = \"0000:04:00.0\"\nsize = \"4M\"\n",
+        xml.display().to_string().replace('\\', "\\\\").replace('"', "\\\"")
+    ));
+    let o = peerdma(&["sim", &path, "--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(
+        v["machine"]
+            .as_str()
+            .unwrap()
+            .ends_with("switch-nvme-cmb.whole-io.xml"),
+        "{v}"
+    );
+    // hwloc XML shows no p2pmem: the copy went through host memory.
+    assert_eq!(v["jobs"][0]["legs"][0]["path"], "bounced", "{v}");
+    assert_eq!(v["jobs"][0]["verified"], true, "{v}");
+    // Two sources in one [machine] are refused.
+    let (_d2, both) = write("[machine]\nhwloc = \"a.xml\"\npreset = \"epyc\"\n\n[[job]]\nname = \"c\"\nkind = \"copy\"\nfrom = \"nvme0\"\nto = \"nvme1\"\nsize = \"4M\"\n");
+    let o = peerdma(&["sim", &both]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr)
+        .contains("names more than one source (preset, snapshot, topology, root, hwloc, live)"));
+}

@@ -6,7 +6,7 @@
 //!
 //! ```toml
 //! [machine]                  # optional: the command line's source wins
-//! preset = "dual-xeon"       # or snapshot / topology / root = "PATH", or live = true
+//! preset = "dual-xeon"       # or snapshot / topology / root / hwloc = "PATH", or live = true
 //! iommu = "off"              # off | passthrough | translated
 //!
 //! [[job]]
@@ -163,6 +163,7 @@ struct RawMachine {
     snapshot: Option<PathBuf>,
     topology: Option<PathBuf>,
     root: Option<PathBuf>,
+    hwloc: Option<PathBuf>,
     live: Option<bool>,
     iommu: Option<String>,
 }
@@ -227,6 +228,8 @@ pub enum MachineSource {
     Snapshot(PathBuf),
     Topology(PathBuf),
     Root(PathBuf),
+    /// hwloc XML (`lstopo --of xml`).
+    Hwloc(PathBuf),
     Live,
 }
 
@@ -400,6 +403,9 @@ pub fn parse(text: &str, origin: &str, base_dir: &Path) -> Result<Workload, Work
         if let Some(p) = m.root {
             sources.push(MachineSource::Root(base_dir.join(p)));
         }
+        if let Some(p) = m.hwloc {
+            sources.push(MachineSource::Hwloc(base_dir.join(p)));
+        }
         if m.live == Some(true) {
             sources.push(MachineSource::Live);
         }
@@ -407,7 +413,7 @@ pub fn parse(text: &str, origin: &str, base_dir: &Path) -> Result<Workload, Work
             return Err(err(
                 None,
                 None,
-                format!("{label} names more than one source (preset, snapshot, topology, root, live): pick one"),
+                format!("{label} names more than one source (preset, snapshot, topology, root, hwloc, live): pick one"),
             ));
         }
         let iommu = match m.iommu {
@@ -426,7 +432,9 @@ pub fn parse(text: &str, origin: &str, base_dir: &Path) -> Result<Workload, Work
             iommu,
         })
     };
-    const MACHINE_KEYS: [&str; 6] = ["preset", "snapshot", "topology", "root", "live", "iommu"];
+    const MACHINE_KEYS: [&str; 7] = [
+        "preset", "snapshot", "topology", "root", "hwloc", "live", "iommu",
+    ];
     let machines = match raw.machine {
         None => vec![MachineSpec {
             name: String::new(),
@@ -454,7 +462,7 @@ pub fn parse(text: &str, origin: &str, base_dir: &Path) -> Result<Workload, Work
                     }
                     let toml::Value::Table(t) = v else {
                         return Err(bad(format!(
-                            "[machine] key `{name}` is not a source (preset, snapshot, topology, root, live, iommu) or a machine table ([machine.{name}])"
+                            "[machine] key `{name}` is not a source (preset, snapshot, topology, root, hwloc, live, iommu) or a machine table ([machine.{name}])"
                         )));
                     };
                     let m = RawMachine::deserialize(toml::Value::Table(t)).map_err(|e| {
