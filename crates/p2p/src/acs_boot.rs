@@ -37,12 +37,14 @@
 //! entry that does not parse stops the walk for every device that gets
 //! there, and the kernel says so in its log.
 
+use crate::calc::{calc_map_type_and_dist, Verdict};
+use crate::MapType;
 use peerdma_pci::cmdline::KernelCmdline;
 use peerdma_pci::config::{
     acs_bits_string, ACS_CR, ACS_DT, ACS_EC, ACS_REDIR_MASK, ACS_RR, ACS_SV, ACS_TB, ACS_UF,
 };
 use peerdma_pci::{Acs, Bdf, FnId, Function, PortType, Topology};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// The seven ACS control bits the kernel knows (`PCI_ACS_SV` .. `PCI_ACS_DT`).
@@ -1160,6 +1162,118 @@ pub fn redirect_fix(topo: &Topology, ports: &[FnId]) -> Result<ParamFix, Vec<Str
         assumptions,
         lost,
     })
+}
+
+/// A kernel-parameter fix for one pair, and the pair's verdict with it.
+#[derive(Clone, Debug)]
+pub struct PairFix {
+    pub fix: ParamFix,
+    pub after: Verdict,
+}
+
+/// The kernel-parameter fix for the pair of verdict `v`: `None` when no
+/// port on its path redirects or the fix would not improve the verdict,
+/// `Err` with the reasons when no fix can be known to work.
+pub fn pair_fix(topo: &Topology, v: &Verdict) -> Option<Result<PairFix, Vec<String>>> {
+    if v.acs_redirects.is_empty() {
+        return None;
+    }
+    match redirect_fix(topo, &v.acs_redirects) {
+        Err(why) => Some(Err(why)),
+        Ok(fix) => {
+            let after = calc_map_type_and_dist(&fix.topology, v.provider, v.client);
+            (crate::explain::rank(&after) < crate::explain::rank(v))
+                .then_some(Ok(PairFix { fix, after }))
+        }
+    }
+}
+
+/// What peerdma predicts for one pair under a proposed fix.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FixPrediction {
+    pub provider: Bdf,
+    pub client: Bdf,
+    /// The verdict now and with the fix, as the kernel prints them
+    /// (`not_supported 2`, `bus_addr 2`: map type and raw distance).
+    pub now: String,
+    pub predicted: String,
+}
+
+/// One distinct kernel-parameter fix that peerdma proposes for some pairs
+/// of a machine, with the verdicts it predicts for them and the ACS
+/// control it predicts for every function whose control would change.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProposedFix {
+    /// The `pci=` options to set, as `(name, value)`.
+    pub options: Vec<(String, String)>,
+    /// The same as parameters.
+    pub params: Vec<String>,
+    /// The pairs that proposed it, in the kernel's order (providers, then
+    /// clients, by address).
+    pub pairs: Vec<FixPrediction>,
+    /// `(function, value, known bits)`: the ACS control the kernel should
+    /// leave, for every function whose parameters change.
+    pub acs: Vec<(Bdf, u16, u16)>,
+}
+
+impl ProposedFix {
+    /// `cmdline` (a scenario's or a machine's) with the fix applied.
+    pub fn apply_to(&self, cmdline: &str) -> String {
+        let set: Vec<(&str, &str)> = self
+            .options
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
+        KernelCmdline::parse(cmdline).with_pci_options(&set)
+    }
+}
+
+/// `map raw_distance`, the kernel's form.
+pub fn verdict_text(map: MapType, raw_distance: u32) -> String {
+    format!("{} {raw_distance}", map.as_str())
+}
+
+/// Every distinct kernel-parameter fix that `peerdma check` proposes for
+/// some ordered pair of distinct functions of `topo`, in the order of the
+/// first pair that proposes it.
+pub fn proposed_fixes(topo: &Topology) -> Vec<ProposedFix> {
+    let mut ids: Vec<FnId> = topo.ids().collect();
+    ids.sort_by_key(|&f| topo.function(f).bdf);
+    let mut out: Vec<ProposedFix> = Vec::new();
+    for &p in &ids {
+        for &c in ids.iter().filter(|&&c| c != p) {
+            let v = calc_map_type_and_dist(topo, p, c);
+            let Some(Ok(pf)) = pair_fix(topo, &v) else {
+                continue;
+            };
+            let pred = FixPrediction {
+                provider: topo.function(p).bdf,
+                client: topo.function(c).bdf,
+                now: verdict_text(v.map_type, v.raw_distance),
+                predicted: verdict_text(pf.after.map_type, pf.after.raw_distance),
+            };
+            match out.iter_mut().find(|f| f.options == pf.fix.options) {
+                Some(f) => f.pairs.push(pred),
+                None => {
+                    let mut acs = Vec::new();
+                    for (b, bits) in &pf.fix.predicted {
+                        let Some(f) = topo.find(*b) else { continue };
+                        let observed = topo.function(f).acs.ctrl().unwrap_or(0);
+                        if *bits != Bits::exact(observed) {
+                            acs.push((*b, bits.value, bits.known));
+                        }
+                    }
+                    out.push(ProposedFix {
+                        options: pf.fix.options.clone(),
+                        params: pf.fix.params.clone(),
+                        pairs: vec![pred],
+                        acs,
+                    })
+                }
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]
