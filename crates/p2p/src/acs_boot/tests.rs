@@ -646,3 +646,82 @@ fn fixes_are_the_edited_command_line_booted() {
 fn t_ctrl(t: &Topology, bdf: &str) -> u16 {
     t.function(id(t, bdf)).acs.ctrl().unwrap()
 }
+
+#[test]
+fn check_shows_who_set_the_bits_and_the_fix_the_kernel_would_apply() {
+    use crate::{explain, FixKind, MapType};
+    // The case: the port is in disable_acs_redir, config_acs wins.
+    let cmd = "pci=disable_acs_redir=0000:00:02.0 pci=config_acs=xxxx11xx@0000:00:02.0";
+    let t = q35(ACS_RR | ACS_CR, 0, Some(cmd), Some(false));
+    let (a, b) = (id(&t, "0000:01:00.0"), id(&t, "0000:01:00.1"));
+    let e = explain(&t, a, b);
+    assert_eq!((e.map_type, e.distance), (MapType::NotSupported, None));
+    let o = e.acs_redirects[0].origin.as_ref().unwrap();
+    assert!(matches!(o.setters[0].1, Setter::ConfigAcs { .. }), "{o:?}");
+    assert!(matches!(
+        o.disable_acs_redir,
+        DisableEffect::Overridden { .. }
+    ));
+    let f = e
+        .fixes
+        .iter()
+        .find(|f| f.kind == FixKind::KernelParameter)
+        .unwrap();
+    assert_eq!(f.commands, ["pci=config_acs=xx0x00xx@0000:00:02.0"]);
+    assert_eq!((f.gives, f.distance), (MapType::BusAddr, Some(2)));
+    assert_eq!(
+        f.cmdline.as_deref(),
+        Some("pci=disable_acs_redir=0000:00:02.0 pci=config_acs=xx0x00xx@0000:00:02.0")
+    );
+    // The kernel's own advice stays what the kernel logs.
+    assert_eq!(
+        e.disable_acs_redir.as_deref(),
+        Some("pci=disable_acs_redir=0000:00:02.0")
+    );
+    let text = e.render();
+    assert!(
+        text.contains("set by: RR|CR set by pci=config_acs="),
+        "{text}"
+    );
+    // The same fix, once, for every pair it helps, with its predictions.
+    let fixes = proposed_fixes(&t);
+    assert_eq!(fixes.len(), 1, "{fixes:?}");
+    let p = fixes[0]
+        .pairs
+        .iter()
+        .find(|p| {
+            p.provider.to_string() == "0000:01:00.0" && p.client.to_string() == "0000:01:00.1"
+        })
+        .unwrap();
+    assert_eq!(
+        (p.now.as_str(), p.predicted.as_str()),
+        ("not_supported 2", "bus_addr 2")
+    );
+    assert_eq!(fixes[0].acs.len(), 1);
+    assert_eq!(fixes[0].acs[0].0.to_string(), "0000:00:02.0");
+    assert_eq!(fixes[0].acs[0].1 & ACS_REDIR_MASK, 0);
+    assert_eq!(
+        fixes[0].apply_to("intel_iommu=off pci=config_acs=xxxx11xx@0000:00:02.0"),
+        "intel_iommu=off pci=config_acs=xx0x00xx@0000:00:02.0"
+    );
+
+    // RR set although disable_acs_redir names the port: no parameter can be
+    // known to clear it; check says so instead of predicting.
+    let t = q35(
+        ACS_RR,
+        0,
+        Some("pci=disable_acs_redir=0000:00:02.0"),
+        Some(true),
+    );
+    let e = explain(&t, id(&t, "0000:01:00.0"), id(&t, "0000:01:00.1"));
+    assert!(e.fixes.iter().all(|f| f.kind != FixKind::KernelParameter));
+    assert!(
+        e.caveats
+            .iter()
+            .any(|c| c.starts_with("no kernel parameter is proposed")
+                && c.contains("may set it again")),
+        "{:?}",
+        e.caveats
+    );
+    assert!(proposed_fixes(&t).is_empty());
+}
