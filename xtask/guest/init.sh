@@ -20,16 +20,33 @@ dmesg -n 1
 
 SCENARIO=unknown
 NONCE=none
+# peerdma.fix=K: a second boot with a fix peerdma proposed (cargo xtask vm):
+# only the verdicts and the snapshot count, no probes or copies.
+FIX=
 for word in $(cat /proc/cmdline); do
 	case "$word" in
 	peerdma.scenario=*) SCENARIO=${word#*=} ;;
 	peerdma.nonce=*) NONCE=${word#*=} ;;
+	peerdma.fix=*) FIX=${word#*=} ;;
 	esac
 done
 echo "peerdma-guest: scenario $SCENARIO, collecting"
 
 cat /proc/cmdline >/out/cmdline
 uname -a >/out/uname
+
+# SR-IOV: enable every virtual function, without binding drivers to them
+# (QEMU's NVMe VF controllers stay offline until a Virtualization Management
+# command; the nvme driver would wait on them).
+for pf in /sys/bus/pci/devices/*; do
+	[ -r "$pf/sriov_totalvfs" ] || continue
+	n=$(cat "$pf/sriov_totalvfs")
+	[ "$n" -gt 0 ] 2>/dev/null || continue
+	echo 0 >"$pf/sriov_drivers_autoprobe"
+	echo "$n" >"$pf/sriov_numvfs" &&
+		echo "peerdma-guest: ${pf##*/}: $n virtual function(s) enabled" ||
+		echo "peerdma-guest: ${pf##*/}: enabling $n virtual function(s) failed" | tee -a /out/error
+done
 
 V=/sys/kernel/debug/pci_p2pdma
 if [ -r "$V/verdicts" ]; then
@@ -82,6 +99,12 @@ for dev in /sys/bus/pci/devices/*; do
 	done
 done
 
+# The IOMMU units the kernel registered: whether an IOMMU driver was on.
+mkdir -p "$R/sys/class/iommu"
+for u in /sys/class/iommu/*; do
+	[ -e "$u" ] && mkdir -p "$R/sys/class/iommu/${u##*/}"
+done
+
 for g in /sys/kernel/iommu_groups/*; do
 	[ -d "$g" ] || continue
 	mkdir -p "$R$g/devices"
@@ -94,7 +117,7 @@ done
 # --- peerdma's own checks, when a binary was put into the guest ------------
 if [ -x /bin/peerdma ]; then
 	mkdir -p /out/peerdma
-	OUT=/out SYSROOT="$R" SCENARIO="$SCENARIO" sh /etc/peerdma/peerdma.sh \
+	OUT=/out SYSROOT="$R" SCENARIO="$SCENARIO" FIX="$FIX" sh /etc/peerdma/peerdma.sh \
 		>/out/peerdma/hooks.log 2>&1
 	echo $? >/out/peerdma/hooks.rc
 fi

@@ -1,7 +1,8 @@
 #!/bin/sh
 # peerdma hooks, run by init.sh inside the oracle guest (as root).
 # Environment: OUT (the directory sent back to the host), SYSROOT (the raw
-# sysfs copy, $OUT/root), SCENARIO (the scenario name).
+# sysfs copy, $OUT/root), SCENARIO (the scenario name), FIX (set in a boot
+# with a proposed fix: only the snapshot is taken).
 # Anything written under $OUT comes back in target/vm/<scenario>/.
 #
 # 1. `peerdma snapshot --live` -> $OUT/snapshot.json (peerdma's own capture,
@@ -25,6 +26,10 @@
 set -u
 peerdma --version || exit 1
 peerdma snapshot --live -o "$OUT/snapshot.json" || exit 1
+if [ -n "${FIX:-}" ]; then
+	echo "fix run $FIX: snapshot only"
+	exit 0
+fi
 
 LIST=/etc/peerdma/probes/$SCENARIO
 mkdir -p "$OUT/probes"

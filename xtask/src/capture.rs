@@ -45,6 +45,11 @@ const FILES: &[&str] = &[
     "scenario.toml",
 ];
 
+/// The files of a fix run (`fixes/<k>/`) that make a fixture: the fix as
+/// proposed, the kernel's verdicts and `/proc/cmdline` of the boot with
+/// it, and the guest's snapshot of that boot.
+const FIX_FILES: &[&str] = &["fix.json", "verdicts", "cmdline", "snapshot.json"];
+
 pub fn fixtures_dir() -> PathBuf {
     util::workspace_root().join("tests/fixtures/kernel")
 }
@@ -95,6 +100,16 @@ fn store(from: &Path, to: &Path) -> Result<()> {
             .with_context(|| format!("cannot copy {} to {}", a.display(), b.display()))?;
     }
     copy_tree(&from.join("root"), &tmp.join("root"))?;
+    for (d, _) in oracle::fix_runs(from)? {
+        let Some(k) = d.file_name() else { continue };
+        let t = tmp.join("fixes").join(k);
+        util::create_dir_all(&t)?;
+        for f in FIX_FILES {
+            let (a, b) = (d.join(f), t.join(f));
+            std::fs::copy(&a, &b)
+                .with_context(|| format!("cannot copy {} to {}", a.display(), b.display()))?;
+        }
+    }
     util::remove_dir_all_if_exists(to)?;
     std::fs::rename(&tmp, to)
         .with_context(|| format!("cannot rename {} to {}", tmp.display(), to.display()))
@@ -147,6 +162,27 @@ pub fn evaluate_all(fixtures: &Path) -> Result<Vec<(String, Result<Evaluation>)>
             (n, r)
         })
         .collect())
+}
+
+/// The fixes peerdma proposed for one scenario and what the kernel said.
+fn fix_section(s: &mut String, e: &Evaluation) {
+    if e.fixes.is_empty() {
+        return;
+    }
+    s.push_str("| fix booted | pairs as predicted | ACS control as predicted | confirmed |\n| --- | ---: | ---: | --- |\n");
+    for f in &e.fixes {
+        let _ = writeln!(
+            s,
+            "| `{}` | {}/{} | {}/{} | {} |",
+            f.params.join(" "),
+            f.pairs_confirmed,
+            f.pairs_compared,
+            f.acs_confirmed,
+            f.acs_compared,
+            if f.confirmed() { "yes" } else { "**no**" }
+        );
+    }
+    s.push('\n');
 }
 
 /// The copies of one scenario: what ran, what peerdma reported next to the
@@ -259,8 +295,15 @@ fn readme_text(fixtures: &Path) -> Result<String> {
          and `scenario.toml`. `cargo test -p xtask` holds `smoke.json` and `copy.json`\n\
          against each scenario's expectations and the kernel's verdicts.\n\
          \n\
-         | scenario | functions | pairs | agree (snapshot) | agree (root/) | disable_acs_redir lists | smoke test | copy |\n\
-         | --- | ---: | ---: | ---: | ---: | ---: | --- | --- |\n",
+         `fixes/<k>/`: the scenario booted again with each distinct kernel-parameter\n\
+         fix that `peerdma check` proposes for its pairs (`fix.json`: the fix, the\n\
+         verdicts it predicts for the pairs that propose it and the ACS control it\n\
+         predicts; `verdicts`, `cmdline` and `snapshot.json` of that boot). `cargo\n\
+         test` holds every prediction against the kernel's verdicts and the booted\n\
+         machine, and fails when peerdma proposes a fix no run has booted.\n\
+         \n\
+         | scenario | functions | pairs | agree (snapshot) | agree (root/) | disable_acs_redir lists | fixes proposed/confirmed | smoke test | copy |\n\
+         | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |\n",
     );
     for (name, r) in &evals {
         match r {
@@ -270,11 +313,12 @@ fn readme_text(fixtures: &Path) -> Result<String> {
                 });
                 let _ = writeln!(
                     s,
-                    "| {name} | {} | {} | {} | {} | {acs} | {} | {} |",
+                    "| {name} | {} | {} | {} | {} | {acs} | {} | {} | {} |",
                     e.functions,
                     e.kernel_pairs,
                     e.snapshot.pairs_agreeing,
                     e.root.pairs_agreeing,
+                    e.fixes_summary(),
                     e.smoke_summary(),
                     e.copy_summary()
                 );
@@ -282,7 +326,7 @@ fn readme_text(fixtures: &Path) -> Result<String> {
             Err(err) => {
                 let _ = writeln!(
                     s,
-                    "| {name} | - | - | - | - | - | unreadable: {err:#} | - |"
+                    "| {name} | - | - | - | - | - | - | unreadable: {err:#} | - |"
                 );
             }
         }
@@ -291,6 +335,7 @@ fn readme_text(fixtures: &Path) -> Result<String> {
     for (name, r) in &evals {
         let Ok(e) = r else { continue };
         let _ = write!(s, "\n### {name}\n\n{}.\n\n", e.description);
+        fix_section(&mut s, e);
         copy_section(&mut s, e);
         if e.smoke.is_empty() {
             s.push_str("No smoke test.\n");

@@ -492,8 +492,8 @@ fn hwloc_fixtures() -> Vec<std::path::PathBuf> {
     v.sort();
     assert_eq!(
         v.len(),
-        27,
-        "three files for each of the nine kernel fixtures"
+        36,
+        "three files for each of the twelve kernel fixtures"
     );
     v
 }

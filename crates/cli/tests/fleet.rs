@@ -205,13 +205,13 @@ fn diff_bad_input_is_one_line() {
         &["other.json", "not a peerdma snapshot"],
     );
     // A snapshot of another format version.
-    let v2 = dir.path().join("v2.json");
+    let v3 = dir.path().join("v3.json");
     let mut raw: Value = serde_json::from_str(&fs::read_to_string(&a).unwrap()).unwrap();
-    raw["version"] = 2.into();
-    fs::write(&v2, serde_json::to_string(&raw).unwrap()).unwrap();
+    raw["version"] = 3.into();
+    fs::write(&v3, serde_json::to_string(&raw).unwrap()).unwrap();
     fails(
-        &["diff", s(&a), s(&v2)],
-        &["v2.json", "snapshot version 2", "reads version 1"],
+        &["diff", s(&a), s(&v3)],
+        &["v3.json", "snapshot version 3", "reads versions 1 and 2"],
     );
     fails(
         &["diff", s(&dir.path().join("missing.json")), s(&a)],

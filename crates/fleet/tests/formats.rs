@@ -775,7 +775,7 @@ fn fleet_bad_input() {
     let (dir, _) = fleet_dir(5);
     std::fs::write(
         dir.path().join("broken.json"),
-        "{\"format\": \"peerdma-snapshot\", \"version\": 2}",
+        "{\"format\": \"peerdma-snapshot\", \"version\": 3}",
     )
     .unwrap();
     std::fs::write(dir.path().join("other.json"), "[1, 2]").unwrap();
@@ -787,7 +787,7 @@ fn fleet_bad_input() {
     assert!(
         f.unreadable
             .iter()
-            .any(|u| u.error.contains("snapshot version 2")),
+            .any(|u| u.error.contains("snapshot version 3")),
         "{:?}",
         f.unreadable
     );

@@ -2,6 +2,7 @@
 //! is checked by applying it to a copy of the topology and deciding again:
 //! only fixes that are true for this machine are shown.
 
+use crate::acs_boot::{self, AcsOrigin, BootFacts};
 use crate::calc::{calc_map_type_and_dist, Verdict};
 use crate::path::{path_between, Hop, LinkClass};
 use crate::whitelist::whitelist_entry;
@@ -50,6 +51,10 @@ pub struct Fix {
     pub distance: Option<u32>,
     /// Side effects worth knowing.
     pub notes: Vec<String>,
+    /// For a kernel parameter: the whole command line after the change,
+    /// when the capture recorded the current one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cmdline: Option<String>,
 }
 
 /// A function with the ACS bits that make it redirect.
@@ -61,6 +66,10 @@ pub struct AcsReport {
     pub ctrl: String,
     /// Not read from the capture: assumed (`--assume-acs iommu`).
     pub assumed: bool,
+    /// Who set the redirect bits, as far as the capture tells
+    /// (`pci_enable_acs()` run backwards); absent for assumed ACS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub origin: Option<AcsOrigin>,
 }
 
 /// Where the capture does not show the ACS state of functions the
@@ -144,7 +153,7 @@ fn hb_report(topo: &Topology, hb: HostBridgeId) -> HostBridgeReport {
     }
 }
 
-fn rank(v: &Verdict) -> (u8, u32) {
+pub(crate) fn rank(v: &Verdict) -> (u8, u32) {
     let m = match v.map_type {
         MapType::BusAddr => 0,
         MapType::ThruHostBridge => 1,
@@ -215,6 +224,7 @@ fn move_fixes(
         gives: v.map_type,
         distance: v.distance,
         notes: vec!["a hardware change: power off, move the card, check that the slot's link width suits it".into()],
+        cmdline: None,
     })
 }
 
@@ -230,6 +240,7 @@ pub fn explain(topo: &Topology, provider: FnId, client: FnId) -> Explanation {
         vec![pf.host_bridge, cf.host_bridge]
     };
     let host_bridges: Vec<HostBridgeReport> = hbs.iter().map(|&h| hb_report(topo, h)).collect();
+    let facts = BootFacts::of(topo);
     let acs_redirects: Vec<AcsReport> = v
         .acs_redirects
         .iter()
@@ -240,6 +251,7 @@ pub fn explain(topo: &Topology, provider: FnId, client: FnId) -> Explanation {
                 port_type: func.port_type,
                 ctrl: acs_bits_string(func.acs.ctrl().unwrap_or(0)),
                 assumed: !func.acs.is_known(),
+                origin: AcsOrigin::of(topo, f, &facts),
             }
         })
         .collect();
@@ -348,7 +360,41 @@ pub fn explain(topo: &Topology, provider: FnId, client: FnId) -> Explanation {
 
     // Fixes, each checked on a modified copy.
     let mut fixes = Vec::new();
+    let mut caveats = Vec::new();
     if !v.acs_redirects.is_empty() {
+        match acs_boot::pair_fix(topo, &v) {
+            Some(Ok(pf)) => {
+                let mut notes = pf.fix.edits.clone();
+                notes.extend(pf.fix.assumptions.iter().cloned());
+                for (b, bits) in &pf.fix.lost {
+                    notes.push(format!(
+                        "{b} loses {} unless the firmware set them: 6.12 applies these parameters to the firmware's value, not on top of what the IOMMU driver enabled",
+                        acs_bits_string(*bits)
+                    ));
+                }
+                if any_groups {
+                    notes.push("with an IOMMU, devices below these ports may then share an IOMMU group (VFIO assigns whole groups) and peer traffic bypasses IOMMU translation".into());
+                }
+                fixes.push(Fix {
+                    kind: FixKind::KernelParameter,
+                    summary: format!(
+                        "boot with ACS redirect off on the {} redirecting function(s) of this path (the edited command line run through the kernel's pci_enable_acs())",
+                        v.acs_redirects.len()
+                    ),
+                    commands: pf.fix.params.clone(),
+                    gives: pf.after.map_type,
+                    distance: pf.after.distance,
+                    notes,
+                    cmdline: pf.fix.cmdline_after.clone(),
+                });
+            }
+            Some(Err(why)) => {
+                for w in why {
+                    caveats.push(format!("no kernel parameter is proposed: {w}"));
+                }
+            }
+            None => {}
+        }
         let mut t = topo.clone();
         for &f in &v.acs_redirects {
             let ctrl = t.function(f).acs.ctrl().unwrap_or(0);
@@ -356,23 +402,6 @@ pub fn explain(topo: &Topology, provider: FnId, client: FnId) -> Explanation {
         }
         let after = calc_map_type_and_dist(&t, provider, client);
         if rank(&after) < rank(&v) {
-            let mut notes = vec![
-                "the kernel applies it at boot on top of what the IOMMU driver enables".to_string(),
-            ];
-            if any_groups {
-                notes.push("with an IOMMU, devices below these ports may then share an IOMMU group (VFIO assigns whole groups) and peer traffic bypasses IOMMU translation".into());
-            }
-            fixes.push(Fix {
-                kind: FixKind::KernelParameter,
-                summary: format!(
-                    "disable ACS redirect on the {} redirecting function(s) of this path",
-                    v.acs_redirects.len()
-                ),
-                commands: vec![disable_acs_redir.clone().unwrap_or_default()],
-                gives: after.map_type,
-                distance: after.distance,
-                notes,
-            });
             fixes.push(Fix {
                 kind: FixKind::AcsChange,
                 summary: "clear the redirect bits now, without a reboot".into(),
@@ -385,8 +414,9 @@ pub fn explain(topo: &Topology, provider: FnId, client: FnId) -> Explanation {
                 distance: after.distance,
                 notes: vec![
                     "the kernel caches each provider's verdict per client once it is first used; pairs already used keep the old path until reboot".into(),
-                    "lost at reboot; the IOMMU driver sets the bits again".into(),
+                    "lost at reboot: the kernel's pci_enable_acs() sets the control again".into(),
                 ],
+                cmdline: None,
             });
         }
     }
@@ -422,12 +452,12 @@ pub fn explain(topo: &Topology, provider: FnId, client: FnId) -> Explanation {
                 gives: MapType::BusAddr,
                 distance: Some(4),
                 notes: vec!["a hardware change: the kernel then routes the pair by bus address, distance 4".into()],
+                cmdline: None,
             });
         }
     }
 
     // Caveats.
-    let mut caveats = Vec::new();
     let acs_unknown = (!v.acs_unknown.is_empty()).then(|| {
         let assumed = topo.acs_assumption();
         let other = assumed.other();
@@ -568,6 +598,9 @@ impl Explanation {
                     a.ctrl,
                     if a.assumed { " (assumed)" } else { "" }
                 );
+                if let Some(o) = &a.origin {
+                    let _ = writeln!(s, "      set by: {}", o.describe());
+                }
             }
         }
         if self.iommu_groups.iter().any(|g| g.is_some()) {
@@ -595,6 +628,9 @@ impl Explanation {
                 let _ = writeln!(s, "    - {} -> {after}", f.summary);
                 for c in &f.commands {
                     let _ = writeln!(s, "        {c}");
+                }
+                if let Some(c) = &f.cmdline {
+                    let _ = writeln!(s, "        command line then: {c}");
                 }
                 for n in &f.notes {
                     let _ = writeln!(s, "        note: {n}");

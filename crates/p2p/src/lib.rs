@@ -28,6 +28,7 @@
 //! assert!(e.fixes.iter().all(|f| f.kind == FixKind::MoveDevice || f.gives == MapType::BusAddr));
 //! ```
 
+pub mod acs_boot;
 mod calc;
 pub mod dot;
 mod explain;

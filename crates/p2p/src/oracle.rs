@@ -21,8 +21,10 @@
 use crate::{calc_map_type_and_dist, explain, host_bridge_whitelisted, matrix, MapType};
 use peerdma_mem::Bdf;
 use peerdma_pci::Topology;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
+
+pub use crate::acs_boot::{FixPrediction, ProposedFix};
 
 /// Where the oracle kernel prints its verdicts, below the root of the
 /// file system (`/` on a live machine).
@@ -753,6 +755,204 @@ pub fn compare(
         }
     }
     c
+}
+
+// ---------------------------------------------------------------------------
+// Fix runs: the scenario booted again with a fix peerdma proposed.
+
+/// The `format` of a fix run's `fix.json`.
+pub const FIX_RUN_FORMAT: &str = "peerdma-fix-run";
+
+/// `fix.json`, written next to a fix run's `verdicts`, `cmdline` and
+/// `snapshot.json`: the fix as peerdma proposed it from the first boot's
+/// capture, and the scenario command line the second boot used.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FixRun {
+    pub format: String,
+    /// The scenario's own command line with the fix applied (the guest's
+    /// `/proc/cmdline` has it among console and marker parameters).
+    pub scenario_cmdline: String,
+    pub fix: ProposedFix,
+}
+
+impl FixRun {
+    pub fn new(fix: ProposedFix, scenario_cmdline: String) -> FixRun {
+        FixRun {
+            format: FIX_RUN_FORMAT.into(),
+            scenario_cmdline,
+            fix,
+        }
+    }
+
+    /// Read a `fix.json`; errors name the file.
+    pub fn parse(text: &str, file: &str) -> Result<FixRun, String> {
+        let r: FixRun =
+            serde_json::from_str(text).map_err(|e| format!("{file}: not a fix run: {e}"))?;
+        if r.format != FIX_RUN_FORMAT {
+            return Err(format!(
+                "{file}: format is {:?}, expected {FIX_RUN_FORMAT:?}",
+                r.format
+            ));
+        }
+        Ok(r)
+    }
+}
+
+/// One fix held against the kernel booted with it.
+#[derive(Clone, Debug, Serialize)]
+pub struct FixCheck {
+    pub params: Vec<String>,
+    pub pairs_compared: usize,
+    pub pairs_confirmed: usize,
+    /// Functions whose ACS control peerdma predicted, and how many the
+    /// booted machine shows as predicted.
+    pub acs_compared: usize,
+    pub acs_confirmed: usize,
+    /// Everything that differs, one line each.
+    pub problems: Vec<String>,
+}
+
+impl FixCheck {
+    /// The kernel confirmed every prediction.
+    pub fn confirmed(&self) -> bool {
+        self.problems.is_empty() && self.pairs_confirmed == self.pairs_compared
+    }
+
+    pub fn summary(&self) -> String {
+        format!(
+            "{}: {}/{} pairs as predicted, ACS control of {}/{} functions as predicted{}",
+            self.params.join(" "),
+            self.pairs_confirmed,
+            self.pairs_compared,
+            self.acs_confirmed,
+            self.acs_compared,
+            if self.problems.is_empty() {
+                String::new()
+            } else {
+                format!(", {} problem(s)", self.problems.len())
+            }
+        )
+    }
+}
+
+/// Hold `fix` against the kernel booted with it: its verdicts for the
+/// pairs the fix names, the `dev` lines and, from the guest's capture of
+/// that boot (`after`), the ACS control of every function the fix was
+/// predicted to change. `guest_cmdline` (its `/proc/cmdline`) must carry
+/// the fix's options as the kernel reads them.
+pub fn hold_fix(
+    fix: &ProposedFix,
+    kernel: &KernelVerdicts,
+    guest_cmdline: &str,
+    after: Option<&Topology>,
+) -> FixCheck {
+    let mut c = FixCheck {
+        params: fix.params.clone(),
+        pairs_compared: 0,
+        pairs_confirmed: 0,
+        acs_compared: 0,
+        acs_confirmed: 0,
+        problems: Vec::new(),
+    };
+    let cmd = peerdma_pci::cmdline::KernelCmdline::parse(guest_cmdline);
+    for (name, value) in &fix.options {
+        let got = cmd.pci_option(name);
+        if got.as_deref() != Some(value.as_str()) {
+            c.problems.push(format!(
+                "the guest's command line gives pci={name}= as {}, the fix sets `{value}`",
+                got.map_or("(absent)".to_string(), |g| format!("`{g}`"))
+            ));
+        }
+    }
+    for p in &fix.pairs {
+        c.pairs_compared += 1;
+        match kernel.verdict(p.provider, p.client) {
+            Some((m, d)) if verdict_text(m, d) == p.predicted => c.pairs_confirmed += 1,
+            Some((m, d)) => c.problems.push(format!(
+                "{} -> {}: predicted {} (now {}), the kernel says {}",
+                p.provider,
+                p.client,
+                p.predicted,
+                p.now,
+                verdict_text(m, d)
+            )),
+            None => c.problems.push(format!(
+                "{} -> {}: the kernel booted with the fix lists no such pair",
+                p.provider, p.client
+            )),
+        }
+    }
+    for &(bdf, value, known) in &fix.acs {
+        c.acs_compared += 1;
+        let bits = crate::acs_boot::Bits { value, known };
+        let mut ok = true;
+        if let (Some(redir), Some(d)) = (
+            bits.redirect(),
+            kernel.devices.iter().find(|d| d.bdf == bdf),
+        ) {
+            if redir != d.acs_redir {
+                ok = false;
+                c.problems.push(format!(
+                    "{bdf}: predicted ACS redirect {}, the kernel's dev line says {}",
+                    u8::from(redir),
+                    u8::from(d.acs_redir)
+                ));
+            }
+        }
+        if let Some(t) = after {
+            match t.find(bdf).map(|f| t.function(f).acs.ctrl()) {
+                Some(Some(ctrl)) if bits.admits(ctrl) => {}
+                Some(Some(ctrl)) => {
+                    ok = false;
+                    c.problems.push(format!(
+                        "{bdf}: predicted ACS control {} (of the bits {:#06x}), the booted machine has {}",
+                        peerdma_pci::config::acs_bits_string(value & known),
+                        known & 0x7f,
+                        peerdma_pci::config::acs_bits_string(ctrl)
+                    ));
+                }
+                _ => {
+                    ok = false;
+                    c.problems.push(format!(
+                        "{bdf}: the booted machine's capture shows no ACS control for it"
+                    ));
+                }
+            }
+        }
+        if ok {
+            c.acs_confirmed += 1;
+        }
+    }
+    c
+}
+
+/// What differs between the fixes peerdma proposes now and the fix runs
+/// stored (each must have been booted, each stored run must still be
+/// proposed, with the same predictions).
+pub fn match_fix_runs(proposed: &[ProposedFix], stored: &[ProposedFix]) -> Vec<String> {
+    let mut out = Vec::new();
+    for p in proposed {
+        match stored.iter().find(|s| s.options == p.options) {
+            None => out.push(format!(
+                "peerdma proposes {} but no fix run boots it",
+                p.params.join(" ")
+            )),
+            Some(s) if s != p => out.push(format!(
+                "the fix run of {} holds other predictions than peerdma makes now (pairs or ACS control changed)",
+                p.params.join(" ")
+            )),
+            Some(_) => {}
+        }
+    }
+    for s in stored {
+        if !proposed.iter().any(|p| p.options == s.options) {
+            out.push(format!(
+                "a fix run boots {}, which peerdma no longer proposes",
+                s.params.join(" ")
+            ));
+        }
+    }
+    out
 }
 
 #[cfg(test)]

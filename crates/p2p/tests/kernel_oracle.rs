@@ -314,3 +314,124 @@ fn the_checks_catch_a_disagreement() {
         "sys/kernel/debug/pci_p2pdma/verdicts"
     );
 }
+
+/// A fixture's stored fix runs (`fixes/<k>/`): the fix as proposed, the
+/// kernel's verdicts and `/proc/cmdline` of the boot with it, and the
+/// guest's snapshot of that boot.
+fn fix_runs(dir: &Path) -> Vec<(PathBuf, oracle::FixRun)> {
+    let fixes = dir.join("fixes");
+    let Ok(entries) = std::fs::read_dir(&fixes) else {
+        return Vec::new();
+    };
+    let mut dirs: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
+    dirs.sort();
+    dirs.into_iter()
+        .map(|d| {
+            let f = d.join("fix.json");
+            let run = oracle::FixRun::parse(&read(&f), &f.display().to_string())
+                .unwrap_or_else(|e| panic!("{e}"));
+            (d, run)
+        })
+        .collect()
+}
+
+#[test]
+fn every_proposed_fix_was_booted_and_the_kernel_confirmed_it() {
+    let mut problems = String::new();
+    let (mut proposed_total, mut confirmed) = (0, 0);
+    for dir in fixture_dirs() {
+        let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+        let snap = load(&name, Source::Snapshot(dir.join("snapshot.json")));
+        let root = load(&name, Source::Root(dir.join("root")));
+        let proposed = peerdma_p2p::acs_boot::proposed_fixes(&snap);
+        // The same fixes from the guest's own sysfs copy.
+        let from_root: Vec<Vec<String>> = peerdma_p2p::acs_boot::proposed_fixes(&root)
+            .into_iter()
+            .map(|f| f.params)
+            .collect();
+        let from_snap: Vec<Vec<String>> = proposed.iter().map(|f| f.params.clone()).collect();
+        if from_root != from_snap {
+            problems.push_str(&format!(
+                "{name}: fixes from root/ {from_root:?}, from snapshot.json {from_snap:?}\n"
+            ));
+        }
+        let runs = fix_runs(&dir);
+        let stored: Vec<_> = runs.iter().map(|(_, r)| r.fix.clone()).collect();
+        for p in oracle::match_fix_runs(&proposed, &stored) {
+            problems.push_str(&format!("{name}: {p}\n"));
+        }
+        proposed_total += proposed.len();
+        for (d, run) in &runs {
+            let k = kernel_verdicts(d);
+            let after = load(
+                &d.display().to_string(),
+                Source::Snapshot(d.join("snapshot.json")),
+            );
+            let c = oracle::hold_fix(&run.fix, &k, &read(&d.join("cmdline")), Some(&after));
+            say(&format!("kernel oracle fix run {name}: {}", c.summary()));
+            if c.confirmed() {
+                confirmed += 1;
+            }
+            for p in &c.problems {
+                problems.push_str(&format!("{}: {p}\n", d.display()));
+            }
+            // The booted machine agrees with the kernel on every pair too.
+            let acs = None;
+            let cmp = compare(&after, &k, acs, &d.display().to_string());
+            problems.push_str(&cmp.render_problems());
+        }
+    }
+    say(&format!(
+        "kernel oracle: {proposed_total} fixes proposed, {confirmed} confirmed by the kernel"
+    ));
+    assert!(problems.is_empty(), "{problems}");
+    assert_eq!(proposed_total, confirmed);
+}
+
+#[test]
+fn a_fix_held_against_a_boot_without_it_is_not_confirmed() {
+    // The case, booted: the root port is in pci=disable_acs_redir=
+    // and still redirects, because config_acs comes after it. Adding it to
+    // disable_acs_redir again is what peerdma used to propose.
+    let dir = fixtures_dir().join("acs-config-over-disable");
+    let k = kernel_verdicts(&dir);
+    let base = load(
+        "acs-config-over-disable",
+        Source::Snapshot(dir.join("snapshot.json")),
+    );
+    let cmdline = base.cmdline().unwrap();
+    assert_eq!(
+        cmdline.pci_option("disable_acs_redir").as_deref(),
+        Some("0000:00:02.0")
+    );
+    let rp: peerdma_pci::Bdf = "0000:00:02.0".parse().unwrap();
+    assert!(k.devices.iter().any(|d| d.bdf == rp && d.acs_redir));
+    // The fix run held against the first boot (no fix applied) fails on
+    // the command line, every pair and the port's ACS.
+    let runs = fix_runs(&dir);
+    assert_eq!(runs.len(), 1);
+    let c = oracle::hold_fix(&runs[0].1.fix, &k, cmdline.as_str(), Some(&base));
+    assert!(!c.confirmed());
+    assert_eq!(c.pairs_confirmed, 0);
+    assert_eq!(c.acs_confirmed, 0);
+    assert!(
+        c.problems[0].contains("pci=config_acs="),
+        "{:?}",
+        c.problems
+    );
+    // And against the boot with it, confirmed.
+    let (d, run) = &runs[0];
+    let after = load("fix", Source::Snapshot(d.join("snapshot.json")));
+    let c = oracle::hold_fix(
+        &run.fix,
+        &kernel_verdicts(d),
+        &read(&d.join("cmdline")),
+        Some(&after),
+    );
+    assert!(c.confirmed(), "{:?}", c.problems);
+    assert_eq!(c.pairs_compared, 6);
+}

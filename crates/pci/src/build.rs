@@ -3,7 +3,7 @@
 use crate::config::{self, ConfigSpace, Visibility};
 use crate::error::{Error, Result};
 use crate::model::*;
-use crate::raw::{RawMachine, SNAPSHOT_FORMAT, SNAPSHOT_VERSION};
+use crate::raw::{RawMachine, SNAPSHOT_FORMAT, SNAPSHOT_VERSION, SNAPSHOT_VERSIONS_READ};
 use peerdma_mem::{AddrRange, Bdf, BusAddr, PhysAddr};
 use std::collections::HashMap;
 
@@ -185,16 +185,25 @@ impl Topology {
                 format!("format is '{}', expected '{SNAPSHOT_FORMAT}'", raw.format),
             ));
         }
-        if raw.version != SNAPSHOT_VERSION {
+        if !SNAPSHOT_VERSIONS_READ.contains(&raw.version) {
             return Err(Error::parse(
                 origin,
                 None,
                 format!(
-                    "snapshot version {} is not readable by this peerdma (it reads version {SNAPSHOT_VERSION})",
-                    raw.version
+                    "snapshot version {} is not readable by this peerdma (it reads versions {})",
+                    raw.version,
+                    SNAPSHOT_VERSIONS_READ
+                        .iter()
+                        .map(u32::to_string)
+                        .collect::<Vec<_>>()
+                        .join(" and ")
                 ),
             ));
         }
+        // An older version is a subset of this one: the model keeps (and
+        // `snapshot` writes) the capture as this version.
+        let mut raw = raw;
+        raw.version = SNAPSHOT_VERSION;
 
         // Order functions by BDF: FnId order is BDF order.
         let mut order: Vec<(Bdf, usize)> = Vec::with_capacity(raw.devices.len());
@@ -434,6 +443,47 @@ impl Topology {
                 pcie_cap,
                 is_pcie,
             });
+        }
+
+        // A virtual function's Vendor and Device ID registers read 0xffff
+        // (the SR-IOV specification says so): the kernel takes the vendor
+        // from the physical function and the device from the VF Device ID
+        // of its SR-IOV capability, and sysfs shows those.
+        for i in 0..functions.len() {
+            let Some(pf) = functions[i].physfn else {
+                continue;
+            };
+            let d = &raw.devices[order[i].1];
+            let attr = |k: &str| {
+                d.attrs
+                    .get(k)
+                    .and_then(|v| u16::from_str_radix(v.trim().trim_start_matches("0x"), 16).ok())
+            };
+            let pf_vendor = functions[pf.index()].vendor;
+            let pf_vf_device = functions[pf.index()]
+                .config
+                .find_ext_cap(config::EXT_CAP_ID_SRIOV)
+                .ok()
+                .flatten()
+                .and_then(|pos| {
+                    functions[pf.index()]
+                        .config
+                        .u16(pos + config::SRIOV_VF_DID)
+                        .ok()
+                });
+            let f = &mut functions[i];
+            if let Some(v) = attr("vendor") {
+                f.vendor = v;
+            } else if f.vendor == 0xffff {
+                f.vendor = pf_vendor;
+            }
+            if let Some(v) = attr("device") {
+                f.device = v;
+            } else if f.device == 0xffff {
+                if let Some(v) = pf_vf_device {
+                    f.device = v;
+                }
+            }
         }
 
         // Upstream bridges (pci_upstream_bridge: a virtual function uses its

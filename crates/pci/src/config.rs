@@ -31,6 +31,9 @@ pub const EXP_LNKCAP2: usize = 0x2c;
 pub const EXP_CAP_SIZEOF: usize = 0x3c;
 
 pub const EXT_CAP_ID_ACS: u16 = 0x000d;
+/// The SR-IOV extended capability, and its VF Device ID register.
+pub const EXT_CAP_ID_SRIOV: u16 = 0x0010;
+pub const SRIOV_VF_DID: usize = 0x1a;
 pub const ACS_CAP: usize = 0x04;
 pub const ACS_CTRL: usize = 0x06;
 
@@ -444,6 +447,21 @@ impl ConfigBuilder {
         let pos = self.add_ext_cap(EXT_CAP_ID_ACS, 1, 8);
         self.put16(pos + ACS_CAP, cap);
         self.put16(pos + ACS_CTRL, ctrl);
+        self
+    }
+
+    /// Add an SR-IOV extended capability whose virtual functions have
+    /// device ID `vf_device`, `total_vfs` of them (offset 1, stride 1).
+    pub fn sriov(mut self, vf_device: u16, total_vfs: u16) -> Self {
+        if self.bytes.len() < 4096 {
+            return self;
+        }
+        let pos = self.add_ext_cap(EXT_CAP_ID_SRIOV, 1, 0x40);
+        self.put16(pos + 0x0c, total_vfs); // InitialVFs
+        self.put16(pos + 0x0e, total_vfs); // TotalVFs
+        self.put16(pos + 0x14, 1); // First VF Offset
+        self.put16(pos + 0x16, 1); // VF Stride
+        self.put16(pos + SRIOV_VF_DID, vf_device);
         self
     }
 

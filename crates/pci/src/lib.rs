@@ -22,6 +22,7 @@
 //! ```
 
 mod build;
+pub mod cmdline;
 pub mod config;
 pub mod desc;
 mod error;

@@ -659,6 +659,37 @@ impl Topology {
         }
     }
 
+    /// The kernel command line of the captured machine, when the capture
+    /// records it (`/proc/cmdline`).
+    pub fn cmdline(&self) -> Option<crate::cmdline::KernelCmdline> {
+        self.origin
+            .cmdline
+            .as_deref()
+            .map(crate::cmdline::KernelCmdline::parse)
+    }
+
+    /// The IOMMU units the kernel registered (`/sys/class/iommu`), when
+    /// the capture records them.
+    pub fn iommu_units(&self) -> Option<&[String]> {
+        self.raw.iommu_units.as_deref()
+    }
+
+    /// Whether an IOMMU driver was on in the captured machine (and so, at
+    /// boot, asked the PCI core to enable ACS: `pci_request_acs()`): from
+    /// the IOMMU units the capture lists, else from IOMMU groups (every
+    /// function gets one when a driver is on). `None` where the capture
+    /// cannot tell (no sysfs behind it: hwloc XML, descriptions, presets
+    /// without IOMMU groups).
+    pub fn iommu_on(&self) -> Option<bool> {
+        if let Some(u) = self.iommu_units() {
+            return Some(!u.is_empty());
+        }
+        if self.functions.iter().any(|f| f.iommu_group.is_some()) {
+            return Some(true);
+        }
+        (self.origin.kind == "sysfs").then_some(false)
+    }
+
     /// The snapshot file this model was replayed from, if it was.
     pub fn snapshot(&self) -> Option<&std::path::Path> {
         self.snapshot.as_deref()

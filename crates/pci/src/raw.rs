@@ -11,8 +11,15 @@ use std::collections::BTreeMap;
 
 /// The `format` field of a snapshot.
 pub const SNAPSHOT_FORMAT: &str = "peerdma-snapshot";
-/// The snapshot version this build writes and reads.
-pub const SNAPSHOT_VERSION: u32 = 1;
+/// The snapshot version this build writes.
+///
+/// Version 2 adds `iommu_units` (what `/sys/class/iommu` lists: whether an
+/// IOMMU driver was on, which decides what the kernel's
+/// `pci_enable_acs()` did at boot). Version 1 snapshots read as before,
+/// with the IOMMU taken from the functions' IOMMU groups.
+pub const SNAPSHOT_VERSION: u32 = 2;
+/// Every snapshot version this build reads.
+pub const SNAPSHOT_VERSIONS_READ: &[u32] = &[1, 2];
 
 /// One machine as captured.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -26,6 +33,12 @@ pub struct RawMachine {
     pub origin: Origin,
     pub cpu: RawCpu,
     pub devices: Vec<RawDevice>,
+    /// The IOMMU units the kernel registered (`/sys/class/iommu/*`:
+    /// `dmar0`, `ivhd0`), empty when it registered none; `None` when the
+    /// capture does not record it (version 1 snapshots, hwloc XML,
+    /// descriptions, a `--root` tree without `sys/class/iommu`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iommu_units: Option<Vec<String>>,
 }
 
 /// Where a capture came from.
@@ -145,6 +158,7 @@ impl RawMachine {
             origin,
             cpu,
             devices,
+            iommu_units: None,
         }
     }
 }

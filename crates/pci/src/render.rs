@@ -38,8 +38,22 @@ pub fn short_name(f: &Function) -> String {
     }
 }
 
-fn facts(f: &Function) -> String {
+fn facts(topo: &Topology, f: &Function) -> String {
     let mut out = Vec::new();
+    if let Some(pf) = f.physfn {
+        out.push(format!(
+            "virtual function of {}",
+            topo.function(pf).bdf.short()
+        ));
+    }
+    let vfs = topo
+        .functions()
+        .iter()
+        .filter(|v| v.physfn == Some(f.id))
+        .count();
+    if vfs > 0 {
+        out.push(format!("SR-IOV physical function, {vfs} VF(s) enabled"));
+    }
     if f.is_bridge() || f.port_type == PortType::RcEndpoint {
         let mut t = f.port_type.name().to_string();
         if f.port_type_inferred {
@@ -143,7 +157,7 @@ fn walk(topo: &Topology, ids: &PciIds, id: FnId, prefix: &str, last: bool, s: &m
     } else {
         f.bdf.to_string()
     };
-    let facts = facts(f);
+    let facts = facts(topo, f);
     let sep = if facts.is_empty() { "" } else { "  " };
     let _ = writeln!(s, "{prefix}{branch}{bdf} {}{sep}{facts}", describe(ids, f));
     let child_prefix = format!("{prefix}{}", if last { "   " } else { "│  " });

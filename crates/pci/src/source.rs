@@ -98,7 +98,21 @@ pub fn read_snapshot(path: &Path) -> Result<RawMachine> {
             "is empty, expected a snapshot written by `peerdma snapshot`",
         ));
     }
-    let e = match serde_json::from_slice(&text) {
+    let e = match serde_json::from_slice::<RawMachine>(&text) {
+        Ok(raw) if raw.format != crate::raw::SNAPSHOT_FORMAT => {
+            return Err(Error::parse(
+                origin,
+                None,
+                format!(
+                    "is JSON but not a peerdma snapshot (format is \"{}\", expected \"{}\")",
+                    raw.format,
+                    crate::raw::SNAPSHOT_FORMAT
+                ),
+            ))
+        }
+        Ok(raw) if !crate::raw::SNAPSHOT_VERSIONS_READ.contains(&raw.version) => {
+            return Err(unreadable_version(origin, u64::from(raw.version)))
+        }
         Ok(raw) => return Ok(raw),
         Err(e) => e,
     };
@@ -120,15 +134,11 @@ pub fn read_snapshot(path: &Path) -> Result<RawMachine> {
             ));
         }
         if let Some(ver) = v.get("version").and_then(|x| x.as_u64()) {
-            if ver != u64::from(crate::raw::SNAPSHOT_VERSION) {
-                return Err(Error::parse(
-                    origin,
-                    None,
-                    format!(
-                        "snapshot version {ver} is not readable by this peerdma (it reads version {})",
-                        crate::raw::SNAPSHOT_VERSION
-                    ),
-                ));
+            if !crate::raw::SNAPSHOT_VERSIONS_READ
+                .iter()
+                .any(|&r| u64::from(r) == ver)
+            {
+                return Err(unreadable_version(origin, ver));
             }
         }
     }
@@ -142,6 +152,21 @@ pub fn read_snapshot(path: &Path) -> Result<RawMachine> {
         };
         Error::parse(origin, line, format!("not a valid snapshot: {msg}"))
     })
+}
+
+fn unreadable_version(origin: String, ver: u64) -> Error {
+    let read: Vec<String> = crate::raw::SNAPSHOT_VERSIONS_READ
+        .iter()
+        .map(u32::to_string)
+        .collect();
+    Error::parse(
+        origin,
+        None,
+        format!(
+            "snapshot version {ver} is not readable by this peerdma (it reads versions {})",
+            read.join(" and ")
+        ),
+    )
 }
 
 /// A snapshot as text: the capture as pretty JSON, ending in a newline.

@@ -24,6 +24,9 @@ pub const ATTRS: &[&str] = &[
     "current_link_width",
     "max_link_speed",
     "max_link_width",
+    // A physical function's SR-IOV state.
+    "sriov_totalvfs",
+    "sriov_numvfs",
     // Not a sysfs attribute: hwloc's link rate, kept when a capture read
     // from hwloc XML is written out as a tree and read back.
     "pci_link_speed",
@@ -200,7 +203,31 @@ pub fn read_root(root: &Path) -> Result<RawMachine> {
         tool: Some(format!("peerdma {}", env!("CARGO_PKG_VERSION"))),
         partial: None,
     };
-    Ok(RawMachine::new(origin, parse_cpuinfo(&cpuinfo), devices))
+    let mut raw = RawMachine::new(origin, parse_cpuinfo(&cpuinfo), devices);
+    raw.iommu_units = read_iommu_units(root)?;
+    Ok(raw)
+}
+
+/// The names in `root/sys/class/iommu` (one per IOMMU unit the kernel
+/// registered), sorted; `None` when the tree has no such directory (a
+/// copy that did not record it).
+fn read_iommu_units(root: &Path) -> Result<Option<Vec<String>>> {
+    let dir = root.join("sys/class/iommu");
+    let entries = match fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::NotADirectory => {
+            return Err(Error::bad_file(&dir, "is not a directory"))
+        }
+        Err(e) => return Err(Error::io("list", &dir, e)),
+    };
+    let mut names = Vec::new();
+    for e in entries {
+        let e = e.map_err(|e| Error::io("list", &dir, e))?;
+        names.push(e.file_name().to_string_lossy().into_owned());
+    }
+    names.sort();
+    Ok(Some(names))
 }
 
 fn read_device(dir: &Path, rel: String) -> Result<RawDevice> {
@@ -393,6 +420,19 @@ pub fn write_root(raw: &RawMachine, dir: &Path) -> Result<()> {
             &format!("../../../devices/{}", d.path),
             &links.join(d.name()),
         )?;
+    }
+    if let Some(units) = &raw.iommu_units {
+        let class = dir.join("sys/class/iommu");
+        mkdir(&class)?;
+        for u in units {
+            if u.is_empty() || u.contains('/') || u == "." || u == ".." {
+                return Err(Error::bad_file(
+                    &class,
+                    format!("cannot hold an IOMMU unit named {u:?}"),
+                ));
+            }
+            mkdir(&class.join(u))?;
+        }
     }
     let proc_dir = dir.join("proc");
     mkdir(&proc_dir.join("sys/kernel"))?;

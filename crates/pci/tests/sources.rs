@@ -134,10 +134,24 @@ fn bad_snapshots_are_named() {
         "{e}"
     );
 
-    let f = dir.path().join("v2.json");
-    fs::write(&f, text.replacen("\"version\": 1", "\"version\": 2", 1)).unwrap();
+    // A version this build does not know is refused by name, whether or
+    // not its fields happen to parse.
+    assert!(
+        text.contains("\"version\": 2"),
+        "snapshots are written as version 2"
+    );
+    let f = dir.path().join("v3.json");
+    fs::write(&f, text.replacen("\"version\": 2", "\"version\": 3", 1)).unwrap();
     let e = load_err(Source::Snapshot(f.clone()));
-    assert!(e.contains("version 2"), "{e}");
+    assert!(
+        e.contains("snapshot version 3 is not readable") && e.contains("versions 1 and 2"),
+        "{e}"
+    );
+    // Version 1 (no iommu_units) still reads.
+    let f = dir.path().join("v1.json");
+    fs::write(&f, text.replacen("\"version\": 2", "\"version\": 1", 1)).unwrap();
+    let t = Source::Snapshot(f.clone()).load().unwrap();
+    assert_eq!(t.raw().version, 2, "kept as the version this build writes");
 
     let f = dir.path().join("other.json");
     fs::write(&f, "{\"pairs\": []}").unwrap();
@@ -330,4 +344,131 @@ fn input_files_that_are_not_files() {
     let t = load_within(Source::Description(fifo), 20).unwrap();
     writer.join().unwrap();
     assert_eq!(t.len(), Source::default().load().unwrap().len());
+}
+
+/// A root port with an SR-IOV physical function and two virtual functions
+/// whose ID registers read 0xffff, as the SR-IOV specification has them.
+fn sriov_machine(vf_attrs: bool) -> RawMachine {
+    use peerdma_pci::config::ConfigBuilder;
+    use peerdma_pci::raw::{Origin, RawCpu, RawDevice};
+    let dev = |path: &str, config: Vec<u8>, physfn: Option<&str>| RawDevice {
+        path: path.into(),
+        config,
+        physfn: physfn.map(|p| p.parse().unwrap()),
+        ..Default::default()
+    };
+    let host = ConfigBuilder::new(0x8086, 0x29c0, 0x060000, 0, 0, true).build();
+    let rp = ConfigBuilder::new(0x1b36, 0x000c, 0x060400, 0, 1, true)
+        .bridge_buses(0, 1, 1)
+        .pcie(4, Some((1, 1, 1, 1)))
+        .acs(0x5f, 0)
+        .build();
+    let pf = ConfigBuilder::new(0x1b36, 0x0010, 0x010802, 2, 0, true)
+        .pcie(0, Some((1, 1, 1, 1)))
+        .sriov(0x0011, 2)
+        .build();
+    let vf = ConfigBuilder::new(0xffff, 0xffff, 0x010802, 2, 0, true)
+        .pcie(0, None)
+        .build();
+    let mut devices = vec![
+        dev("pci0000:00/0000:00:00.0", host.bytes().to_vec(), None),
+        dev("pci0000:00/0000:00:02.0", rp.bytes().to_vec(), None),
+        dev(
+            "pci0000:00/0000:00:02.0/0000:01:00.0",
+            pf.bytes().to_vec(),
+            None,
+        ),
+    ];
+    for f in ["0000:01:00.1", "0000:01:00.2"] {
+        let mut d = dev(
+            &format!("pci0000:00/0000:00:02.0/{f}"),
+            vf.bytes().to_vec(),
+            Some("0000:01:00.0"),
+        );
+        if vf_attrs {
+            d.attrs.insert("vendor".into(), "0x1b36".into());
+            d.attrs.insert("device".into(), "0x0012".into());
+        }
+        devices.push(d);
+    }
+    RawMachine::new(
+        Origin {
+            kind: "sysfs".into(),
+            detail: "test".into(),
+            ..Default::default()
+        },
+        RawCpu::default(),
+        devices,
+    )
+}
+
+#[test]
+fn virtual_functions_have_the_ids_the_kernel_gives_them() {
+    // Without sysfs's vendor and device: the physical function's vendor and
+    // the VF Device ID of its SR-IOV capability, as the kernel takes them.
+    let t = Topology::from_raw(sriov_machine(false), "test").unwrap();
+    let pf = t.lookup("0000:01:00.0").unwrap();
+    for v in ["0000:01:00.1", "0000:01:00.2"] {
+        let f = t.function(t.lookup(v).unwrap());
+        assert_eq!((f.vendor, f.device), (0x1b36, 0x0011), "{v}");
+        assert_eq!(f.physfn, Some(pf));
+        assert_eq!(f.upstream, t.function(pf).upstream);
+    }
+    // sysfs's attributes, where the capture has them, win.
+    let t = Topology::from_raw(sriov_machine(true), "test").unwrap();
+    let f = t.function(t.lookup("0000:01:00.2").unwrap());
+    assert_eq!((f.vendor, f.device), (0x1b36, 0x0012));
+
+    // The tree shows them as virtual functions of their physical function,
+    // never as "Device ffff:ffff", also replayed from a snapshot.
+    let dir = tempfile::tempdir().unwrap();
+    let snap = dir.path().join("sriov.json");
+    write_snapshot(&sriov_machine(false), &snap).unwrap();
+    let t = Source::Snapshot(snap).load().unwrap();
+    let text = peerdma_pci::render::tree(&t, &peerdma_pci::ids::PciIds::builtin());
+    assert!(!text.contains("ffff"), "{text}");
+    let vf_line = text.lines().find(|l| l.contains("01:00.1 ")).unwrap();
+    assert!(
+        vf_line.contains("[1b36:0011]") && vf_line.contains("virtual function of 01:00.0"),
+        "{text}"
+    );
+    let pf_line = text.lines().find(|l| l.contains("01:00.0 ")).unwrap();
+    assert!(pf_line.contains("2 VF(s) enabled"), "{text}");
+}
+
+#[test]
+fn iommu_units_and_the_command_line_travel_through_snapshots_and_trees() {
+    let dir = tempfile::tempdir().unwrap();
+    for (i, units) in [Some(vec!["dmar0".to_string()]), Some(vec![]), None]
+        .into_iter()
+        .enumerate()
+    {
+        let mut raw = sriov_machine(false);
+        raw.iommu_units = units.clone();
+        raw.origin.cmdline = Some("ro pci=config_acs=1@0000:00:02.0".into());
+        let snap = dir.path().join(format!("{i}.json"));
+        write_snapshot(&raw, &snap).unwrap();
+        let tree = dir.path().join(format!("tree{i}"));
+        sysfs::write_root(&raw, &tree).unwrap();
+        for src in [Source::Snapshot(snap), Source::Root(tree)] {
+            let t = src.load().unwrap();
+            assert_eq!(t.iommu_units().map(<[String]>::to_vec), units, "{src:?}");
+            // No IOMMU groups here: without the units a sysfs capture says no IOMMU.
+            assert_eq!(
+                t.iommu_on(),
+                Some(units.as_ref().is_some_and(|u| !u.is_empty())),
+                "{src:?}"
+            );
+            let c = t.cmdline().unwrap();
+            assert_eq!(
+                c.pci_option("config_acs").as_deref(),
+                Some("1@0000:00:02.0")
+            );
+        }
+    }
+    // A description has no sysfs behind it: the IOMMU state is unknown.
+    let t = Source::Preset("workstation".into()).load().unwrap();
+    if t.functions().iter().all(|f| f.iommu_group.is_none()) {
+        assert_eq!(t.iommu_on(), None);
+    }
 }

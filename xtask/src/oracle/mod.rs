@@ -31,7 +31,7 @@ use crate::util;
 use anyhow::{bail, Context, Result};
 use copy::evaluate_copy;
 use peerdma_mem::Bdf;
-use peerdma_p2p::oracle::{self, Comparison, KernelVerdicts};
+use peerdma_p2p::oracle::{self, Comparison, FixCheck, FixRun, KernelVerdicts};
 use peerdma_pci::{Source, Topology};
 use records::CopyRun;
 use std::path::Path;
@@ -48,6 +48,10 @@ pub struct Evaluation {
     pub root: Comparison,
     pub smoke: Vec<Smoke>,
     pub copies: Vec<CopyEval>,
+    /// The distinct kernel-parameter fixes peerdma proposes from the
+    /// snapshot, each held against the kernel booted with it (`fixes/<k>/`).
+    pub fixes_proposed: usize,
+    pub fixes: Vec<FixCheck>,
     /// Expectations not met (kernel verdicts, smoke tests, copies, missing files).
     pub problems: Vec<String>,
 }
@@ -130,6 +134,8 @@ pub fn evaluate(dir: &Path, sc: &Scenario) -> Result<Evaluation> {
             runs.len()
         ));
     }
+    let (fixes_proposed, fixes, fix_problems) = evaluate_fixes(dir, &snap_topo)?;
+    problems.extend(fix_problems);
     let providers = published_providers(&snap_topo);
     let mut copies = Vec::new();
     for (c, run) in sc.copy.iter().zip(runs) {
@@ -171,9 +177,81 @@ pub fn evaluate(dir: &Path, sc: &Scenario) -> Result<Evaluation> {
         root,
         smoke,
         copies,
+        fixes_proposed,
+        fixes,
         problems,
         kernel,
     })
+}
+
+/// The fix runs stored under `dir/fixes/<k>/`, in order.
+pub fn fix_runs(dir: &Path) -> Result<Vec<(std::path::PathBuf, FixRun)>> {
+    let fixes = dir.join("fixes");
+    if !fixes.is_dir() {
+        return Ok(Vec::new());
+    }
+    let mut dirs: Vec<std::path::PathBuf> = std::fs::read_dir(&fixes)
+        .with_context(|| format!("cannot list {}", fixes.display()))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
+    dirs.sort_by_key(|d| {
+        d.file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.parse::<u32>().ok())
+            .unwrap_or(u32::MAX)
+    });
+    dirs.into_iter()
+        .map(|d| {
+            let f = d.join("fix.json");
+            let run = FixRun::parse(&util::read_string(&f)?, &f.display().to_string())
+                .map_err(anyhow::Error::msg)?;
+            Ok((d, run))
+        })
+        .collect()
+}
+
+/// Hold the fixes peerdma proposes for the machine of `dir` (read from its
+/// snapshot, `base`) against the fix runs stored there: how many it
+/// proposes, each run's check, and what is missing or stale.
+pub fn evaluate_fixes(dir: &Path, base: &Topology) -> Result<(usize, Vec<FixCheck>, Vec<String>)> {
+    let proposed = peerdma_p2p::acs_boot::proposed_fixes(base);
+    let runs = fix_runs(dir)?;
+    let stored: Vec<_> = runs.iter().map(|(_, r)| r.fix.clone()).collect();
+    let mut problems: Vec<String> = oracle::match_fix_runs(&proposed, &stored)
+        .into_iter()
+        .map(|p| format!("fix: {p}"))
+        .collect();
+    let mut checks = Vec::new();
+    for (d, run) in &runs {
+        let vpath = d.join("verdicts");
+        let kernel =
+            oracle::parse_verdicts(&util::read_string(&vpath)?, &vpath.display().to_string())?;
+        let snap = d.join("snapshot.json");
+        let after = Source::Snapshot(snap.clone())
+            .load()
+            .with_context(|| format!("peerdma cannot read {}", snap.display()))?;
+        let c = oracle::hold_fix(
+            &run.fix,
+            &kernel,
+            &util::read_string(&d.join("cmdline"))?,
+            Some(&after),
+        );
+        for p in &c.problems {
+            problems.push(format!("fix {} ({}): {p}", c.params.join(" "), d.display()));
+        }
+        // The machine booted with the fix: peerdma agrees with its kernel.
+        let cmp = oracle::compare(
+            &after,
+            &kernel,
+            None,
+            &d.join("snapshot.json").display().to_string(),
+        );
+        problems.extend(cmp.render_problems().lines().map(str::to_string));
+        checks.push(c);
+    }
+    Ok((proposed.len(), checks, problems))
 }
 
 /// Functions that publish P2P memory, as the guest's snapshot shows them.

@@ -61,6 +61,13 @@ impl Evaluation {
         )
     }
 
+    /// `proposed/confirmed`: the distinct kernel-parameter fixes peerdma
+    /// proposes, and how many the kernel booted with them confirmed.
+    pub fn fixes_summary(&self) -> String {
+        let confirmed = self.fixes.iter().filter(|f| f.confirmed()).count();
+        format!("{}/{confirmed}", self.fixes_proposed)
+    }
+
     /// Lines worth printing: disagreements, unmet expectations, and smoke
     /// tests and copies that moved wrong bytes even where expected (a finding).
     pub fn details(&self) -> Vec<String> {
@@ -107,13 +114,14 @@ impl Evaluation {
 
 /// The per-scenario table.
 pub fn table(rows: &[(String, Result<&Evaluation, String>)]) -> String {
-    let mut lines: Vec<[String; 8]> = vec![[
+    let mut lines: Vec<[String; 9]> = vec![[
         "scenario",
         "functions",
         "pairs",
         "agree (snapshot)",
         "agree (root/)",
         "acs lists",
+        "fixes proposed/confirmed",
         "smoke test",
         "copy",
     ]
@@ -136,6 +144,7 @@ pub fn table(rows: &[(String, Result<&Evaluation, String>)]) -> String {
                     e.snapshot.pairs_agreeing.to_string(),
                     e.root.pairs_agreeing.to_string(),
                     acs,
+                    e.fixes_summary(),
                     e.smoke_summary(),
                     e.copy_summary(),
                 ]
@@ -148,25 +157,26 @@ pub fn table(rows: &[(String, Result<&Evaluation, String>)]) -> String {
                     "-".into(),
                     "-".into(),
                     "-".into(),
+                    "-".into(),
                     String::new(),
                     String::new(),
                 ];
-                l[6] = format!("FAILED: {}", why.lines().next().unwrap_or(""));
+                l[7] = format!("FAILED: {}", why.lines().next().unwrap_or(""));
                 l
             }
         });
     }
-    let widths: Vec<usize> = (0..8)
+    let widths: Vec<usize> = (0..9)
         .map(|i| lines.iter().map(|l| l[i].len()).max().unwrap_or(0))
         .collect();
     let mut s = String::new();
     for l in &lines {
         let mut line = format!("{:<w$}", l[0], w = widths[0]);
-        for i in 1..6 {
+        for i in 1..7 {
             line.push_str(&format!("  {:>w$}", l[i], w = widths[i]));
         }
-        line.push_str(&format!("  {:<w$}  ", l[6], w = widths[6]));
-        line.push_str(&l[7]);
+        line.push_str(&format!("  {:<w$}  ", l[7], w = widths[7]));
+        line.push_str(&l[8]);
         s.push_str(line.trim_end());
         s.push('\n');
     }

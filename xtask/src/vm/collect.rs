@@ -13,15 +13,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-/// Decode and unpack the guest's payload, gather the smoke tests and the
-/// kernel's ACS advice, and evaluate.
-pub(super) fn collect(
-    sc: &Scenario,
-    dir: &Path,
-    payload: &str,
-    accel: Accel,
-    elapsed: Duration,
-) -> Result<Evaluation> {
+/// Decode the guest's payload and unpack it into `dir`.
+pub(super) fn unpack(sc: &Scenario, dir: &Path, payload: &str) -> Result<()> {
     let tgz =
         base64_decode(payload).with_context(|| format!("scenario {}: corrupt payload", sc.name))?;
     let mut tar = Command::new("tar");
@@ -41,6 +34,19 @@ pub(super) fn collect(
         bail!("scenario {}: `{}` failed ({status})", sc.name, show(&tar));
     }
 
+    Ok(())
+}
+
+/// Decode and unpack the guest's payload, gather the smoke tests and the
+/// kernel's ACS advice, and evaluate.
+pub(super) fn collect(
+    sc: &Scenario,
+    dir: &Path,
+    payload: &str,
+    accel: Accel,
+    elapsed: Duration,
+) -> Result<Evaluation> {
+    unpack(sc, dir, payload)?;
     let path = dir.join("verdicts");
     if !path.is_file() {
         let why = std::fs::read_to_string(dir.join("error")).unwrap_or_default();

@@ -19,6 +19,7 @@
 //!   fallback, and the final report.
 
 mod collect;
+mod fixes;
 mod initramfs;
 mod qemu;
 
@@ -246,7 +247,10 @@ fn run_scenario(
                 if *accel == Accel::Auto {
                     *accel = Accel::Kvm;
                 }
-                return collect(sc, dir, &payload, used, elapsed);
+                collect(sc, dir, &payload, used, elapsed)?;
+                fixes::run_fixes(sc, kernel, initramfs, dir, used, args)?;
+                // Again, with the fix runs.
+                return oracle::evaluate(dir, sc);
             }
         }
     }
