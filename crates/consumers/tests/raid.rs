@@ -131,7 +131,11 @@ fn degraded(iommu: IommuMode, into: &str, missing: usize) -> peerdma_consumers::
 
 #[test]
 fn a_degraded_raid5_read_rebuilds_through_host_memory_and_reads_the_rest_directly() {
-    for iommu in [IommuMode::Off, IommuMode::Translated] {
+    for iommu in [
+        IommuMode::Off,
+        IommuMode::Passthrough,
+        IommuMode::Translated,
+    ] {
         for missing in 0..4 {
             let out = degraded(iommu, "gpu0", missing);
             assert!(
