@@ -30,7 +30,7 @@
 use super::parse::{DmaDir, Event, EventKind, Segment};
 use peerdma_mem::{format_size, AddrRange, Bdf, BusOffset, DmaAddr, PhysAddr};
 use peerdma_p2p::MapType;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// A BAR as the classifier sees it.
@@ -47,7 +47,7 @@ pub struct BarWindow {
 
 /// How a device's DMA addresses are translated (its IOMMU group's
 /// `type`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Translation {
     /// No IOMMU group: nothing translates.
@@ -135,7 +135,7 @@ pub fn parse_iomem(text: &str) -> Option<Vec<(u64, u64)>> {
 }
 
 /// What a mapping was.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Class {
     /// P2P by PCI bus address, unambiguously.

@@ -403,3 +403,89 @@ pub fn start_if(
     };
     Some(Tracer::start(devices, map).map_err(|u| TraceReport::unavailable(u.0)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use peerdma_mem::{AddrRange, PhysAddr};
+    use peerdma_p2p::MapType;
+
+    fn bdf(s: &str) -> Bdf {
+        s.parse().unwrap()
+    }
+
+    /// A copy through the CMB of 03:00.0 (BAR at 0xfc000000, no IOMMU),
+    /// read leg by 03:00.0, write leg by 04:00.0, with a SATA controller's
+    /// and an unrelated NVMe drive's mappings interleaved: the events of
+    /// other devices change nothing, even where they map the same BAR.
+    #[test]
+    fn events_of_other_devices_interleaved_change_nothing() {
+        let map = AddressMap {
+            bars: vec![BarWindow {
+                owner: bdf("0000:03:00.0"),
+                index: 2,
+                phys: AddrRange::new(PhysAddr::new(0xfc00_0000), 16 << 20).unwrap(),
+                bus_offset: 0,
+                p2pmem: true,
+            }],
+            ram: None,
+            translation: [
+                ("0000:03:00.0", Translation::NoIommu),
+                ("0000:04:00.0", Translation::NoIommu),
+            ]
+            .into_iter()
+            .map(|(d, t)| (d.to_string(), t))
+            .collect(),
+        };
+        let ours = "\
+  peerdma-7 [000] ..... 9.100: dma_map_sg: 0000:03:00.0 dir=FROM_DEVICE nents=2/2 ents=2/2 dma_addrs={0xfc000000,0xfc040000} sizes={0x40000,0x40000} phys_addrs={0xfc000000,0xfc040000} attrs=
+  peerdma-7 [001] ..... 9.300: dma_map_sg: 0000:04:00.0 dir=TO_DEVICE nents=1/1 ents=1/1 dma_addrs={0xfc000000} sizes={0x80000} phys_addrs={0xfc000000} attrs=
+";
+        let others = "\
+  kworker-3 [000] ..... 9.150: dma_map_page: 0000:00:1f.2 dir=FROM_DEVICE dma_addr=3a000000 size=4096 phys_addr=3a000000 attrs=
+  peerdma-8 [001] ..... 9.200: dma_map_sg: 0000:05:00.0 dir=FROM_DEVICE nents=1/1 ents=1/1 dma_addrs={0x12345000} sizes={0x1000} phys_addrs={0xfc100000} attrs=
+  peerdma-8 [001] ..... 9.250: dma_map_sg_err: 0000:05:00.0 dir=TO_DEVICE dma_addrs={0xfc200000} err=-22 attrs=
+";
+        let legs = [
+            LegSpec {
+                leg: "read".into(),
+                device: bdf("0000:03:00.0"),
+                dir: DmaDir::FromDevice,
+                staging: Staging::P2p(bdf("0000:03:00.0")),
+                decided: Decided::P2p(MapType::BusAddr),
+                refused: false,
+                moved: Some(0x80000),
+            },
+            LegSpec {
+                leg: "write".into(),
+                device: bdf("0000:04:00.0"),
+                dir: DmaDir::ToDevice,
+                staging: Staging::P2p(bdf("0000:03:00.0")),
+                decided: Decided::P2p(MapType::BusAddr),
+                refused: false,
+                moved: Some(0x80000),
+            },
+        ];
+        let devices = [bdf("0000:03:00.0"), bdf("0000:04:00.0")];
+        let alone = Parsed::from_text(ours, &Formats::new());
+        let l: Vec<&str> = ours.lines().collect();
+        let o: Vec<&str> = others.lines().collect();
+        let mixed_text = [o[0], l[0], o[1], o[2], l[1]].join("\n");
+        let mixed = Parsed::from_text(&mixed_text, &Formats::new());
+        assert_eq!(mixed.events.len(), 5);
+        let a = TraceReport::from_events(&map, &devices, &alone, &legs);
+        let b = TraceReport::from_events(&map, &devices, &mixed, &legs);
+        for r in [&a, &b] {
+            assert_eq!((r.map_events, r.err_events), (2, 0));
+            assert_eq!(r.agrees(), Some(true), "{r:?}");
+            assert_eq!(r.legs[0].observed, "untranslated");
+            assert_eq!((r.legs[0].mappings, r.legs[0].bytes), (1, 0x80000));
+            assert_eq!((r.legs[1].mappings, r.legs[1].bytes), (1, 0x80000));
+            assert_eq!(r.statement(), "mapped by bus address (observed)");
+        }
+        assert_eq!(
+            serde_json::to_value(&a.legs).unwrap(),
+            serde_json::to_value(&b.legs).unwrap()
+        );
+    }
+}
