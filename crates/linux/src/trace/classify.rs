@@ -855,7 +855,7 @@ mod tests {
             Staging::P2p(bdf("0000:03:00.0")),
             Decided::P2p(MapType::BusAddr),
         );
-        let o = observe_legs(&m, &events, &[l.clone()]).remove(0);
+        let o = observe_legs(&m, &events, std::slice::from_ref(&l)).remove(0);
         assert_eq!(
             (o.observed.as_str(), o.agrees),
             ("untranslated", Some(true))
@@ -941,7 +941,7 @@ mod tests {
             0x1000,
             0xfc00_0000,
         );
-        let o = observe_legs(&m, &[host.clone()], &[h.clone()]).remove(0);
+        let o = observe_legs(&m, std::slice::from_ref(&host), std::slice::from_ref(&h)).remove(0);
         assert_eq!((o.observed.as_str(), o.agrees), ("host", Some(true)));
         assert_eq!(observe_legs(&m, &[host, bar], &[h])[0].agrees, Some(false));
     }
