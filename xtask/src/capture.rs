@@ -11,6 +11,8 @@
 //! * `smoke.json`: the P2P smoke tests' outcomes (`peerdma probe` reports);
 //! * `copy.json`: the `peerdma copy` runs between the drives (reports and
 //!   the guest's byte checks);
+//! * `traces/`: the kernel's DMA mapping event lines of each probe and
+//!   copy (`--trace`), read again by `cargo test`;
 //! * `scenario.toml`: the scenario as run.
 //!
 //! and one `tests/fixtures/kernel/README.md` listing scenarios and outcomes.
@@ -95,6 +97,7 @@ fn store(from: &Path, to: &Path) -> Result<()> {
             .with_context(|| format!("cannot copy {} to {}", a.display(), b.display()))?;
     }
     copy_tree(&from.join("root"), &tmp.join("root"))?;
+    copy_tree(&from.join("traces"), &tmp.join("traces"))?;
     util::remove_dir_all_if_exists(to)?;
     std::fs::rename(&tmp, to)
         .with_context(|| format!("cannot rename {} to {}", tmp.display(), to.display()))
@@ -256,11 +259,14 @@ fn readme_text(fixtures: &Path) -> Result<String> {
          P2P DMA through an NVMe CMB, bytes checked), `copy.json` (`peerdma copy\n\
          --verify` between the drives: the path it reported, its verify, and the\n\
          guest's own byte-for-byte check of the destination and the 4 KiB around it)\n\
-         and `scenario.toml`. `cargo test -p xtask` holds `smoke.json` and `copy.json`\n\
-         against each scenario's expectations and the kernel's verdicts.\n\
+         `traces/` (the kernel's DMA mapping event lines of each probe and copy, all\n\
+         run with `--trace`) and `scenario.toml`. `cargo test -p xtask` holds\n\
+         `smoke.json`, `copy.json` and `traces/` against each scenario's\n\
+         expectations and the kernel's verdicts: every mapping into a BAR must be\n\
+         what the kernel's verdict for its pair gives.\n\
          \n\
-         | scenario | functions | pairs | agree (snapshot) | agree (root/) | disable_acs_redir lists | smoke test | copy |\n\
-         | --- | ---: | ---: | ---: | ---: | ---: | --- | --- |\n",
+         | scenario | functions | pairs | agree (snapshot) | agree (root/) | disable_acs_redir lists | smoke test | copy | observed (--trace) |\n\
+         | --- | ---: | ---: | ---: | ---: | ---: | --- | --- | --- |\n",
     );
     for (name, r) in &evals {
         match r {
@@ -270,19 +276,20 @@ fn readme_text(fixtures: &Path) -> Result<String> {
                 });
                 let _ = writeln!(
                     s,
-                    "| {name} | {} | {} | {} | {} | {acs} | {} | {} |",
+                    "| {name} | {} | {} | {} | {} | {acs} | {} | {} | {} |",
                     e.functions,
                     e.kernel_pairs,
                     e.snapshot.pairs_agreeing,
                     e.root.pairs_agreeing,
                     e.smoke_summary(),
-                    e.copy_summary()
+                    e.copy_summary(),
+                    e.observed_summary()
                 );
             }
             Err(err) => {
                 let _ = writeln!(
                     s,
-                    "| {name} | - | - | - | - | - | unreadable: {err:#} | - |"
+                    "| {name} | - | - | - | - | - | unreadable: {err:#} | - | - |"
                 );
             }
         }

@@ -61,6 +61,12 @@ impl Evaluation {
         )
     }
 
+    /// The `observed` column: the path each probe and copy was observed
+    /// to take, from the kernel's DMA mapping events.
+    pub fn observed_summary(&self) -> String {
+        super::observed::summary(&self.traced.iter().collect::<Vec<_>>())
+    }
+
     /// Lines worth printing: disagreements, unmet expectations, and smoke
     /// tests and copies that moved wrong bytes even where expected (a finding).
     pub fn details(&self) -> Vec<String> {
@@ -87,8 +93,18 @@ impl Evaluation {
         for c in &self.copies {
             let wrong = c.run.verify.as_deref() == Some("mismatch") || c.run.pattern != "exact";
             if c.run.path.is_some() && wrong {
+                let observed = self
+                    .traced
+                    .iter()
+                    .find(|t| {
+                        t.label.starts_with("copy ")
+                            && t.label.contains(&c.run.label())
+                            && t.label.contains(&c.run.range())
+                    })
+                    .map(|t| format!("; observed: {}", t.observed()))
+                    .unwrap_or_default();
                 out.push(format!(
-                    "FINDING: copy {} ({}; kernel {}): {}{}",
+                    "FINDING: copy {} ({}; kernel {}): {}{observed}{}",
                     c.run.label(),
                     c.run.range(),
                     c.kernel,
@@ -107,7 +123,7 @@ impl Evaluation {
 
 /// The per-scenario table.
 pub fn table(rows: &[(String, Result<&Evaluation, String>)]) -> String {
-    let mut lines: Vec<[String; 8]> = vec![[
+    let mut lines: Vec<[String; 9]> = vec![[
         "scenario",
         "functions",
         "pairs",
@@ -116,6 +132,7 @@ pub fn table(rows: &[(String, Result<&Evaluation, String>)]) -> String {
         "acs lists",
         "smoke test",
         "copy",
+        "observed (--trace)",
     ]
     .map(String::from)];
     for (name, r) in rows {
@@ -138,6 +155,7 @@ pub fn table(rows: &[(String, Result<&Evaluation, String>)]) -> String {
                     acs,
                     e.smoke_summary(),
                     e.copy_summary(),
+                    e.observed_summary(),
                 ]
             }
             Err(why) => {
@@ -150,13 +168,14 @@ pub fn table(rows: &[(String, Result<&Evaluation, String>)]) -> String {
                     "-".into(),
                     String::new(),
                     String::new(),
+                    String::new(),
                 ];
                 l[6] = format!("FAILED: {}", why.lines().next().unwrap_or(""));
                 l
             }
         });
     }
-    let widths: Vec<usize> = (0..8)
+    let widths: Vec<usize> = (0..9)
         .map(|i| lines.iter().map(|l| l[i].len()).max().unwrap_or(0))
         .collect();
     let mut s = String::new();
@@ -166,7 +185,8 @@ pub fn table(rows: &[(String, Result<&Evaluation, String>)]) -> String {
             line.push_str(&format!("  {:>w$}", l[i], w = widths[i]));
         }
         line.push_str(&format!("  {:<w$}  ", l[6], w = widths[6]));
-        line.push_str(&l[7]);
+        line.push_str(&format!("{:<w$}  ", l[7], w = widths[7]));
+        line.push_str(&l[8]);
         s.push_str(line.trim_end());
         s.push('\n');
     }
