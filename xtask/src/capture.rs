@@ -159,10 +159,16 @@ fn copy_section(s: &mut String, e: &Evaluation) {
         return;
     }
     s.push_str(
-        "| copy src -> dst | range | flags | kernel (provider: legs) | path | verify | bytes | expected | why |\n\
-         | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
+        "| copy src -> dst | range | flags | kernel (provider: legs) | path | observed (--trace) | verify | bytes | expected | why |\n\
+         | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
     );
-    for c in &e.copies {
+    // e.traced holds the probes' traces, then the copies'.
+    let observed = |i: usize| {
+        e.traced
+            .get(e.smoke.len() + i)
+            .map_or("-".to_string(), |t| t.observed())
+    };
+    for (i, c) in e.copies.iter().enumerate() {
         let r = &c.run;
         let path = match &r.path {
             Some(p) if r.fallback.is_some() => format!("{p} (fallback)"),
@@ -191,19 +197,20 @@ fn copy_section(s: &mut String, e: &Evaluation) {
         };
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.label(),
             r.range(),
             if r.flags.is_empty() { "-" } else { &r.flags },
             c.kernel,
             mark(path),
+            observed(i),
             r.verify.as_deref().unwrap_or("-"),
             bytes,
             r.expect,
             r.why
         );
     }
-    for c in &e.copies {
+    for (i, c) in e.copies.iter().enumerate() {
         let r = &c.run;
         if let Some(f) = &r.fallback {
             let _ = writeln!(s, "\nFallback ({}): {f}", r.label());
@@ -220,10 +227,11 @@ fn copy_section(s: &mut String, e: &Evaluation) {
         if r.path.is_some() && r.verify.as_deref() == Some("mismatch") {
             let _ = writeln!(
                 s,
-                "\nFinding ({}, {}): the copy reported success and {} bytes, but `--verify` found the destination different from the source from byte {} on ({}); exit status {}, not a silent pass.",
+                "\nFinding ({}, {}): the copy reported success and {} bytes and the kernel's DMA mapping events show the mappings it made ({}), but `--verify` found the destination different from the source from byte {} on ({}); exit status {}, not a silent pass.",
                 r.label(),
                 r.range(),
                 r.count,
+                observed(i),
                 r.first_difference.map_or("?".into(), |x| x.to_string()),
                 if r.zeros {
                     "the range reads back as zeros"
