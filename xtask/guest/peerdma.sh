@@ -7,22 +7,29 @@
 #
 # 1. `peerdma snapshot --live` -> $OUT/snapshot.json (peerdma's own capture,
 #    held against the kernel's verdicts on the host).
-# 2. The scenario's P2P smoke tests, one `peerdma probe --json` per line of
+# 2. The scenario's P2P smoke tests, one `peerdma probe --json --trace` per line of
 #    /etc/peerdma/probes/$SCENARIO ("PROVIDER CLIENT TO SIZE", "-" for a
-#    default) -> $OUT/probes/N.{json,err,rc}. A probe's own exit status is
+#    default) -> $OUT/probes/N.{json,err,rc,trace} (N.trace: the kernel's
+#    DMA mapping event lines as peerdma read them, PEERDMA_TRACE_RAW). A
+#    probe's own exit status is
 #    recorded, not fatal: the host compares outcomes with the scenario.
-# 3. The scenario's copies, one `peerdma copy --json` per line of
+# 3. The scenario's copies, one `peerdma copy --json --trace` per line of
 #    /etc/peerdma/copies/$SCENARIO ("SRC DST SKIP SEEK COUNT VIA FLAGS":
 #    PCI functions of the two drives, byte offsets and count, a --via
 #    provider or "-", and "-" or a comma list of no-bounce, unchecked-via)
-#    -> $OUT/copies/N.{json,err,rc,check}. Before each copy a fresh random
+#    -> $OUT/copies/N.{json,err,rc,check,trace}. Before each copy a fresh random
 #    pattern goes to the source range and other random bytes to the
 #    destination range and 4 KiB around it (busybox dd, not peerdma); after
 #    it the destination is read back (page cache dropped) and compared
 #    byte for byte: inside the range against the pattern (or, for a copy
 #    that must be refused, against what was there), outside against what
 #    was there. N.check holds the verdict of that comparison.
-# 4. The kernel log after the probes and copies (DMAR faults, NVMe errors).
+# 4. In scenario $TRACE_BENCH only, the cost of --trace: the same 32 MiB
+#    P2P copy between the first copy case's drives, alternately without and
+#    with --trace, 5 times each -> $OUT/trace-overhead.txt (one line per
+#    run: "plain|trace WALL_SECONDS BYTES_PER_SEC"; the host prints the
+#    medians side by side).
+# 5. The kernel log after the probes and copies (DMAR faults, NVMe errors).
 set -u
 peerdma --version || exit 1
 peerdma snapshot --live -o "$OUT/snapshot.json" || exit 1
@@ -38,11 +45,11 @@ if [ -f "$LIST" ]; then
 	while read -r provider client to size; do
 		[ -n "$provider" ] || continue
 		i=$((i + 1))
-		set -- probe --json "$provider" "$client"
+		set -- probe --json --trace "$provider" "$client"
 		[ "$to" = "-" ] || set -- "$@" --to "$to"
 		[ "$size" = "-" ] || set -- "$@" --size "$size"
 		echo "probe $i: peerdma $*"
-		peerdma "$@" >"$OUT/probes/$i.json" 2>"$OUT/probes/$i.err" </dev/null
+		PEERDMA_TRACE_RAW="$OUT/probes/$i.trace" peerdma "$@" >"$OUT/probes/$i.json" 2>"$OUT/probes/$i.err" </dev/null
 		rc=$?
 		echo "$rc" >"$OUT/probes/$i.rc"
 		echo "probe $i: exit $rc, $(grep -m1 '"outcome"' "$OUT/probes/$i.json")"
@@ -101,7 +108,7 @@ copy_case() {
 	dd if=$T/before of="$D" bs=1M seek="$roff" oflag=seek_bytes conv=notrunc,fsync status=none
 	sync
 	echo 3 >/proc/sys/vm/drop_caches
-	set -- copy --json "$S" "$D" --force-device --verify \
+	set -- copy --json --trace "$S" "$D" --force-device --verify \
 		--skip "$skip" --seek "$seek" --count "$count"
 	[ "$via" = "-" ] || set -- "$@" --via "$via"
 	unchecked=
@@ -109,9 +116,9 @@ copy_case() {
 	case ",$flags," in *,unchecked-via,*) unchecked=1 ;; esac
 	echo "copy $n: ${unchecked:+PEERDMA_COPY_UNCHECKED_VIA=1 }peerdma $*"
 	if [ -n "$unchecked" ]; then
-		PEERDMA_COPY_UNCHECKED_VIA=1 peerdma "$@" >"$C.json" 2>"$C.err" </dev/null
+		PEERDMA_TRACE_RAW="$C.trace" PEERDMA_COPY_UNCHECKED_VIA=1 peerdma "$@" >"$C.json" 2>"$C.err" </dev/null
 	else
-		peerdma "$@" >"$C.json" 2>"$C.err" </dev/null
+		PEERDMA_TRACE_RAW="$C.trace" peerdma "$@" >"$C.json" 2>"$C.err" </dev/null
 	fi
 	rc=$?
 	echo "$rc" >"$C.rc"
@@ -152,5 +159,23 @@ if [ -f "$LIST" ]; then
 	done <"$LIST"
 fi
 echo "$j copy case(s) run"
+
+TRACE_BENCH=switch-nvme-cmb
+if [ "$SCENARIO" = "$TRACE_BENCH" ] && [ -f "$LIST" ]; then
+	read -r sbdf dbdf _ <"$LIST"
+	S=$(ns_of "$sbdf") && D=$(ns_of "$dbdf") && for k in 1 2 3 4 5; do
+		for mode in plain trace; do
+			set -- copy --json "$S" "$D" --force-device --count 33554432
+			[ "$mode" = trace ] && set -- "$@" --trace
+			t0=$(cut -d' ' -f1 /proc/uptime)
+			peerdma "$@" >/tmp/bench.json 2>/tmp/bench.err </dev/null
+			rc=$?
+			t1=$(cut -d' ' -f1 /proc/uptime)
+			bps=$(grep -m1 -o '"bytes_per_sec": [0-9.e+]*' /tmp/bench.json | cut -d' ' -f2)
+			echo "$mode $(echo "$t0 $t1" | awk '{printf "%.2f", $2 - $1}') ${bps:-?} rc=$rc" >>"$OUT/trace-overhead.txt"
+		done
+	done
+	echo "trace overhead: $(wc -l <"$OUT/trace-overhead.txt") run(s)"
+fi
 dmesg >"$OUT/peerdma/dmesg-after-probes.txt"
 exit 0

@@ -11,6 +11,8 @@
 //! * `smoke.json`: the P2P smoke tests' outcomes (`peerdma probe` reports);
 //! * `copy.json`: the `peerdma copy` runs between the drives (reports and
 //!   the guest's byte checks);
+//! * `traces/`: the kernel's DMA mapping event lines of each probe and
+//!   copy (`--trace`), read again by `cargo test`;
 //! * `scenario.toml`: the scenario as run.
 //!
 //! and one `tests/fixtures/kernel/README.md` listing scenarios and outcomes.
@@ -110,6 +112,7 @@ fn store(from: &Path, to: &Path) -> Result<()> {
                 .with_context(|| format!("cannot copy {} to {}", a.display(), b.display()))?;
         }
     }
+    copy_tree(&from.join("traces"), &tmp.join("traces"))?;
     util::remove_dir_all_if_exists(to)?;
     std::fs::rename(&tmp, to)
         .with_context(|| format!("cannot rename {} to {}", tmp.display(), to.display()))
@@ -192,10 +195,16 @@ fn copy_section(s: &mut String, e: &Evaluation) {
         return;
     }
     s.push_str(
-        "| copy src -> dst | range | flags | kernel (provider: legs) | path | verify | bytes | expected | why |\n\
-         | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
+        "| copy src -> dst | range | flags | kernel (provider: legs) | path | observed (--trace) | verify | bytes | expected | why |\n\
+         | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
     );
-    for c in &e.copies {
+    // e.traced holds the probes' traces, then the copies'.
+    let observed = |i: usize| {
+        e.traced
+            .get(e.smoke.len() + i)
+            .map_or("-".to_string(), |t| t.observed())
+    };
+    for (i, c) in e.copies.iter().enumerate() {
         let r = &c.run;
         let path = match &r.path {
             Some(p) if r.fallback.is_some() => format!("{p} (fallback)"),
@@ -224,19 +233,20 @@ fn copy_section(s: &mut String, e: &Evaluation) {
         };
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.label(),
             r.range(),
             if r.flags.is_empty() { "-" } else { &r.flags },
             c.kernel,
             mark(path),
+            observed(i),
             r.verify.as_deref().unwrap_or("-"),
             bytes,
             r.expect,
             r.why
         );
     }
-    for c in &e.copies {
+    for (i, c) in e.copies.iter().enumerate() {
         let r = &c.run;
         if let Some(f) = &r.fallback {
             let _ = writeln!(s, "\nFallback ({}): {f}", r.label());
@@ -253,10 +263,11 @@ fn copy_section(s: &mut String, e: &Evaluation) {
         if r.path.is_some() && r.verify.as_deref() == Some("mismatch") {
             let _ = writeln!(
                 s,
-                "\nFinding ({}, {}): the copy reported success and {} bytes, but `--verify` found the destination different from the source from byte {} on ({}); exit status {}, not a silent pass.",
+                "\nFinding ({}, {}): the copy reported success and {} bytes and the kernel's DMA mapping events show the mappings it made ({}), but `--verify` found the destination different from the source from byte {} on ({}); exit status {}, not a silent pass.",
                 r.label(),
                 r.range(),
                 r.count,
+                observed(i),
                 r.first_difference.map_or("?".into(), |x| x.to_string()),
                 if r.zeros {
                     "the range reads back as zeros"
@@ -292,8 +303,11 @@ fn readme_text(fixtures: &Path) -> Result<String> {
          P2P DMA through an NVMe CMB, bytes checked), `copy.json` (`peerdma copy\n\
          --verify` between the drives: the path it reported, its verify, and the\n\
          guest's own byte-for-byte check of the destination and the 4 KiB around it)\n\
-         and `scenario.toml`. `cargo test -p xtask` holds `smoke.json` and `copy.json`\n\
-         against each scenario's expectations and the kernel's verdicts.\n\
+         `traces/` (the kernel's DMA mapping event lines of each probe and copy, all\n\
+         run with `--trace`) and `scenario.toml`. `cargo test -p xtask` holds\n\
+         `smoke.json`, `copy.json` and `traces/` against each scenario's\n\
+         expectations and the kernel's verdicts: every mapping into a BAR must be\n\
+         what the kernel's verdict for its pair gives.\n\
          \n\
          `fixes/<k>/`: the scenario booted again with each distinct kernel-parameter\n\
          fix that `peerdma check` proposes for its pairs (`fix.json`: the fix, the\n\
@@ -302,8 +316,8 @@ fn readme_text(fixtures: &Path) -> Result<String> {
          test` holds every prediction against the kernel's verdicts and the booted\n\
          machine, and fails when peerdma proposes a fix no run has booted.\n\
          \n\
-         | scenario | functions | pairs | agree (snapshot) | agree (root/) | disable_acs_redir lists | fixes proposed/confirmed | smoke test | copy |\n\
-         | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |\n",
+         | scenario | functions | pairs | agree (snapshot) | agree (root/) | disable_acs_redir lists | fixes proposed/confirmed | smoke test | copy | observed (--trace) |\n\
+         | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | --- |\n",
     );
     for (name, r) in &evals {
         match r {
@@ -313,20 +327,21 @@ fn readme_text(fixtures: &Path) -> Result<String> {
                 });
                 let _ = writeln!(
                     s,
-                    "| {name} | {} | {} | {} | {} | {acs} | {} | {} | {} |",
+                    "| {name} | {} | {} | {} | {} | {acs} | {} | {} | {} | {} |",
                     e.functions,
                     e.kernel_pairs,
                     e.snapshot.pairs_agreeing,
                     e.root.pairs_agreeing,
                     e.fixes_summary(),
                     e.smoke_summary(),
-                    e.copy_summary()
+                    e.copy_summary(),
+                    e.observed_summary()
                 );
             }
             Err(err) => {
                 let _ = writeln!(
                     s,
-                    "| {name} | - | - | - | - | - | - | unreadable: {err:#} | - |"
+                    "| {name} | - | - | - | - | - | - | unreadable: {err:#} | - | - |"
                 );
             }
         }

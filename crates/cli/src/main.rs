@@ -271,6 +271,12 @@ enum Cmd {
         /// Pattern seed [default: from the clock].
         #[arg(long)]
         seed: Option<u64>,
+        /// Watch the kernel's DMA mapping events (tracefs, as root) and
+        /// report the path each transfer was observed to take next to its
+        /// verdict. The system's tracing state is left as it was; Ctrl-C
+        /// then takes effect after the transfers (twice: at once).
+        #[arg(long)]
+        trace: bool,
     },
 }
 
@@ -314,6 +320,12 @@ struct CopyArgs {
     /// Print the plan (path, buffer, ranges) and stop.
     #[arg(long)]
     dry_run: bool,
+    /// Watch the kernel's DMA mapping events while the data moves
+    /// (tracefs, as root) and report the path each leg was observed to
+    /// take next to the one the kernel's rule decides. The system's
+    /// tracing state is left as it was.
+    #[arg(long)]
+    trace: bool,
 }
 
 fn run_copy(a: &CopyArgs, json: bool) -> Result<ExitCode> {
@@ -330,6 +342,7 @@ fn run_copy(a: &CopyArgs, json: bool) -> Result<ExitCode> {
     opts.force_device = a.force_device;
     opts.verify = a.verify;
     opts.fsync = a.fsync;
+    opts.trace = a.trace;
     // Ctrl-C stops submitting I/O; what is in flight completes and the
     // report says how far the copy got.
     let stop = Arc::new(AtomicBool::new(false));
@@ -845,6 +858,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         offset,
         to_offset,
         seed,
+        trace,
     } = &cli.cmd
     {
         let s = &cli.source;
@@ -862,11 +876,30 @@ fn run(cli: Cli) -> Result<ExitCode> {
         opts.offset = *offset;
         opts.to_offset = *to_offset;
         opts.seed = *seed;
+        opts.trace = *trace;
+        // With --trace, a first Ctrl-C waits for the transfers, so that the
+        // tracing instance is removed; a second one ends the probe at once.
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        if *trace {
+            for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+                signal_hook::flag::register_conditional_shutdown(
+                    sig,
+                    130,
+                    std::sync::Arc::clone(&stop),
+                )
+                .and_then(|_| signal_hook::flag::register(sig, std::sync::Arc::clone(&stop)))
+                .context("installing the interrupt handler")?;
+            }
+        }
         let report = peerdma_linux::probe::run(&opts)?;
         if cli.json {
             print_json(&serde_json::to_value(&report)?)?;
         } else {
             print(&report.render())?;
+        }
+        if stop.load(std::sync::atomic::Ordering::SeqCst) {
+            eprintln!("peerdma: interrupted (it took effect after the transfers, with the tracing put back)");
+            return Ok(ExitCode::from(130));
         }
         return Ok(ExitCode::from(report.exit_code));
     }

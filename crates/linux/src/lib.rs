@@ -13,7 +13,9 @@
 //!   bounce buffers, O_DIRECT with io_uring, the path taken reported;
 //! * [`probe`]: the P2P smoke test — move known bytes through a provider's
 //!   memory with real DMA and hold the result against the kernel's verdict
-//!   (read with [`peerdma_p2p::oracle`] where the oracle kernel prints it).
+//!   (read with [`peerdma_p2p::oracle`] where the oracle kernel prints it);
+//! * [`trace`]: the path a transfer really took, from the kernel's DMA
+//!   mapping tracepoints (`--trace`).
 //!
 //! The probe's patterns and how wrong bytes are told apart, without
 //! hardware:
@@ -38,6 +40,7 @@ pub mod direct;
 pub mod p2pmem;
 pub mod pattern;
 pub mod probe;
+pub mod trace;
 
 use peerdma_mem::Bdf;
 use std::io;

@@ -30,6 +30,7 @@ use crate::blockdev::{self, BlockDevice};
 use crate::direct::{AlignedBuf, DirectDev};
 use crate::p2pmem::{self, P2pMem, P2pMemInfo};
 use crate::pattern::{self, Mismatch};
+use crate::trace::{self, AddressMap, Decided, DmaDir, LegSpec, Staging, TraceReport, Tracer};
 use crate::{errno_name, Error, Result};
 use peerdma_mem::{format_size, Bdf, PAGE_SIZE};
 use peerdma_p2p::{calc_map_type_and_dist, oracle, MapType};
@@ -64,6 +65,10 @@ pub struct ProbeOptions {
     pub sys_root: PathBuf,
     /// Where the device nodes are (`/dev`).
     pub dev_dir: PathBuf,
+    /// Watch the kernel's DMA mapping events during each transfer and
+    /// report the path observed next to the verdict (needs root and
+    /// tracefs; the report says why where it cannot).
+    pub trace: bool,
 }
 
 impl ProbeOptions {
@@ -78,6 +83,7 @@ impl ProbeOptions {
             seed: None,
             sys_root: PathBuf::from("/"),
             dev_dir: PathBuf::from("/dev"),
+            trace: false,
         }
     }
 }
@@ -172,6 +178,10 @@ pub struct Transfer {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub wrong: Option<Mismatch>,
     pub micros: u64,
+    /// `--trace`: the path observed in the kernel's DMA mapping events
+    /// during this transfer (`trace.legs[0].observed`), or why not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace: Option<TraceReport>,
 }
 
 impl Transfer {
@@ -188,6 +198,7 @@ impl Transfer {
             message: None,
             wrong: None,
             micros: 0,
+            trace: None,
         }
     }
 
@@ -321,6 +332,8 @@ pub fn scratch_offsets(
 struct Run<'a> {
     report: ProbeReport,
     opts: &'a ProbeOptions,
+    /// The machine's address map, for `--trace`.
+    map: Option<AddressMap>,
 }
 
 impl Run<'_> {
@@ -437,7 +450,10 @@ pub fn run(opts: &ProbeOptions) -> Result<ProbeReport> {
         agrees: false,
         exit_code: 2,
     };
-    let mut run = Run { report, opts };
+    let map = opts
+        .trace
+        .then(|| trace::address_map(&topo, &opts.sys_root, &[bdf(c), bdf(t)]));
+    let mut run = Run { report, opts, map };
     run.transfers(seed, read_verdict, write_verdict);
     run.conclude();
     Ok(run.report)
@@ -615,7 +631,17 @@ impl Run<'_> {
             ),
             read_verdict,
         );
-        match client_dev.read_into_p2p(&mem, a) {
+        let tracer = self.start_trace(client_bdf);
+        let dma = client_dev.read_into_p2p(&mem, a);
+        tr.trace = self.finish_trace(
+            tracer,
+            "drive_to_p2pmem",
+            client_bdf,
+            DmaDir::FromDevice,
+            &tr,
+            &dma,
+        );
+        match dma {
             Err(e) => tr.dma_failed("read_to_p2pmem", &e),
             Ok(()) => {
                 let mut got = vec![0u8; len];
@@ -676,7 +702,17 @@ impl Run<'_> {
             ),
             write_verdict,
         );
-        match to_dev.write_from_p2p(&mem, b) {
+        let tracer = self.start_trace(to_bdf);
+        let dma = to_dev.write_from_p2p(&mem, b);
+        tr.trace = self.finish_trace(
+            tracer,
+            "p2pmem_to_drive",
+            to_bdf,
+            DmaDir::ToDevice,
+            &tr,
+            &dma,
+        );
+        match dma {
             Err(e) => tr.dma_failed("write_from_p2pmem", &e),
             Ok(()) => {
                 let mut back = AlignedBuf::zeroed(len);
@@ -708,6 +744,37 @@ impl Run<'_> {
         self.report.transfers.push(tr);
     }
 
+    /// `--trace`: start watching `device`'s mappings (or say why not).
+    fn start_trace(&self, device: Bdf) -> Option<Result<Tracer, TraceReport>> {
+        let o = self.opts;
+        let map = self.map.clone();
+        trace::start_if(o.trace, &o.sys_root, &[device], || map)
+    }
+
+    /// `--trace`: stop watching, and hold the mappings against the verdict.
+    fn finish_trace(
+        &self,
+        tracer: Option<Result<Tracer, TraceReport>>,
+        leg: &str,
+        device: Bdf,
+        dir: DmaDir,
+        tr: &Transfer,
+        dma: &Result<()>,
+    ) -> Option<TraceReport> {
+        tracer.map(|t| match t {
+            Ok(t) => t.finish(&[LegSpec {
+                leg: leg.to_string(),
+                device,
+                dir,
+                staging: Staging::P2p(self.report.provider),
+                decided: Decided::P2p(tr.verdict.map_type),
+                refused: matches!(dma, Err(e) if e.errno() == Some(libc::EREMOTEIO)),
+                moved: dma.is_ok().then_some(self.report.size),
+            }]),
+            Err(r) => r,
+        })
+    }
+
     /// Fill in outcome, agreement, message and exit code.
     fn conclude(&mut self) {
         let r = &mut self.report;
@@ -735,6 +802,15 @@ impl Run<'_> {
         };
         r.outcome = outcome;
         r.agrees = r.transfers.iter().all(|t| t.result == t.expected) && r.transfers.len() == 2;
+        // `--trace`: the path observed must be the one decided too.
+        let traced: Vec<&TraceReport> = r
+            .transfers
+            .iter()
+            .filter_map(|t| t.trace.as_ref())
+            .collect();
+        let observed = TraceReport::merge(&traced);
+        let trace_differs = observed.as_ref().and_then(TraceReport::agrees) == Some(false);
+        r.agrees &= !trace_differs;
         if outcome != Outcome::Ok {
             r.step = Some(match step {
                 Some(s) => format!("{transfer}:{s}"),
@@ -787,6 +863,20 @@ impl Run<'_> {
                 r.expected.as_str()
             ),
         };
+        if let Some(t) = &observed {
+            if trace_differs {
+                r.message = format!("DISAGREES: {}; {}", t.statement(), r.message);
+            } else if t.agrees() == Some(true) {
+                let bytes = match outcome {
+                    Outcome::Ok => ", bytes verified",
+                    Outcome::WrongBytes => ", and the data did not arrive",
+                    _ => "",
+                };
+                r.message = format!("{}; {}{bytes}", r.message, t.statement());
+            } else {
+                r.message = format!("{}; {}", r.message, t.statement());
+            }
+        }
         r.exit_code = if r.agrees {
             0
         } else if outcome == Outcome::Error {
@@ -867,6 +957,11 @@ impl ProbeReport {
                     .map(|m| format!(" — {m}"))
                     .unwrap_or_default(),
             ));
+            if let Some(tr) = &t.trace {
+                for l in tr.render_lines() {
+                    s.push_str(&format!("  trace: {l}\n"));
+                }
+            }
         }
         s.push_str(&format!("result: {}\n", self.message));
         s

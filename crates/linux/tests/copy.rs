@@ -809,7 +809,7 @@ fn a_failed_verify_is_an_error_with_the_report_and_the_first_difference() {
     let line = e.to_string();
     assert!(
         line.contains("VERIFY FAILED: the copy took the path bounced through host memory")
-            && line.contains("and the data is wrong")
+            && line.contains("and the data did not arrive as sent")
             && line.contains(&format!(
                 "{} differs from {} first at byte 1234567",
                 dst.display(),

@@ -7,17 +7,22 @@
 //!
 //! Works on a result directory (`target/vm/<scenario>/`) and on a fixture
 //! directory (`tests/fixtures/kernel/<scenario>/`) alike: both hold
-//! `verdicts`, `snapshot.json`, `root/`, `acs-warnings.txt`, `smoke.json`
-//! and `copy.json`.
+//! `verdicts`, `snapshot.json`, `root/`, `acs-warnings.txt`, `smoke.json`,
+//! `copy.json` and `traces/` (the kernel's DMA mapping event lines of each
+//! probe and copy).
 //!
 //! - [`records`]: the guest's outputs as records (`smoke.json`, `copy.json`);
 //! - [`copy`]: each copy held against its case, the byte check and the kernel;
 //! - [`expect`]: the kernel's verdicts against the scenario's expectations;
+//! - [`observed`]: the path each run was observed to take (`--trace`),
+//!   from peerdma's report and from the kernel's own event lines
+//!   (`traces/`), against the kernel's verdicts;
 //! - [`render`]: summaries, findings and the per-scenario table;
 //! - here: [`evaluate`], which reads one directory and puts it all together.
 
 mod copy;
 mod expect;
+pub mod observed;
 mod records;
 mod render;
 
@@ -52,6 +57,9 @@ pub struct Evaluation {
     /// snapshot, each held against the kernel booted with it (`fixes/<k>/`).
     pub fixes_proposed: usize,
     pub fixes: Vec<FixCheck>,
+    /// Each probe's and copy's trace against the kernel (`probe N`, then
+    /// `copy N`).
+    pub traced: Vec<observed::Traced>,
     /// Expectations not met (kernel verdicts, smoke tests, copies, missing files).
     pub problems: Vec<String>,
 }
@@ -136,9 +144,25 @@ pub fn evaluate(dir: &Path, sc: &Scenario) -> Result<Evaluation> {
     }
     let (fixes_proposed, fixes, fix_problems) = evaluate_fixes(dir, &snap_topo)?;
     problems.extend(fix_problems);
+    let mut traced = Vec::new();
+    for (i, s) in smoke.iter().enumerate() {
+        let devices: Vec<Bdf> = [Some(&s.provider), Some(&s.client), s.to.as_ref()]
+            .into_iter()
+            .flatten()
+            .filter_map(|b| b.parse().ok())
+            .collect();
+        traced.push(observed::check(
+            &format!("probe {} ({})", i + 1, s.label()),
+            &s.report,
+            read_trace(dir, "probe", i + 1).as_deref(),
+            &devices,
+            &snap_topo,
+            &kernel,
+        ));
+    }
     let providers = published_providers(&snap_topo);
     let mut copies = Vec::new();
-    for (c, run) in sc.copy.iter().zip(runs) {
+    for (i, (c, run)) in sc.copy.iter().zip(runs).enumerate() {
         if (run.src.as_str(), run.dst.as_str()) != (c.src.as_str(), c.dst.as_str()) {
             problems.push(format!(
                 "{} records copy {} where the scenario has {}",
@@ -148,6 +172,18 @@ pub fn evaluate(dir: &Path, sc: &Scenario) -> Result<Evaluation> {
             ));
             continue;
         }
+        let devices: Vec<Bdf> = [&run.src, &run.dst]
+            .into_iter()
+            .filter_map(|b| b.parse().ok())
+            .collect();
+        traced.push(observed::check(
+            &format!("copy {} ({}, {})", i + 1, run.label(), run.range()),
+            &run.report,
+            read_trace(dir, "copy", i + 1).as_deref(),
+            &devices,
+            &snap_topo,
+            &kernel,
+        ));
         let e = evaluate_copy(c, run, &kernel, &providers);
         for q in &e.problems {
             problems.push(format!(
@@ -163,7 +199,13 @@ pub fn evaluate(dir: &Path, sc: &Scenario) -> Result<Evaluation> {
         }
         copies.push(e);
     }
+    for t in &traced {
+        for q in &t.problems {
+            problems.push(format!("trace of {}: {q}", t.label));
+        }
+    }
     Ok(Evaluation {
+        traced,
         description: sc.description.clone(),
         functions: kernel.devices.len(),
         kernel_pairs: kernel.pairs.len(),
@@ -252,6 +294,11 @@ pub fn evaluate_fixes(dir: &Path, base: &Topology) -> Result<(usize, Vec<FixChec
         checks.push(c);
     }
     Ok((proposed.len(), checks, problems))
+}
+
+/// The kernel's event lines of a run, `traces/KIND-N.trace`.
+fn read_trace(dir: &Path, kind: &str, n: usize) -> Option<String> {
+    std::fs::read_to_string(dir.join("traces").join(format!("{kind}-{n}.trace"))).ok()
 }
 
 /// Functions that publish P2P memory, as the guest's snapshot shows them.

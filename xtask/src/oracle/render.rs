@@ -68,6 +68,12 @@ impl Evaluation {
         format!("{}/{confirmed}", self.fixes_proposed)
     }
 
+    /// The `observed` column: the path each probe and copy was observed
+    /// to take, from the kernel's DMA mapping events.
+    pub fn observed_summary(&self) -> String {
+        super::observed::summary(&self.traced.iter().collect::<Vec<_>>())
+    }
+
     /// Lines worth printing: disagreements, unmet expectations, and smoke
     /// tests and copies that moved wrong bytes even where expected (a finding).
     pub fn details(&self) -> Vec<String> {
@@ -94,8 +100,18 @@ impl Evaluation {
         for c in &self.copies {
             let wrong = c.run.verify.as_deref() == Some("mismatch") || c.run.pattern != "exact";
             if c.run.path.is_some() && wrong {
+                let observed = self
+                    .traced
+                    .iter()
+                    .find(|t| {
+                        t.label.starts_with("copy ")
+                            && t.label.contains(&c.run.label())
+                            && t.label.contains(&c.run.range())
+                    })
+                    .map(|t| format!("; observed: {}", t.observed()))
+                    .unwrap_or_default();
                 out.push(format!(
-                    "FINDING: copy {} ({}; kernel {}): {}{}",
+                    "FINDING: copy {} ({}; kernel {}): {}{observed}{}",
                     c.run.label(),
                     c.run.range(),
                     c.kernel,
@@ -114,7 +130,7 @@ impl Evaluation {
 
 /// The per-scenario table.
 pub fn table(rows: &[(String, Result<&Evaluation, String>)]) -> String {
-    let mut lines: Vec<[String; 9]> = vec![[
+    let mut lines: Vec<[String; 10]> = vec![[
         "scenario",
         "functions",
         "pairs",
@@ -124,6 +140,7 @@ pub fn table(rows: &[(String, Result<&Evaluation, String>)]) -> String {
         "fixes proposed/confirmed",
         "smoke test",
         "copy",
+        "observed (--trace)",
     ]
     .map(String::from)];
     for (name, r) in rows {
@@ -147,6 +164,7 @@ pub fn table(rows: &[(String, Result<&Evaluation, String>)]) -> String {
                     e.fixes_summary(),
                     e.smoke_summary(),
                     e.copy_summary(),
+                    e.observed_summary(),
                 ]
             }
             Err(why) => {
@@ -160,13 +178,14 @@ pub fn table(rows: &[(String, Result<&Evaluation, String>)]) -> String {
                     "-".into(),
                     String::new(),
                     String::new(),
+                    String::new(),
                 ];
                 l[7] = format!("FAILED: {}", why.lines().next().unwrap_or(""));
                 l
             }
         });
     }
-    let widths: Vec<usize> = (0..9)
+    let widths: Vec<usize> = (0..10)
         .map(|i| lines.iter().map(|l| l[i].len()).max().unwrap_or(0))
         .collect();
     let mut s = String::new();
@@ -176,7 +195,8 @@ pub fn table(rows: &[(String, Result<&Evaluation, String>)]) -> String {
             line.push_str(&format!("  {:>w$}", l[i], w = widths[i]));
         }
         line.push_str(&format!("  {:<w$}  ", l[7], w = widths[7]));
-        line.push_str(&l[8]);
+        line.push_str(&format!("{:<w$}  ", l[8], w = widths[8]));
+        line.push_str(&l[9]);
         s.push_str(line.trim_end());
         s.push('\n');
     }

@@ -114,6 +114,25 @@ pub(super) fn collect(
         serde_json::to_string_pretty(&CopyFile { copies })? + "\n",
     )?;
 
+    // The kernel's DMA mapping event lines of each run (PEERDMA_TRACE_RAW),
+    // kept as `traces/{probe,copy}-N.trace`.
+    let traces = dir.join("traces");
+    util::remove_dir_all_if_exists(&traces)?;
+    util::create_dir_all(&traces)?;
+    for (kind, sub, n) in [
+        ("probe", "probes", sc.probe.len()),
+        ("copy", "copies", sc.copy.len()),
+    ] {
+        for i in 1..=n {
+            let from = dir.join(sub).join(format!("{i}.trace"));
+            if from.is_file() {
+                let to = traces.join(format!("{kind}-{i}.trace"));
+                std::fs::copy(&from, &to).with_context(|| {
+                    format!("cannot copy {} to {}", from.display(), to.display())
+                })?;
+            }
+        }
+    }
     let e = oracle::evaluate(dir, sc)?;
     let v = &e.kernel;
     eprintln!(
@@ -136,6 +155,23 @@ pub(super) fn collect(
     );
     print_smoke(sc, &smoke.probes);
     print_copies(sc, &e.copies);
+    for t in &e.traced {
+        eprintln!(
+            "vm: {}: {}: observed {}; the kernel's lines: {}{}",
+            sc.name,
+            t.label,
+            t.observed(),
+            t.mapped(),
+            if t.problems.is_empty() {
+                String::new()
+            } else {
+                format!(" (PROBLEMS: {})", t.problems.join("; "))
+            }
+        );
+    }
+    if let Ok(text) = std::fs::read_to_string(dir.join("trace-overhead.txt")) {
+        eprintln!("vm: {}: {}", sc.name, trace_overhead(&text));
+    }
     if !sc.expect.is_empty() && oracle::check_expectations(v, &sc.expect).is_empty() {
         eprintln!(
             "vm: scenario {}: all {} kernel expectation(s) met",
@@ -144,6 +180,58 @@ pub(super) fn collect(
         );
     }
     Ok(e)
+}
+
+/// The guest's `trace-overhead.txt` (`plain|trace WALL BYTES_PER_SEC
+/// rc=N` per run) as medians side by side.
+fn trace_overhead(text: &str) -> String {
+    let mut runs: [(Vec<f64>, Vec<f64>, usize); 2] = Default::default();
+    for l in text.lines() {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let i = match f.first() {
+            Some(&"plain") => 0,
+            Some(&"trace") => 1,
+            _ => continue,
+        };
+        if f.get(3) != Some(&"rc=0") {
+            runs[i].2 += 1;
+            continue;
+        }
+        if let (Some(Ok(w)), Some(Ok(b))) =
+            (f.get(1).map(|x| x.parse()), f.get(2).map(|x| x.parse()))
+        {
+            runs[i].0.push(w);
+            runs[i].1.push(b);
+        }
+    }
+    let median = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied()
+    };
+    let (pw, pb, tw, tb) = (
+        median(&runs[0].0),
+        median(&runs[0].1),
+        median(&runs[1].0),
+        median(&runs[1].1),
+    );
+    match (pw, pb, tw, tb) {
+        (Some(pw), Some(pb), Some(tw), Some(tb)) => format!(
+            "copy of 32 MiB without/with --trace, median of {}/{} run(s): wall {pw:.2} s / {tw:.2} s ({:+.1}%), {}/s / {}/s ({:+.1}% throughput){}",
+            runs[0].0.len(),
+            runs[1].0.len(),
+            (tw / pw - 1.0) * 100.0,
+            peerdma_mem::format_size(pb as u64),
+            peerdma_mem::format_size(tb as u64),
+            (tb / pb - 1.0) * 100.0,
+            if runs[0].2 + runs[1].2 > 0 {
+                format!(", {} run(s) failed", runs[0].2 + runs[1].2)
+            } else {
+                String::new()
+            }
+        ),
+        _ => format!("the --trace overhead runs did not complete: {}", text.trim()),
+    }
 }
 
 fn print_smoke(sc: &Scenario, smoke: &[Smoke]) {
@@ -217,6 +305,18 @@ fn base64_decode(text: &str) -> Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn trace_overhead_medians() {
+        let t = "plain 1.00 1000000 rc=0\ntrace 1.10 900000 rc=0\nplain 2.00 500000 rc=0\ntrace 1.20 800000 rc=0\nplain 1.50 700000 rc=0\ntrace 9.00 1 rc=1\n";
+        let s = super::trace_overhead(t);
+        assert!(
+            s.contains("median of 3/2 run(s): wall 1.50 s / 1.20 s (-20.0%)"),
+            "{s}"
+        );
+        assert!(s.contains("1 run(s) failed"), "{s}");
+        assert!(super::trace_overhead("garbage").contains("did not complete"));
+    }
 
     #[test]
     fn base64() {

@@ -11,8 +11,9 @@ use super::shift::Shifter;
 use super::verify::{first_difference, hash_range};
 use super::{endpoint::Kind, TransferError};
 use crate::p2pmem::{self, P2pMem};
+use crate::trace::{self, Decided, DmaDir, LegSpec};
 use crate::{Error, Result};
-use peerdma_mem::format_size;
+use peerdma_mem::{format_size, Bdf};
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
@@ -21,6 +22,11 @@ struct Moved {
     /// Bytes from the start of the range known to be in place.
     prefix: u64,
     failure: Option<IoFailure>,
+    /// The provider whose P2P memory the body went through (first).
+    p2p: Option<Bdf>,
+    /// The I/O (`read` or `write`) the kernel refused with EREMOTEIO,
+    /// after which the rest bounced.
+    refused: Option<&'static str>,
 }
 
 impl Plan {
@@ -33,6 +39,15 @@ impl Plan {
     ) -> Result<CopyReport> {
         let mut report = self.report();
         report.dry_run = false;
+        // `--trace`: from here to the last byte moved (not the verify). On
+        // every way out before `finish`, the tracer's guard puts the
+        // system's tracing back.
+        let devices: Vec<Bdf> = [self.src.pci(), self.dst.pci()]
+            .into_iter()
+            .flatten()
+            .collect();
+        let map = self.address_map.take();
+        let tracer = trace::start_if(self.opts.trace, &self.opts.sys_root, &devices, || map);
         let t0 = Instant::now();
         let (u0, s0) = cpu_times();
         let moved = match self.move_bytes(&mut report, stop, progress) {
@@ -44,6 +59,16 @@ impl Plan {
                 return Err(e);
             }
         };
+        // The trace's teardown is not part of moving the bytes (the kernel
+        // waits for an RCU grace period to remove a trace instance, tens of
+        // milliseconds whatever the size of the copy): its time is left
+        // out of the throughput.
+        let t_trace = Instant::now();
+        report.trace = tracer.map(|t| match t {
+            Ok(t) => t.finish(&self.legs(&moved)),
+            Err(r) => r,
+        });
+        let trace_secs = t_trace.elapsed().as_secs_f64();
         self.settle_size(moved.prefix)?;
         let count = self.count;
         let complete = moved.failure.is_none() && moved.prefix == count;
@@ -68,7 +93,7 @@ impl Plan {
             }
             .into_error());
         }
-        let secs = t0.elapsed().as_secs_f64();
+        let secs = t0.elapsed().as_secs_f64() - trace_secs;
         let (u1, s1) = cpu_times();
         report.seconds = secs;
         report.bytes_per_sec = if secs > 0.0 {
@@ -119,7 +144,12 @@ impl Plan {
             let (prefix, failure) = shifter.copy(opts.skip, opts.seek, count, stop, &mut |d| {
                 progress(d, count)
             });
-            return Ok(Moved { prefix, failure });
+            return Ok(Moved {
+                prefix,
+                failure,
+                p2p: None,
+                refused: None,
+            });
         }
         // A file DST gets its final size first. O_DIRECT writes past the
         // end of a file extend it, and file systems serialize those (ext4
@@ -139,7 +169,12 @@ impl Plan {
         // Head first (so an interruption leaves a clean prefix), then the
         // body through the pipeline, then the tail.
         let (prefix, failure) = shifter.copy(opts.skip, opts.seek, lay.head, stop, &mut |_| {});
-        let mut moved = Moved { prefix, failure };
+        let mut moved = Moved {
+            prefix,
+            failure,
+            p2p: None,
+            refused: None,
+        };
         if moved.failure.is_none() && lay.body.len > 0 {
             self.body(report, &mut moved, stop, progress)?;
         }
@@ -188,6 +223,7 @@ impl Plan {
                     Ok(m) => {
                         report.depth = d;
                         report.staging.bytes = (d as u64) * chunk;
+                        moved.p2p = Some(p);
                         Staging::P2p(m)
                     }
                     Err(e) if !opts.no_bounce => {
@@ -238,6 +274,7 @@ impl Plan {
                     ));
                     report.path = CopyPath::Bounced;
                     report.path_known = PathKnown::Observed;
+                    moved.refused = Some(e.op);
                     // Host memory is not limited by the provider's size.
                     staging = self.host_staging(report, depth)?;
                     body = Body {
@@ -253,6 +290,46 @@ impl Plan {
                 None => return Ok(()),
             }
         }
+    }
+
+    /// The legs of the copy for `--trace`: the source's device writes the
+    /// staging memory, the destination's reads it.
+    fn legs(&self, moved: &Moved) -> Vec<LegSpec> {
+        let complete = moved.failure.is_none() && moved.prefix == self.count;
+        let (staging, read, write, bytes) = match moved.p2p {
+            Some(p) => (
+                trace::Staging::P2p(p),
+                self.choice.read_leg.map_or(Decided::Host, Decided::P2p),
+                self.choice.write_leg.map_or(Decided::Host, Decided::P2p),
+                self.layout.body.len,
+            ),
+            // Host memory throughout: the edges are staged there too.
+            None => (
+                trace::Staging::Host,
+                Decided::Host,
+                Decided::Host,
+                self.count,
+            ),
+        };
+        let moved_bytes = (complete && moved.refused.is_none()).then_some(bytes);
+        let mut legs = Vec::new();
+        for (leg, dev, dir, decided, op) in [
+            ("read", self.src.pci(), DmaDir::FromDevice, read, "read"),
+            ("write", self.dst.pci(), DmaDir::ToDevice, write, "write"),
+        ] {
+            if let Some(device) = dev {
+                legs.push(LegSpec {
+                    leg: leg.into(),
+                    device,
+                    dir,
+                    staging,
+                    decided,
+                    refused: moved.refused == Some(op),
+                    moved: moved_bytes,
+                });
+            }
+        }
+        legs
     }
 
     /// A file DST ends at the end of what was written (or where it was).
@@ -326,7 +403,6 @@ mod tests {
     use super::super::ring::inject;
     use super::super::CopyOptions;
     use super::*;
-    use peerdma_mem::Bdf;
     use peerdma_p2p::MapType;
     use std::fs;
     use std::path::Path;
@@ -372,6 +448,7 @@ mod tests {
             depth: opts.depth,
             node: None,
             presized: false,
+            address_map: None,
             src,
             dst,
             opts,

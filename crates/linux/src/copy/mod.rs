@@ -80,6 +80,10 @@ pub struct CopyOptions {
     pub verify: bool,
     /// Flush DST to stable storage at the end (fdatasync).
     pub fsync: bool,
+    /// Watch the kernel's DMA mapping events while the data moves, and
+    /// report the path each leg was observed to take (needs root and
+    /// tracefs; the report says why where it cannot).
+    pub trace: bool,
     /// Where sysfs is (`/` on a live machine).
     pub sys_root: PathBuf,
 }
@@ -111,6 +115,7 @@ impl CopyOptions {
             force_device: false,
             verify: false,
             fsync: false,
+            trace: false,
             sys_root: PathBuf::from("/"),
         }
     }

@@ -33,6 +33,9 @@ pub struct Plan {
     pub(crate) node: Option<u32>,
     /// The destination file was extended to its final size (execute).
     pub(crate) presized: bool,
+    /// The machine's address map, for `--trace` (read while the topology
+    /// is at hand).
+    pub(crate) address_map: Option<crate::trace::AddressMap>,
 }
 
 /// The decision about staging memory.
@@ -371,6 +374,13 @@ pub fn plan(opts: &CopyOptions) -> Result<Plan> {
     let chunk = opts.chunk;
     let depth = opts.depth.min(lay.body.len.div_ceil(chunk).max(1) as usize);
     let node = src.numa_node().or(dst.numa_node());
+    let address_map = match (&topo, opts.trace) {
+        (Some(t), true) => {
+            let devices: Vec<Bdf> = [src.pci(), dst.pci()].into_iter().flatten().collect();
+            Some(crate::trace::address_map(t, &opts.sys_root, &devices))
+        }
+        _ => None,
+    };
     Ok(Plan {
         opts: opts.clone(),
         src,
@@ -382,6 +392,7 @@ pub fn plan(opts: &CopyOptions) -> Result<Plan> {
         depth,
         node,
         presized: false,
+        address_map,
     })
 }
 
@@ -423,6 +434,7 @@ impl Plan {
             cpu_system_seconds: 0.0,
             verify: None,
             interrupted: None,
+            trace: None,
         }
     }
 }

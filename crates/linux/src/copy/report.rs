@@ -3,6 +3,7 @@
 
 use super::buffer::Pages;
 use super::endpoint::{Endpoint, Kind};
+use crate::trace::TraceReport;
 use peerdma_mem::{format_size, Bdf};
 use peerdma_p2p::MapType;
 use serde::Serialize;
@@ -123,6 +124,9 @@ pub struct CopyReport {
     pub cpu_system_seconds: f64,
     pub verify: Option<Verify>,
     pub interrupted: Option<Interrupted>,
+    /// `--trace`: the path each leg was observed to take in the kernel's
+    /// DMA mapping events (`trace.legs[].observed`), or why it could not be.
+    pub trace: Option<TraceReport>,
 }
 
 pub(crate) fn end_report(e: &Endpoint, offset: u64) -> EndReport {
@@ -145,14 +149,24 @@ impl CopyReport {
         let Some(v) = self.verify.as_ref().filter(|v| !v.equal) else {
             return "the copy verified".into();
         };
+        let how = match (&self.trace, self.path_known) {
+            (Some(t), _) if t.agrees().is_some() => {
+                let st = t.statement();
+                match st.strip_prefix("mapped ") {
+                    Some(rest) => format!("the kernel mapped it {rest}"),
+                    None if t.agrees() == Some(true) => format!("it went {st}"),
+                    None => st,
+                }
+            }
+            (_, PathKnown::Decided) => {
+                "as the kernel's rule decided it and the kernel accepted every DMA".into()
+            }
+            (_, PathKnown::Observed) => "after the fallback the kernel's refusal caused".into(),
+        };
         format!(
-            "VERIFY FAILED: the copy took the path {}{}, {}, and the data is wrong: {}; source blake3 {}, destination {}",
+            "VERIFY FAILED: the copy took the path {}{}, {how}, and the data did not arrive as sent: {}; source blake3 {}, destination {}",
             self.path.describe(),
             self.legs(),
-            match self.path_known {
-                PathKnown::Decided => "as the kernel's rule decided it and the kernel accepted every DMA",
-                PathKnown::Observed => "after the fallback the kernel's refusal caused",
-            },
             match v.first_difference {
                 Some(o) => format!(
                     "{} differs from {} first at byte {o} of the range ({} offset {}, {} offset {})",
@@ -180,6 +194,17 @@ impl CopyReport {
 
     /// How the path is known, in words.
     fn known(&self) -> String {
+        if let Some(t) = &self.trace {
+            match t.agrees() {
+                Some(true) => {
+                    return "observed in the kernel's DMA mapping events (the trace below), as the kernel's rule decided".into()
+                }
+                Some(false) => {
+                    return "the kernel's DMA mapping events DIFFER from what its rule decided (the trace below)".into()
+                }
+                None => {}
+            }
+        }
         match (self.path_known, self.path) {
             (PathKnown::Observed, _) => "observed during the copy (see the note)".into(),
             (PathKnown::Decided, CopyPath::Bounced) => {
@@ -243,6 +268,11 @@ impl CopyReport {
         if let Some(f) = &self.fallback {
             s.push_str(&format!("note:  {f}\n"));
         }
+        if let Some(t) = &self.trace {
+            for l in t.render_lines() {
+                s.push_str(&format!("trace: {l}\n"));
+            }
+        }
         s.push_str(&format!(
             "plan:  {} in {} chunks, {} in flight, {} ({}, {} edge bytes by read-modify-write)\n",
             format_size(self.bytes),
@@ -282,6 +312,17 @@ impl CopyReport {
                 s.push_str("bytes: not verified (--verify checks them)\n")
             }
             None => {}
+        }
+        if let Some(t) = &self.trace {
+            if !self.dry_run {
+                let bytes = match &self.verify {
+                    _ if self.interrupted.is_some() => "interrupted",
+                    Some(v) if v.equal => "bytes verified",
+                    Some(_) => "the bytes did NOT arrive as sent",
+                    None => "bytes not checked (--verify checks them)",
+                };
+                s.push_str(&format!("so:    {}, {bytes}\n", t.statement()));
+            }
         }
         s
     }
