@@ -7,7 +7,9 @@ use super::{print, print_json};
 use anyhow::{bail, Result};
 use clap::Args;
 use peerdma_pci::Topology;
-use peerdma_workload::devmem_table::{render_table, BufferLayout, TableRequest};
+use peerdma_workload::devmem_table::{
+    mtu_valid, render_table, rx_buf_size_valid, BufferLayout, TableRequest, MAX_MTU, MIN_MTU,
+};
 use serde_json::json;
 use std::process::ExitCode;
 
@@ -43,12 +45,12 @@ pub struct DevmemTableArgs {
 }
 
 pub fn devmem_table(topo: &Topology, a: &DevmemTableArgs, json: bool) -> Result<ExitCode> {
-    if a.mtu.iter().any(|m| !(576..=9216).contains(m)) {
-        bail!("--mtu {:?}: each MTU is 576 to 9216", a.mtu);
+    if !a.mtu.iter().all(|&m| mtu_valid(m)) {
+        bail!("--mtu {:?}: each MTU is {MIN_MTU} to {MAX_MTU}", a.mtu);
     }
     let mut niovs = Vec::new();
     for &n in &a.niov {
-        if !n.is_power_of_two() || !(4096..=2 << 20).contains(&n) {
+        if !rx_buf_size_valid(n) {
             bail!(
                 "--niov {}: a net_iov is a power of two from 4K to 2M",
                 peerdma_mem::format_size(n)

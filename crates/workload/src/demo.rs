@@ -309,34 +309,7 @@ pub fn summary(t: &Topology, r: &Report) -> String {
         })
         .collect();
     let head = ["job", "what", "path", "time", "rate", "narrowest link"];
-    let mut w = head.map(str::len);
-    for row in &rows {
-        for (k, c) in row.iter().enumerate() {
-            w[k] = w[k].max(c.chars().count());
-        }
-    }
-    let line = |c: [&str; 6]| {
-        format!(
-            "{:<w0$}  {:<w1$}  {:<w2$}  {:>w3$}  {:>w4$}  {}\n",
-            c[0],
-            c[1],
-            c[2],
-            c[3],
-            c[4],
-            c[5],
-            w0 = w[0],
-            w1 = w[1],
-            w2 = w[2],
-            w3 = w[3],
-            w4 = w[4]
-        )
-    };
-    s.push_str(&line(head));
-    for row in &rows {
-        s.push_str(&line([
-            &row[0], &row[1], &row[2], &row[3], &row[4], &row[5],
-        ]));
-    }
+    s.push_str(&columns(head, &rows, &[3, 4]));
     s.push('\n');
     let find = |n: &str| r.jobs.iter().find(|j| j.name == n);
     let p2p = find("load-p2p").or(find("load-host-bridge"));
@@ -583,30 +556,7 @@ pub fn network_summary(t: &Topology, r: &Report) -> String {
             ]
         })
         .collect();
-    let mut w = head.map(str::len);
-    for row in &rows {
-        for (k, c) in row.iter().enumerate() {
-            w[k] = w[k].max(c.chars().count());
-        }
-    }
-    let line = |c: [&str; 5]| {
-        format!(
-            "{:<w0$}  {:<w1$}  {:<w2$}  {:>w3$}  {}\n",
-            c[0],
-            c[1],
-            c[2],
-            c[3],
-            c[4],
-            w0 = w[0],
-            w1 = w[1],
-            w2 = w[2],
-            w3 = w[3]
-        )
-    };
-    s.push_str(&line(head));
-    for row in &rows {
-        s.push_str(&line([&row[0], &row[1], &row[2], &row[3], &row[4]]));
-    }
+    s.push_str(&columns(head, &rows, &[3]));
     s.push('\n');
     for j in &r.jobs {
         if let Some(d) = &j.devmem {
@@ -638,6 +588,36 @@ pub fn network_summary(t: &Topology, r: &Report) -> String {
         if let Some(e) = &j.error {
             let _ = writeln!(s, "{}: {}", j.name, with_names(t, e));
         }
+    }
+    s
+}
+
+/// A table: each column padded to its widest cell (in characters), two
+/// spaces apart, the columns in `right` aligned right, the last one as it
+/// is; the head first.
+fn columns<const N: usize>(head: [&str; N], rows: &[[String; N]], right: &[usize]) -> String {
+    let mut w = head.map(|h| h.chars().count());
+    for row in rows {
+        for (k, c) in row.iter().enumerate() {
+            w[k] = w[k].max(c.chars().count());
+        }
+    }
+    let mut s = String::new();
+    let mut line = |cells: [&str; N]| {
+        for (k, c) in cells.iter().enumerate() {
+            if k + 1 == N {
+                s.push_str(c);
+            } else if right.contains(&k) {
+                let _ = write!(s, "{c:>w$}  ", w = w[k]);
+            } else {
+                let _ = write!(s, "{c:<w$}  ", w = w[k]);
+            }
+        }
+        s.push('\n');
+    };
+    line(head);
+    for row in rows {
+        line(row.each_ref().map(String::as_str));
     }
     s
 }

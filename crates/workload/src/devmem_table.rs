@@ -3,7 +3,9 @@
 //! (MTU, `net_iov` size, layout). `peerdma devmem-table` prints it.
 
 use peerdma_consumers::devmem::DeviceMemory;
+pub use peerdma_consumers::net::devmem::rx_buf_size_valid;
 use peerdma_consumers::net::flow::Host;
+pub use peerdma_consumers::net::frame::{mtu_valid, MAX_MTU, MIN_MTU};
 pub use peerdma_consumers::net::nic::BufferLayout;
 pub use peerdma_consumers::net::utilization::{render_table, TableRow};
 use peerdma_consumers::net::utilization::{utilization_table, TableSpec};

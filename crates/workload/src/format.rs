@@ -51,6 +51,8 @@
 //! dmabuf = "64M"             # default: a full ring, what the user holds, four bursts
 //! ```
 
+use peerdma_consumers::net::devmem::rx_buf_size_valid;
+use peerdma_consumers::net::frame::{mtu_valid, MAX_MTU, MIN_MTU};
 use peerdma_mem::{format_size, parse_size, Bdf};
 use peerdma_pci::{FnId, Topology};
 use serde::de::{self, Deserializer, Visitor};
@@ -1193,17 +1195,6 @@ impl Workload {
                     }
                 }
                 "devmem-rx" => {
-                    use peerdma_consumers::net::flow::{TokenReturn, TransferSpec};
-                    use peerdma_consumers::net::nic::BufferLayout;
-                    use peerdma_consumers::net::tcp::MAX_DONTNEED_FRAGS;
-                    if r.policy.is_some() {
-                        return Err(e(
-                            "`policy` does not apply to a devmem-rx job: devmem TCP has no bounce path (the bind fails where the NIC cannot reach the memory by P2P)".into(),
-                        ));
-                    }
-                    if r.fault.is_some() {
-                        return Err(e("`fault` does not apply to a devmem-rx job (the consumer's tests cover its fault paths); leave tokens unreturned with return_tokens = \"never\" to see the pool run dry".into()));
-                    }
                     let from = net_mem("from", &need("from", &r.from)?)?;
                     let into_name = need("into", &r.into)?;
                     let (im, iname) = self
@@ -1214,7 +1205,7 @@ impl Workload {
                         .lookup(iname)
                         .map_err(|err| e(format!("`into` = \"{into_name}\": {err}")))?;
                     let bdf = topo.function(f).bdf;
-                    let Some((capacity, what_mem)) = (caps[im].device_memory)(f) else {
+                    let Some(memory) = (caps[im].device_memory)(f) else {
                         return Err(e(format!(
                             "`into` = \"{into_name}\" ({bdf}) has no device memory to bind: devmem TCP receives into a dma-buf of a GPU's or accelerator's memory"
                         )));
@@ -1224,83 +1215,7 @@ impl Workload {
                         device: Some(bdf),
                     };
                     across(&from, &into)?;
-                    let niov = match r.niov {
-                        None => 4096,
-                        Some(Size(n)) if n.is_power_of_two() && (4096..=2 << 20).contains(&n) => n as u32,
-                        Some(Size(n)) => {
-                            return Err(e(format!(
-                                "niov = {} is not a power of two from 4K to 2M (the kernel's rx-buf-size)",
-                                format_size(n)
-                            )))
-                        }
-                    };
-                    if let Some(mtu) = r.mtu {
-                        if !(576..=9216).contains(&mtu) {
-                            return Err(e(format!("mtu = {mtu} is outside 576..=9216")));
-                        }
-                    }
-                    let layout: BufferLayout = match r.layout.as_deref() {
-                        None => BufferLayout::default(),
-                        Some(x) => x.parse().map_err(|m| e(format!("layout = {m}")))?,
-                    };
-                    if let BufferLayout::Packed { stride } = layout {
-                        if stride > niov {
-                            return Err(e(format!(
-                                "layout = \"{}\": strides of {} do not fit a {} net_iov",
-                                r.layout.as_deref().unwrap_or("packed"),
-                                format_size(u64::from(stride)),
-                                format_size(u64::from(niov))
-                            )));
-                        }
-                    }
-                    let dontneed = r.dontneed.unwrap_or(MAX_DONTNEED_FRAGS);
-                    if dontneed == 0 || dontneed > MAX_DONTNEED_FRAGS {
-                        return Err(e(format!(
-                            "dontneed = {dontneed}: one SO_DEVMEM_DONTNEED gives back 1 to {MAX_DONTNEED_FRAGS} frags"
-                        )));
-                    }
-                    let tokens = match r.return_tokens.as_deref() {
-                        None | Some("batched") => TokenReturn::Batch { frags: dontneed },
-                        Some("immediately") => TokenReturn::Immediately,
-                        Some("never") => TokenReturn::Never,
-                        Some(x) => {
-                            return Err(e(format!(
-                                "return_tokens = \"{x}\" is not one of batched (every `dontneed` frags), immediately, never"
-                            )))
-                        }
-                    };
-                    if r.dontneed.is_some() && !matches!(tokens, TokenReturn::Batch { .. }) {
-                        return Err(e(
-                            "`dontneed` applies only with return_tokens = \"batched\"".into(),
-                        ));
-                    }
-                    let dmabuf = r.dmabuf.map(|s| s.0);
-                    let mut spec = TransferSpec::new(r.size.0, bdf);
-                    spec.rx_buf_size = niov;
-                    let len = dmabuf.unwrap_or_else(|| spec.ring_dmabuf_len());
-                    if len == 0 || len % u64::from(niov) != 0 {
-                        return Err(e(format!(
-                            "dmabuf = {} is not a whole number of {} net_iovs",
-                            format_size(len),
-                            format_size(u64::from(niov))
-                        )));
-                    }
-                    if len > capacity {
-                        return Err(e(format!(
-                            "a dma-buf of {} is more than the {} of {what_mem} of `into` = \"{into_name}\" ({bdf})",
-                            format_size(len),
-                            format_size(capacity)
-                        )));
-                    }
-                    Task::DevmemRx(DevmemRx {
-                        from,
-                        into,
-                        niov,
-                        mtu: r.mtu,
-                        layout,
-                        tokens,
-                        dmabuf,
-                    })
+                    Task::DevmemRx(devmem_rx(r, from, into, memory, &into_name).map_err(e)?)
                 }
                 "read" => Task::Read {
                     drive: drive("drive", &need("drive", &r.drive)?)?,
@@ -1517,6 +1432,105 @@ impl Workload {
         }
         Ok(out)
     }
+}
+
+/// The devmem-rx job's own keys, once its memories are found: `into`'s
+/// device memory (`capacity` bytes of `what_mem`) receives what `from`
+/// sends. The error is the message, without the file and job.
+fn devmem_rx(
+    r: &RawJob,
+    from: MemRef,
+    into: MemRef,
+    (capacity, what_mem): (u64, String),
+    into_name: &str,
+) -> Result<DevmemRx, String> {
+    use peerdma_consumers::net::flow::{TokenReturn, TransferSpec};
+    use peerdma_consumers::net::nic::BufferLayout;
+    use peerdma_consumers::net::tcp::MAX_DONTNEED_FRAGS;
+    if r.policy.is_some() {
+        return Err("`policy` does not apply to a devmem-rx job: devmem TCP has no bounce path (the bind fails where the NIC cannot reach the memory by P2P)".into());
+    }
+    if r.fault.is_some() {
+        return Err("`fault` does not apply to a devmem-rx job (the consumer's tests cover its fault paths); leave tokens unreturned with return_tokens = \"never\" to see the pool run dry".into());
+    }
+    let bdf = into
+        .device
+        .ok_or("devmem TCP receives into device memory")?;
+    let niov = match r.niov {
+        None => 4096,
+        Some(Size(n)) if rx_buf_size_valid(n) => n as u32,
+        Some(Size(n)) => {
+            return Err(format!(
+                "niov = {} is not a power of two from 4K to 2M (the kernel's rx-buf-size)",
+                format_size(n)
+            ))
+        }
+    };
+    if let Some(mtu) = r.mtu {
+        if !mtu_valid(mtu) {
+            return Err(format!("mtu = {mtu} is outside {MIN_MTU}..={MAX_MTU}"));
+        }
+    }
+    let layout: BufferLayout = match r.layout.as_deref() {
+        None => BufferLayout::default(),
+        Some(x) => x.parse().map_err(|m| format!("layout = {m}"))?,
+    };
+    if let BufferLayout::Packed { stride } = layout {
+        if stride > niov {
+            return Err(format!(
+                "layout = \"{}\": strides of {} do not fit a {} net_iov",
+                r.layout.as_deref().unwrap_or("packed"),
+                format_size(u64::from(stride)),
+                format_size(u64::from(niov))
+            ));
+        }
+    }
+    let dontneed = r.dontneed.unwrap_or(MAX_DONTNEED_FRAGS);
+    if dontneed == 0 || dontneed > MAX_DONTNEED_FRAGS {
+        return Err(format!(
+            "dontneed = {dontneed}: one SO_DEVMEM_DONTNEED gives back 1 to {MAX_DONTNEED_FRAGS} frags"
+        ));
+    }
+    let tokens = match r.return_tokens.as_deref() {
+        None | Some("batched") => TokenReturn::Batch { frags: dontneed },
+        Some("immediately") => TokenReturn::Immediately,
+        Some("never") => TokenReturn::Never,
+        Some(x) => {
+            return Err(format!(
+                "return_tokens = \"{x}\" is not one of batched (every `dontneed` frags), immediately, never"
+            ))
+        }
+    };
+    if r.dontneed.is_some() && !matches!(tokens, TokenReturn::Batch { .. }) {
+        return Err("`dontneed` applies only with return_tokens = \"batched\"".into());
+    }
+    let dmabuf = r.dmabuf.map(|s| s.0);
+    let mut spec = TransferSpec::new(r.size.0, bdf);
+    spec.rx_buf_size = niov;
+    let len = dmabuf.unwrap_or_else(|| spec.ring_dmabuf_len());
+    if len == 0 || len % u64::from(niov) != 0 {
+        return Err(format!(
+            "dmabuf = {} is not a whole number of {} net_iovs",
+            format_size(len),
+            format_size(u64::from(niov))
+        ));
+    }
+    if len > capacity {
+        return Err(format!(
+            "a dma-buf of {} is more than the {} of {what_mem} of `into` = \"{into_name}\" ({bdf})",
+            format_size(len),
+            format_size(capacity)
+        ));
+    }
+    Ok(DevmemRx {
+        from,
+        into,
+        niov,
+        mtu: r.mtu,
+        layout,
+        tokens,
+        dmabuf,
+    })
 }
 
 /// `peerdma_pci` names the machine's origin in its lookup errors; the

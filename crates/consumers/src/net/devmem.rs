@@ -157,6 +157,14 @@ pub enum BindingState {
 /// attribute: 2 MiB, a huge page).
 pub const MAX_RX_BUF_SIZE: u32 = 2 << 20;
 
+/// Whether the kernel takes `size` as a queue's `rx-buf-size` (a
+/// `net_iov`'s size): a power of two from the page size to
+/// [`MAX_RX_BUF_SIZE`]. The one check the bind, workload files and the
+/// command line share.
+pub fn rx_buf_size_valid(size: u64) -> bool {
+    size.is_power_of_two() && (PAGE_SIZE..=u64::from(MAX_RX_BUF_SIZE)).contains(&size)
+}
+
 /// A dma-buf bound to a NIC RX queue.
 #[derive(Debug)]
 pub struct Binding {
@@ -195,10 +203,7 @@ impl Binding {
         rx_buf_size: u32,
         id: u32,
     ) -> Result<Binding, NetError> {
-        if rx_buf_size < PAGE_SIZE as u32
-            || !rx_buf_size.is_power_of_two()
-            || rx_buf_size > MAX_RX_BUF_SIZE
-        {
+        if !rx_buf_size_valid(u64::from(rx_buf_size)) {
             return Err(NetError::RxBufSize { size: rx_buf_size });
         }
         let niov_shift = rx_buf_size.trailing_zeros();

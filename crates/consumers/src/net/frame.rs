@@ -33,6 +33,11 @@ pub const MIN_FRAME: u32 = 60;
 pub const MIN_MTU: u32 = 576;
 /// The largest MTU: 9216-byte jumbo frames, as most switches take.
 pub const MAX_MTU: u32 = 9216;
+
+/// Whether a flow is modelled on `mtu` ([`MIN_MTU`] to [`MAX_MTU`]).
+pub fn mtu_valid(mtu: u32) -> bool {
+    (MIN_MTU..=MAX_MTU).contains(&mtu)
+}
 /// The longest header a frame here carries.
 pub const MAX_HEADER: usize = (ETH_HEADER + IPV4_HEADER + TCP_HEADER + TCP_TIMESTAMPS) as usize;
 
@@ -51,7 +56,7 @@ impl TcpOptions {
 
     /// The segment size for an MTU.
     pub fn mss(self, mtu: u32) -> Result<u32, NetError> {
-        if !(MIN_MTU..=MAX_MTU).contains(&mtu) {
+        if !mtu_valid(mtu) {
             return Err(NetError::Mtu { mtu });
         }
         Ok(mtu - (self.header_len() - ETH_HEADER))
