@@ -877,31 +877,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         opts.to_offset = *to_offset;
         opts.seed = *seed;
         opts.trace = *trace;
-        // With --trace, a first Ctrl-C waits for the transfers, so that the
-        // tracing instance is removed; a second one ends the probe at once.
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        if *trace {
-            for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-                signal_hook::flag::register_conditional_shutdown(
-                    sig,
-                    130,
-                    std::sync::Arc::clone(&stop),
-                )
-                .and_then(|_| signal_hook::flag::register(sig, std::sync::Arc::clone(&stop)))
-                .context("installing the interrupt handler")?;
-            }
-        }
-        let report = peerdma_linux::probe::run(&opts)?;
-        if cli.json {
-            print_json(&serde_json::to_value(&report)?)?;
-        } else {
-            print(&report.render())?;
-        }
-        if stop.load(std::sync::atomic::Ordering::SeqCst) {
-            eprintln!("peerdma: interrupted (it took effect after the transfers, with the tracing put back)");
-            return Ok(ExitCode::from(130));
-        }
-        return Ok(ExitCode::from(report.exit_code));
+        return run_probe(&opts, cli.json);
     }
 
     if let Cmd::Sim {
@@ -957,112 +933,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Metrics(a) => fleet_cmds::metrics(&topo, &a, cli.json),
         Cmd::DevmemTable(a) => net_cmds::devmem_table(&topo, &a, cli.json),
         Cmd::Report { output, probe, all } => {
-            let pairs = probe
-                .iter()
-                .map(|p| peerdma_report::probe::parse_pair(p))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(anyhow::Error::msg)?;
-            let ids = load_ids(&cli.pci_ids)?;
-            let opts = peerdma_p2p::dot::DotOptions {
-                all_in_matrix: all,
-                with_matrix: false,
-                ..Default::default()
-            };
-            let picture = match peerdma_report::machine_svg(&topo, &ids, &opts) {
-                Ok(svg) => peerdma_report::html::Picture::Svg(svg),
-                Err(e) => peerdma_report::html::Picture::Unavailable(e.to_string()),
-            };
-            let mut report = peerdma_report::html::Report::new(&topo, &ids, picture);
-            report.all_in_matrix = all;
-            report.generated_by = peerdma_report::generated_by();
-            if !pairs.is_empty() {
-                let live = matches!(source, Source::Live);
-                report.probes = Some(peerdma_report::probe::run(
-                    &pairs,
-                    live,
-                    &topo.origin_label(),
-                ));
-            }
-            let said = write_out(&output, &report.render(), "an HTML report")?;
-            if is_stdout(&output) {
-                eprint!("{said}");
-            } else {
-                print(&said)?;
-            }
-            Ok(ExitCode::SUCCESS)
+            report_cmd(&topo, &source, &cli.pci_ids, &output, &probe, all)
         }
-        Cmd::Topo { all, svg, dot } => {
-            let ids = load_ids(&cli.pci_ids)?;
-            if svg.is_some() || dot.is_some() {
-                let opts = peerdma_p2p::dot::DotOptions {
-                    all_in_matrix: all,
-                    ..Default::default()
-                };
-                let graph = peerdma_p2p::dot::machine_dot(&topo, &ids, &opts);
-                let mut said = String::new();
-                if let Some(path) = &dot {
-                    said.push_str(&write_out(path, &graph, "a DOT graph")?);
-                }
-                if let Some(path) = &svg {
-                    let picture = peerdma_report::graphviz::svg(&graph)?;
-                    said.push_str(&write_out(path, &picture, "an SVG picture")?);
-                }
-                // What was written, on standard error when a picture itself
-                // went to standard output.
-                if [&dot, &svg]
-                    .iter()
-                    .any(|p| p.as_deref().is_some_and(is_stdout))
-                {
-                    eprint!("{said}");
-                } else {
-                    print(&said)?;
-                }
-                return Ok(ExitCode::SUCCESS);
-            }
-            if cli.json {
-                let hbs: Vec<_> = topo
-                    .host_bridges()
-                    .iter()
-                    .map(|h| {
-                        json!({
-                            "name": h.name, "domain": h.domain, "bus": h.bus, "numa_node": h.numa_node,
-                            "device": topo.host_bridge_device(h.id).map(|d| topo.function(d).bdf),
-                            "whitelisted": peerdma_p2p::host_bridge_whitelisted(&topo, h.id, true),
-                            "whitelisted_across_host_bridges": peerdma_p2p::host_bridge_whitelisted(&topo, h.id, false),
-                        })
-                    })
-                    .collect();
-                print_json(&json!({
-                    "origin": topo.origin(),
-                    "cpu": { "vendor_id": topo.cpu().vendor_id, "family": topo.cpu().family, "model": topo.cpu().model,
-                             "model_name": topo.cpu().model_name, "supports_p2pdma": topo.cpu().supports_p2pdma() },
-                    "host_bridges": hbs,
-                    "functions": functions_json(&topo, &ids),
-                    "notes": topo.notes(),
-                }))?;
-            } else {
-                let fns = endpoints(&topo, all);
-                let m = Matrix::compute(&topo);
-                let mut s = header(&topo);
-                s.push('\n');
-                s.push_str(&tree(&topo, &ids));
-                if fns.len() >= 2 {
-                    s.push_str(&format!(
-                        "\nP2P matrix of {} {}:\n",
-                        fns.len(),
-                        if all {
-                            "functions"
-                        } else {
-                            "DMA endpoints (--all for every function)"
-                        }
-                    ));
-                    s.push_str(&matrix_with_legend(&topo, &m, &fns));
-                }
-                s.push_str(&notes(&topo));
-                style::print(&s)?;
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        Cmd::Topo { all, svg, dot } => topo_cmd(
+            &topo,
+            &cli.pci_ids,
+            all,
+            svg.as_deref(),
+            dot.as_deref(),
+            cli.json,
+        ),
         Cmd::Check { provider, client } => {
             let p = topo.lookup(&provider)?;
             let c = topo.lookup(&client)?;
@@ -1168,6 +1048,160 @@ fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 /// Write `text` to `path` whole (standard output for `-`); the line that
+/// `peerdma probe`: the P2P smoke test on this machine, Ctrl-C waiting
+/// for the transfers when tracing so that the trace instance is removed.
+fn run_probe(opts: &peerdma_linux::probe::ProbeOptions, json: bool) -> Result<ExitCode> {
+    // With --trace, a first Ctrl-C waits for the transfers, so that the
+    // tracing instance is removed; a second one ends the probe at once.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if opts.trace {
+        for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+            signal_hook::flag::register_conditional_shutdown(
+                sig,
+                130,
+                std::sync::Arc::clone(&stop),
+            )
+            .and_then(|_| signal_hook::flag::register(sig, std::sync::Arc::clone(&stop)))
+            .context("installing the interrupt handler")?;
+        }
+    }
+    let report = peerdma_linux::probe::run(opts)?;
+    if json {
+        print_json(&serde_json::to_value(&report)?)?;
+    } else {
+        print(&report.render())?;
+    }
+    if stop.load(std::sync::atomic::Ordering::SeqCst) {
+        eprintln!(
+            "peerdma: interrupted (it took effect after the transfers, with the tracing put back)"
+        );
+        return Ok(ExitCode::from(130));
+    }
+    Ok(ExitCode::from(report.exit_code))
+}
+
+/// `peerdma report -o FILE`.
+fn report_cmd(
+    topo: &Topology,
+    source: &Source,
+    pci_ids: &Option<PathBuf>,
+    output: &std::path::Path,
+    probe: &[String],
+    all: bool,
+) -> Result<ExitCode> {
+    let pairs = probe
+        .iter()
+        .map(|p| peerdma_report::probe::parse_pair(p))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(anyhow::Error::msg)?;
+    let ids = load_ids(pci_ids)?;
+    let opts = peerdma_p2p::dot::DotOptions {
+        all_in_matrix: all,
+        with_matrix: false,
+        ..Default::default()
+    };
+    let picture = match peerdma_report::machine_svg(topo, &ids, &opts) {
+        Ok(svg) => peerdma_report::html::Picture::Svg(svg),
+        Err(e) => peerdma_report::html::Picture::Unavailable(e.to_string()),
+    };
+    let mut report = peerdma_report::html::Report::new(topo, &ids, picture);
+    report.all_in_matrix = all;
+    report.generated_by = peerdma_report::generated_by();
+    if !pairs.is_empty() {
+        let live = matches!(source, Source::Live);
+        report.probes = Some(peerdma_report::probe::run(
+            &pairs,
+            live,
+            &topo.origin_label(),
+        ));
+    }
+    let said = write_out(output, &report.render(), "an HTML report")?;
+    if is_stdout(output) {
+        eprint!("{said}");
+    } else {
+        print(&said)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `peerdma topo`: the tree and the matrix, or the machine as DOT / SVG.
+fn topo_cmd(
+    topo: &Topology,
+    pci_ids: &Option<PathBuf>,
+    all: bool,
+    svg: Option<&std::path::Path>,
+    dot: Option<&std::path::Path>,
+    json: bool,
+) -> Result<ExitCode> {
+    let ids = load_ids(pci_ids)?;
+    if svg.is_some() || dot.is_some() {
+        let opts = peerdma_p2p::dot::DotOptions {
+            all_in_matrix: all,
+            ..Default::default()
+        };
+        let graph = peerdma_p2p::dot::machine_dot(topo, &ids, &opts);
+        let mut said = String::new();
+        if let Some(path) = dot {
+            said.push_str(&write_out(path, &graph, "a DOT graph")?);
+        }
+        if let Some(path) = svg {
+            let picture = peerdma_report::graphviz::svg(&graph)?;
+            said.push_str(&write_out(path, &picture, "an SVG picture")?);
+        }
+        // What was written, on standard error when a picture itself
+        // went to standard output.
+        if [dot, svg].into_iter().flatten().any(is_stdout) {
+            eprint!("{said}");
+        } else {
+            print(&said)?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if json {
+        let hbs: Vec<_> = topo
+            .host_bridges()
+            .iter()
+            .map(|h| {
+                json!({
+                    "name": h.name, "domain": h.domain, "bus": h.bus, "numa_node": h.numa_node,
+                    "device": topo.host_bridge_device(h.id).map(|d| topo.function(d).bdf),
+                    "whitelisted": peerdma_p2p::host_bridge_whitelisted(topo, h.id, true),
+                    "whitelisted_across_host_bridges": peerdma_p2p::host_bridge_whitelisted(topo, h.id, false),
+                })
+            })
+            .collect();
+        print_json(&json!({
+            "origin": topo.origin(),
+            "cpu": { "vendor_id": topo.cpu().vendor_id, "family": topo.cpu().family, "model": topo.cpu().model,
+                     "model_name": topo.cpu().model_name, "supports_p2pdma": topo.cpu().supports_p2pdma() },
+            "host_bridges": hbs,
+            "functions": functions_json(topo, &ids),
+            "notes": topo.notes(),
+        }))?;
+    } else {
+        let fns = endpoints(topo, all);
+        let m = Matrix::compute(topo);
+        let mut s = header(topo);
+        s.push('\n');
+        s.push_str(&tree(topo, &ids));
+        if fns.len() >= 2 {
+            s.push_str(&format!(
+                "\nP2P matrix of {} {}:\n",
+                fns.len(),
+                if all {
+                    "functions"
+                } else {
+                    "DMA endpoints (--all for every function)"
+                }
+            ));
+            s.push_str(&matrix_with_legend(topo, &m, &fns));
+        }
+        s.push_str(&notes(topo));
+        style::print(&s)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// says so.
 fn write_out(path: &std::path::Path, text: &str, what: &str) -> Result<String> {
     if is_stdout(path) {

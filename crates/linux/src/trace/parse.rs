@@ -449,7 +449,20 @@ pub fn parse_line(line: &str, formats: &Formats) -> Line {
     }
 }
 
-fn parse_body(name: &str, kind: EventKind, body: &str, formats: &Formats) -> Result<Event, String> {
+/// A line's body split into its device and `label=value` fields, before
+/// any value is read.
+struct Fields<'a> {
+    device: String,
+    values: BTreeMap<&'a str, &'a str>,
+    /// The kernel marked the line `[TRUNCATED]`.
+    truncated: bool,
+    /// The label printed last, whose value a cut line may have cut.
+    last_label: Option<&'a str>,
+    /// The line was cut short.
+    cut: bool,
+}
+
+fn fields<'a>(name: &str, body: &'a str, formats: &Formats) -> Result<Fields<'a>, String> {
     let tokens: Vec<&str> = body.split(' ').filter(|t| !t.is_empty()).collect();
     let device = tokens
         .first()
@@ -487,6 +500,23 @@ fn parse_body(name: &str, kind: EventKind, body: &str, formats: &Formats) -> Res
             values.remove(l);
         }
     }
+    Ok(Fields {
+        device,
+        values,
+        truncated,
+        last_label,
+        cut,
+    })
+}
+
+fn parse_body(name: &str, kind: EventKind, body: &str, formats: &Formats) -> Result<Event, String> {
+    let Fields {
+        device,
+        values,
+        mut truncated,
+        last_label,
+        mut cut,
+    } = fields(name, body, formats)?;
     let hex = |label: &str| formats.hex(name, label);
     let scalar = |label: &str| -> Result<Option<u64>, String> {
         match values.get(label) {
