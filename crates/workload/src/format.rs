@@ -1321,26 +1321,8 @@ impl Workload {
                     }
                 }
             };
-            let policy = match r.policy.as_deref() {
-                None | Some("bounce") => Policy::Bounce,
-                Some("p2p-only") => Policy::P2pOnly,
-                Some("host") => Policy::Host,
-                Some(p) => {
-                    return Err(e(format!(
-                        "policy = \"{p}\" is not one of bounce, p2p-only, host"
-                    )))
-                }
-            };
-            let data_pointer = match r.data_pointer.as_deref() {
-                None | Some("auto") => DataPointer::Auto,
-                Some("prp") => DataPointer::Prp,
-                Some("sgl") => DataPointer::Sgl,
-                Some(p) => {
-                    return Err(e(format!(
-                        "data_pointer = \"{p}\" is not one of auto, prp, sgl"
-                    )))
-                }
-            };
+            let policy = policy_of(r).map_err(e)?;
+            let data_pointer = data_pointer_of(r).map_err(e)?;
             let fault = match &r.fault {
                 None => None,
                 Some(f) => {
@@ -1380,25 +1362,7 @@ impl Workload {
                     })
                 }
             };
-            let mut after = Vec::new();
-            for a in &r.after.0 {
-                match index.get(a.as_str()) {
-                    Some(&i) if self.jobs[i].name == j.name => {
-                        return Err(e("`after` names the job itself".into()))
-                    }
-                    Some(&i) => after.push(i),
-                    None => {
-                        return Err(e(format!(
-                            "`after` = \"{a}\" names no job (jobs: {})",
-                            self.jobs
-                                .iter()
-                                .map(|j| j.name.as_str())
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        )))
-                    }
-                }
-            }
+            let after = self.after_of(j, &index).map_err(e)?;
             let machine = match &task {
                 Task::Rdma {
                     write: true, from, ..
@@ -1431,6 +1395,56 @@ impl Workload {
             ));
         }
         Ok(out)
+    }
+}
+
+/// A job's `policy` (default `bounce`).
+fn policy_of(r: &RawJob) -> Result<Policy, String> {
+    match r.policy.as_deref() {
+        None | Some("bounce") => Ok(Policy::Bounce),
+        Some("p2p-only") => Ok(Policy::P2pOnly),
+        Some("host") => Ok(Policy::Host),
+        Some(p) => Err(format!(
+            "policy = \"{p}\" is not one of bounce, p2p-only, host"
+        )),
+    }
+}
+
+/// A job's `data_pointer` (default `auto`).
+fn data_pointer_of(r: &RawJob) -> Result<DataPointer, String> {
+    match r.data_pointer.as_deref() {
+        None | Some("auto") => Ok(DataPointer::Auto),
+        Some("prp") => Ok(DataPointer::Prp),
+        Some("sgl") => Ok(DataPointer::Sgl),
+        Some(p) => Err(format!(
+            "data_pointer = \"{p}\" is not one of auto, prp, sgl"
+        )),
+    }
+}
+
+impl Workload {
+    /// The indices of the jobs `j` waits for (`index`: job name to index).
+    fn after_of(&self, j: &JobSpec, index: &HashMap<&str, usize>) -> Result<Vec<usize>, String> {
+        let mut after = Vec::new();
+        for a in &j.raw.after.0 {
+            match index.get(a.as_str()) {
+                Some(&i) if self.jobs[i].name == j.name => {
+                    return Err("`after` names the job itself".into())
+                }
+                Some(&i) => after.push(i),
+                None => {
+                    return Err(format!(
+                        "`after` = \"{a}\" names no job (jobs: {})",
+                        self.jobs
+                            .iter()
+                            .map(|j| j.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ))
+                }
+            }
+        }
+        Ok(after)
     }
 }
 
