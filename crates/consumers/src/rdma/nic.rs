@@ -538,11 +538,7 @@ impl<'a> Connection<'a> {
     ) -> Result<RdmaOutcome, RdmaError> {
         const OP: &str = "RDMA WRITE";
         self.check_state(OP, len)?;
-        if len == 0 || len > u64::from(u32::MAX) {
-            return Err(RdmaError::Invalid(format!(
-                "an RDMA WRITE of {len} bytes (1 byte to 4 GiB - 1)"
-            )));
-        }
+        check_rdma_len(OP, len)?;
         let mut out = RdmaOutcome::default();
         let pm = u64::from(self.pmtu);
         let n_pkts = len.div_ceil(pm);
@@ -730,11 +726,7 @@ impl<'a> Connection<'a> {
     ) -> Result<RdmaOutcome, RdmaError> {
         const OP: &str = "RDMA READ";
         self.check_state(OP, len)?;
-        if len == 0 || len > u64::from(u32::MAX) {
-            return Err(RdmaError::Invalid(format!(
-                "an RDMA READ of {len} bytes (1 byte to 4 GiB - 1)"
-            )));
-        }
+        check_rdma_len(OP, len)?;
         let mut out = RdmaOutcome::default();
         let req = Packet {
             opcode: Opcode::ReadRequest,
@@ -823,4 +815,15 @@ impl<'a> Connection<'a> {
         out.io.bytes = len;
         Ok(out)
     }
+}
+
+/// An RDMA WRITE or READ moves 1 byte to 4 GiB - 1 (the length field of
+/// its RETH is 32 bits).
+fn check_rdma_len(op: &str, len: u64) -> Result<(), RdmaError> {
+    if len == 0 || len > u64::from(u32::MAX) {
+        return Err(RdmaError::Invalid(format!(
+            "an {op} of {len} bytes (1 byte to 4 GiB - 1)"
+        )));
+    }
+    Ok(())
 }
